@@ -1,0 +1,118 @@
+//! `runner gc`: find what a dead runner left behind and, with `--force`, remove it.
+//! A dry run by default, because it kills processes.
+
+use std::path::Path;
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+
+use crate::error::Result;
+use crate::machine::state::{MachineRecord, machine_dirs, processes_mentioning};
+use crate::paths::Dirs;
+
+#[derive(Debug, Default)]
+pub struct Report {
+    pub removed: Vec<String>,
+    pub would_remove: Vec<String>,
+    pub in_use: Vec<String>,
+}
+
+pub fn run(dirs: &Dirs, force: bool) -> Result<Report> {
+    let mut report = Report::default();
+    for dir in machine_dirs(&dirs.machines()) {
+        let id = dir
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        let (orphan, what) = match MachineRecord::read(&dir) {
+            Ok(r) if r.orphaned() => (
+                true,
+                format!(
+                    "machine {id} ({}, {}; owner pid {} gone{})",
+                    r.label,
+                    r.backend,
+                    r.owner_pid,
+                    if r.kept { ", kept" } else { "" }
+                ),
+            ),
+            Ok(r) => (
+                false,
+                format!(
+                    "machine {id} ({}) in use by runner pid {}",
+                    r.label, r.owner_pid
+                ),
+            ),
+            // No readable record: a launch that died before writing it, unless a process still uses it.
+            Err(_) => (
+                processes_mentioning(&dir).is_empty(),
+                format!("machine {id} (no record)"),
+            ),
+        };
+        if !orphan {
+            report.in_use.push(what);
+        } else if force {
+            remove_machine(&dir);
+            report.removed.push(what);
+        } else {
+            report.would_remove.push(what);
+        }
+    }
+    for scratch in stale_bakes(&dirs.images()) {
+        let what = format!("unfinished bake {}", scratch.display());
+        if force {
+            let _ = std::fs::remove_dir_all(&scratch);
+            report.removed.push(what);
+        } else {
+            report.would_remove.push(what);
+        }
+    }
+    Ok(report)
+}
+
+fn remove_machine(dir: &Path) {
+    for pid in processes_mentioning(dir) {
+        // QEMU leads its own process group; kill the group, then the pid in case it is not.
+        let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+        let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Scratch directories of bakes whose lock nobody holds any more.
+fn stale_bakes(images: &Path) -> Vec<std::path::PathBuf> {
+    let Ok(rd) = std::fs::read_dir(images) else {
+        return vec![];
+    };
+    rd.filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            let name = p
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
+            let Some(rest) = name.strip_prefix(".bake-") else {
+                return false;
+            };
+            let short = rest.split('-').next().unwrap_or_default().to_owned();
+            // Any lock whose digest starts with this prefix and can be taken means no bake runs.
+            std::fs::read_dir(images)
+                .map(|rd| {
+                    rd.filter_map(|e| e.ok())
+                        .filter(|e| {
+                            e.file_name().to_string_lossy().starts_with(&short)
+                                && e.file_name().to_string_lossy().ends_with(".lock")
+                        })
+                        .all(|e| lock_free(&e.path()))
+                })
+                .unwrap_or(true)
+        })
+        .collect()
+}
+
+fn lock_free(path: &Path) -> bool {
+    let Ok(f) = std::fs::File::open(path) else {
+        return true;
+    };
+    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock).is_ok()
+}

@@ -1,0 +1,194 @@
+//! Baking an image: mmdebstrap a rootfs, extract a kernel, build an initrd, make a qcow2.
+//! The steps are the embedded `guest/bake.sh` (a pipeline of external tools reads best as
+//! shell); this module runs it safely, shows its progress and keeps its log.
+//!
+//! Safety: the script runs in a private mount namespace (`unshare -m`), so the mounts that
+//! mmdebstrap makes inside the rootfs vanish with the process even if it is killed; only then
+//! is the scratch directory removed, with nothing mounted below it.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Instant;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::Command;
+
+use super::{BAKE_SCRIPT, INITRD_INIT, ImageInfo, RUNNER_INIT, Recipe, created_now};
+use crate::error::{Error, IoContext, Result};
+
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    pub mirror: Option<String>,
+    /// Rebake even if the cache has the image.
+    pub force: bool,
+    /// Show a spinner (stderr is a terminal) rather than plain lines.
+    pub interactive: bool,
+}
+
+/// Kills the whole process group on drop: a cancelled bake must not leave mmdebstrap running.
+struct GroupGuard(Option<i32>);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        if let Some(pgid) = self.0 {
+            let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+        }
+    }
+}
+
+pub async fn bake(
+    images: &Path,
+    builder: &str,
+    recipe: &Recipe,
+    digest: &str,
+    opts: &Options,
+) -> Result<()> {
+    let mirror = super::mirror::resolve(opts.mirror.as_deref())?;
+    let started = Instant::now();
+    let scratch = tempfile::Builder::new()
+        .prefix(&format!(".bake-{}-", &digest[..12]))
+        .tempdir_in(images)
+        .ctx(|| {
+            format!(
+                "cannot create a scratch directory in `{}`",
+                images.display()
+            )
+        })?;
+    let scripts = tempfile::tempdir().ctx(|| "cannot create a temporary directory")?;
+    for (name, text) in [
+        ("bake.sh", BAKE_SCRIPT),
+        ("initrd-init", INITRD_INIT),
+        ("runner-init", RUNNER_INIT),
+    ] {
+        std::fs::write(scripts.path().join(name), text).ctx(|| format!("cannot write `{name}`"))?;
+    }
+    let out = scratch.path().join("out");
+    let log_path = scratch.path().join("bake.log");
+    let mut log = tokio::fs::File::create(&log_path)
+        .await
+        .ctx(|| format!("cannot create `{}`", log_path.display()))?;
+
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--mount", "--propagation", "private", "bash"])
+        .arg(scripts.path().join("bake.sh"))
+        .args([recipe.suite.as_str(), recipe.arch.debian(), &mirror])
+        .arg(&out)
+        .args(&recipe.packages)
+        .env("RUNNER_IMAGE_SIZE", recipe.disk.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    let mut child = cmd
+        .spawn()
+        .ctx(|| "cannot start the bake (needs bash and util-linux `unshare`)")?;
+    let _group = GroupGuard(child.id().map(|p| p as i32));
+
+    let bar = progress(opts.interactive, builder);
+    let stdout = child.stdout.take().expect("piped");
+    let stderr = child.stderr.take().expect("piped");
+    let mut lines = futures_lines(stdout, stderr);
+    while let Some(line) = lines.recv().await {
+        log.write_all(format!("{line}\n").as_bytes()).await.ok();
+        if let Some(step) = line.strip_prefix("== ").filter(|s| !s.ends_with(" s")) {
+            bar.set_message(step.to_owned());
+            if !opts.interactive {
+                eprintln!("bake {builder}: {step}");
+            }
+        }
+    }
+    let status = child.wait().await.ctx(|| "cannot wait for the bake")?;
+    log.flush().await.ok();
+    bar.finish_and_clear();
+
+    if !status.success() {
+        let kept = images.join(format!("{digest}.failed.log"));
+        let _ = std::fs::copy(&log_path, &kept);
+        return Err(Error::Tool {
+            program: format!("bake of {builder}"),
+            status: format!("{status}; last lines:\n{}", crate::logs::tail(&kept, 15)),
+            log: kept,
+        });
+    }
+
+    let qcow2 = out.join("base.qcow2");
+    let base_sha256 = tokio::task::spawn_blocking(move || sha256_file(&qcow2))
+        .await
+        .map_err(|e| Error::other(format!("hash task failed: {e}")))??;
+    let info = ImageInfo {
+        builder: builder.to_owned(),
+        recipe: recipe.clone(),
+        base_sha256,
+        created_unix: created_now(),
+        bake_seconds: started.elapsed().as_secs_f64(),
+    };
+    std::fs::write(
+        out.join("image.json"),
+        serde_json::to_vec_pretty(&info).expect("serializes"),
+    )
+    .ctx(|| "cannot write image.json")?;
+    std::fs::rename(&log_path, out.join("bake.log")).ctx(|| "cannot keep bake.log")?;
+    let dest = images.join(digest);
+    if dest.exists() {
+        std::fs::remove_dir_all(&dest).ctx(|| format!("cannot replace `{}`", dest.display()))?;
+    }
+    std::fs::rename(&out, &dest)
+        .ctx(|| format!("cannot move the image to `{}`", dest.display()))?;
+    let _ = std::fs::remove_file(images.join(format!("{digest}.failed.log")));
+    Ok(())
+}
+
+fn progress(interactive: bool, builder: &str) -> ProgressBar {
+    if !interactive {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new_spinner();
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} baking {prefix} [{elapsed}] {msg}")
+            .expect("valid template"),
+    );
+    bar.set_prefix(builder.to_owned());
+    bar.enable_steady_tick(std::time::Duration::from_millis(120));
+    bar
+}
+
+/// Merges two pipes into one stream of lines, in arrival order.
+fn futures_lines(
+    out: tokio::process::ChildStdout,
+    err: tokio::process::ChildStderr,
+) -> tokio::sync::mpsc::Receiver<String> {
+    let (tx, rx) = tokio::sync::mpsc::channel(256);
+    let tx2 = tx.clone();
+    tokio::spawn(async move {
+        let mut l = BufReader::new(out).lines();
+        while let Ok(Some(line)) = l.next_line().await {
+            let _ = tx.send(line).await;
+        }
+    });
+    tokio::spawn(async move {
+        let mut l = BufReader::new(err).lines();
+        while let Ok(Some(line)) = l.next_line().await {
+            let _ = tx2.send(line).await;
+        }
+    });
+    rx
+}
+
+pub fn sha256_file(path: &PathBuf) -> Result<String> {
+    let mut f = std::fs::File::open(path).ctx(|| format!("cannot open `{}`", path.display()))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = std::io::Read::read(&mut f, &mut buf)
+            .ctx(|| format!("cannot read `{}`", path.display()))?;
+        if n == 0 {
+            return Ok(hex::encode(h.finalize()));
+        }
+        h.update(&buf[..n]);
+    }
+}

@@ -1,0 +1,215 @@
+//! Base images: baked once per recipe, cached by the recipe's digest, shared read-only by
+//! every machine through copy-on-write overlays.
+//!
+//! Layout: `<cache>/images/<digest>/{base.qcow2, vmlinuz, initrd.img, image.json, bake.log}`.
+//! A bake happens in a scratch directory and is renamed into place, so a half-baked image is
+//! never visible; a lock file serialises concurrent bakes of the same recipe.
+
+pub mod bake;
+pub mod mirror;
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::config::{Arch, Builder, QemuBuilder, Size};
+use crate::error::{Error, IoContext, Result};
+use crate::machine::state::now_unix;
+use crate::paths::Dirs;
+
+/// The guest side of runner, embedded so an installed binary needs no checkout, and hashed
+/// into every recipe digest so changing them rebakes.
+pub const BAKE_SCRIPT: &str = include_str!("guest/bake.sh");
+pub const INITRD_INIT: &str = include_str!("guest/initrd-init");
+pub const RUNNER_INIT: &str = include_str!("guest/runner-init");
+
+/// Everything that determines an image's content, and nothing else (not vCPUs or memory).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Recipe {
+    pub distro: String,
+    pub suite: String,
+    pub arch: Arch,
+    pub packages: Vec<String>,
+    pub disk: Size,
+}
+
+impl Recipe {
+    pub fn of(q: &QemuBuilder) -> Recipe {
+        Recipe {
+            distro: "debian".into(),
+            suite: q.suite.clone(),
+            arch: q.arch,
+            packages: q.packages.clone(),
+            disk: q.disk,
+        }
+    }
+
+    pub fn digest(&self) -> String {
+        let mut h = Sha256::new();
+        h.update(b"runner-image-v1\0");
+        h.update(serde_json::to_vec(self).expect("recipe serializes"));
+        for part in [BAKE_SCRIPT, INITRD_INIT, RUNNER_INIT] {
+            h.update((part.len() as u64).to_le_bytes());
+            h.update(part.as_bytes());
+        }
+        hex::encode(h.finalize())
+    }
+}
+
+/// A baked image in the cache.
+#[derive(Debug, Clone)]
+pub struct Image {
+    /// The recipe digest: the cache key.
+    pub digest: String,
+    pub arch: Arch,
+    pub dir: PathBuf,
+    pub qcow2: PathBuf,
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    pub info: ImageInfo,
+}
+
+/// `image.json`: what `runner image list` shows and what a manifest records.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ImageInfo {
+    pub builder: String,
+    pub recipe: Recipe,
+    /// sha256 of base.qcow2: the base image digest recorded in build manifests.
+    pub base_sha256: String,
+    pub created_unix: u64,
+    pub bake_seconds: f64,
+}
+
+impl Image {
+    fn open(dir: &Path) -> Result<Image> {
+        let path = dir.join("image.json");
+        let bytes = std::fs::read(&path).ctx(|| format!("cannot read `{}`", path.display()))?;
+        let info: ImageInfo = serde_json::from_slice(&bytes)
+            .map_err(|e| Error::other(format!("corrupt `{}`: {e}", path.display())))?;
+        Ok(Image {
+            digest: dir
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned(),
+            arch: info.recipe.arch,
+            dir: dir.to_owned(),
+            qcow2: dir.join("base.qcow2"),
+            kernel: dir.join("vmlinuz"),
+            initrd: dir.join("initrd.img"),
+            info,
+        })
+    }
+
+    /// Bytes on disk (qcow2 is sparse-aware: this is what the cache really costs).
+    pub fn disk_usage(&self) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::read_dir(&self.dir)
+            .map(|rd| {
+                rd.filter_map(|e| e.ok()?.metadata().ok())
+                    .map(|m| m.blocks() * 512)
+                    .sum()
+            })
+            .unwrap_or(0)
+    }
+}
+
+pub struct Cache {
+    root: PathBuf,
+}
+
+/// How `ensure` got its image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Provenance {
+    Cached,
+    Baked,
+}
+
+impl Cache {
+    pub fn new(dirs: &Dirs) -> Cache {
+        Cache {
+            root: dirs.images(),
+        }
+    }
+
+    pub fn lookup(&self, digest: &str) -> Option<Image> {
+        Image::open(&self.root.join(digest)).ok()
+    }
+
+    /// Returns the builder's image, baking it first if the cache does not have it.
+    pub async fn ensure(
+        &self,
+        builder: &Builder,
+        opts: &bake::Options,
+    ) -> Result<(Image, Provenance)> {
+        let recipe = Recipe::of(builder.qemu());
+        let digest = recipe.digest();
+        if !opts.force
+            && let Some(img) = self.lookup(&digest)
+        {
+            return Ok((img, Provenance::Cached));
+        }
+        std::fs::create_dir_all(&self.root)
+            .ctx(|| format!("cannot create image cache `{}`", self.root.display()))?;
+        let _lock = lock(&self.root.join(format!("{digest}.lock"))).await?;
+        // Someone else may have baked it while we waited for the lock.
+        if !opts.force
+            && let Some(img) = self.lookup(&digest)
+        {
+            return Ok((img, Provenance::Cached));
+        }
+        bake::bake(&self.root, &builder.name, &recipe, &digest, opts).await?;
+        Ok((
+            self.lookup(&digest)
+                .ok_or_else(|| Error::other("baked image vanished"))?,
+            Provenance::Baked,
+        ))
+    }
+
+    pub fn list(&self) -> Vec<Image> {
+        let mut images: Vec<Image> = std::fs::read_dir(&self.root)
+            .map(|rd| {
+                rd.filter_map(|e| Image::open(&e.ok()?.path()).ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        images.sort_by(|a, b| {
+            (&a.info.builder, a.info.created_unix).cmp(&(&b.info.builder, b.info.created_unix))
+        });
+        images
+    }
+
+    /// Removes images whose builder name equals `what` or whose digest starts with it.
+    pub async fn remove(&self, what: &str) -> Result<Vec<Image>> {
+        let matches: Vec<Image> = self
+            .list()
+            .into_iter()
+            .filter(|i| i.info.builder == what || (what.len() >= 6 && i.digest.starts_with(what)))
+            .collect();
+        for img in &matches {
+            let _lock = lock(&self.root.join(format!("{}.lock", img.digest))).await?;
+            std::fs::remove_dir_all(&img.dir)
+                .ctx(|| format!("cannot remove `{}`", img.dir.display()))?;
+            let _ = std::fs::remove_file(self.root.join(format!("{}.lock", img.digest)));
+        }
+        Ok(matches)
+    }
+}
+
+/// An exclusive advisory lock, taken off the async threads because flock blocks.
+async fn lock(path: &Path) -> Result<nix::fcntl::Flock<File>> {
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let f = File::create(&path).ctx(|| format!("cannot open lock `{}`", path.display()))?;
+        nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
+            .map_err(|(_, e)| Error::other(format!("cannot lock `{}`: {e}", path.display())))
+    })
+    .await
+    .map_err(|e| Error::other(format!("lock task failed: {e}")))?
+}
+
+pub fn created_now() -> u64 {
+    now_unix()
+}

@@ -1,0 +1,94 @@
+//! From a builder name to a reachable machine: ensure the image, choose the backend, launch,
+//! wait for SSH. Used by `runner vm` now and by the build pipeline.
+
+use std::path::PathBuf;
+
+use crate::config::Builder;
+use crate::error::{Error, Result};
+use crate::image::{Cache, bake};
+use crate::keys::GuestKeys;
+use crate::machine::accel::{self, AccelChoice};
+use crate::machine::qemu::QemuBackend;
+use crate::machine::{Backend, Machine, MachineSpec};
+use crate::paths::Dirs;
+use crate::signals::Shutdown;
+use crate::ssh::{self, Session};
+
+/// Host-wide settings every launch needs.
+#[derive(Clone)]
+pub struct Env {
+    pub project: PathBuf,
+    pub dirs: Dirs,
+    pub accel: AccelChoice,
+    pub bake: bake::Options,
+    pub shutdown: Shutdown,
+}
+
+/// A machine, its session and its keys, from launch until teardown.
+pub struct Lease {
+    pub machine: Machine,
+    pub session: Session,
+    pub keys: GuestKeys,
+}
+
+/// Runs `fut` unless the shutdown token fires first.
+pub async fn cancellable<T>(sd: &Shutdown, fut: impl Future<Output = Result<T>>) -> Result<T> {
+    tokio::select! {
+        r = fut => r,
+        _ = sd.token.cancelled() => Err(Error::Cancelled),
+    }
+}
+
+/// The backend for a builder, its image baked if needed.
+pub async fn backend(env: &Env, builder: &Builder) -> Result<Box<dyn Backend>> {
+    let (image, _) = cancellable(
+        &env.shutdown,
+        Cache::new(&env.dirs).ensure(builder, &env.bake),
+    )
+    .await?;
+    let accel = accel::resolve(env.accel, &image, &env.dirs.state).await;
+    tracing::debug!("{}: accelerator {accel:?}", builder.name);
+    Ok(Box::new(QemuBackend {
+        image,
+        accel,
+        dirs: env.dirs.clone(),
+    }))
+}
+
+pub fn spec(builder: &Builder, label: &str) -> MachineSpec {
+    let q = builder.qemu();
+    MachineSpec {
+        label: label.to_owned(),
+        vcpus: q.vcpus,
+        memory_mib: q.memory.mib(),
+        boot_timeout: q.boot_timeout,
+    }
+}
+
+/// Launches and waits for SSH. On any failure or cancellation the machine is already torn
+/// down when this returns.
+pub async fn lease(env: &Env, backend: &dyn Backend, spec: &MachineSpec) -> Result<Lease> {
+    let keys = GuestKeys::generate()?;
+    let mut machine = backend.launch(spec, &keys).await?;
+    match cancellable(&env.shutdown, ssh::wait_ready(&mut machine, &keys)).await {
+        Ok(session) => Ok(Lease {
+            machine,
+            session,
+            keys,
+        }),
+        Err(e) => {
+            machine.teardown(env.shutdown.is_cancelled()).await?;
+            Err(e)
+        }
+    }
+}
+
+impl Lease {
+    /// Closes the session and tears the machine down; a forced teardown skips politeness.
+    pub async fn release(mut self, force: bool) -> Result<()> {
+        if !force {
+            self.session.close().await;
+        }
+        self.machine.teardown(force).await
+    }
+}

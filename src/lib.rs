@@ -1,0 +1,17 @@
+//! runner: disposable build VMs. `main.rs` only calls [`cli::main`].
+
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod gc;
+pub mod image;
+pub mod keys;
+pub mod launch;
+pub mod logs;
+pub mod machine;
+pub mod paths;
+pub mod signals;
+pub mod ssh;
+pub mod vm;
+
+pub use error::{Error, Result};

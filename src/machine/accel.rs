@@ -1,0 +1,173 @@
+//! Choosing between KVM and TCG. On some hosts /dev/kvm opens fine and trivial guests run,
+//! yet a Linux guest hangs during boot, so `auto` boots the image's own kernel under KVM with
+//! a probe flag and a short deadline, and falls back to TCG if it does not come back.
+//! The verdict is cached in the state dir per host kernel, QEMU binary and image kernel.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::process::Command;
+
+use super::qemu::qemu_binary;
+use crate::config::Arch;
+use crate::image::Image;
+
+/// What the user asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AccelChoice {
+    #[default]
+    Auto,
+    Kvm,
+    Tcg,
+}
+
+impl FromStr for AccelChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(AccelChoice::Auto),
+            "kvm" => Ok(AccelChoice::Kvm),
+            "tcg" => Ok(AccelChoice::Tcg),
+            _ => Err(format!(
+                "unknown accelerator `{s}` (expected auto, kvm or tcg)"
+            )),
+        }
+    }
+}
+
+/// What QEMU will use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Accel {
+    Kvm,
+    Tcg,
+}
+
+impl Accel {
+    pub fn qemu_name(self) -> &'static str {
+        match self {
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "tcg",
+        }
+    }
+}
+
+/// A probe boot that has not printed its marker by then is treated as hung. A working KVM
+/// reaches the initrd in well under a second; TCG on these hosts takes 2-3 s.
+const PROBE_DEADLINE: Duration = Duration::from_secs(8);
+pub const PROBE_MARKER: &str = "runner-probe-ok";
+
+pub async fn resolve(choice: AccelChoice, image: &Image, state_dir: &Path) -> Accel {
+    let native = Some(image.arch) == Arch::host();
+    match choice {
+        AccelChoice::Tcg => Accel::Tcg,
+        // An explicit request is honoured even if it will hang: that is what an override is for.
+        AccelChoice::Kvm => Accel::Kvm,
+        AccelChoice::Auto if !native || !kvm_accessible() => Accel::Tcg,
+        AccelChoice::Auto => {
+            let key = cache_key(image).await;
+            let cache = state_dir.join("accel-probe.json");
+            if let Some(hit) = read_cache(&cache, &key) {
+                return hit;
+            }
+            let verdict = if probe_kvm(image).await {
+                Accel::Kvm
+            } else {
+                Accel::Tcg
+            };
+            if verdict == Accel::Tcg {
+                tracing::info!("KVM is present but a guest did not boot under it; using TCG");
+            }
+            write_cache(&cache, &key, verdict);
+            verdict
+        }
+    }
+}
+
+fn kvm_accessible() -> bool {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok()
+}
+
+async fn probe_kvm(image: &Image) -> bool {
+    let mut cmd = Command::new(qemu_binary(image.arch));
+    let console = if image.arch == Arch::Amd64 {
+        "ttyS0"
+    } else {
+        "ttyAMA0"
+    };
+    cmd.args(["-accel", "kvm", "-cpu", "host", "-m", "256M", "-smp", "1"])
+        .args([
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-no-reboot",
+        ])
+        .args(["-serial", "stdio"])
+        .arg("-kernel")
+        .arg(&image.kernel)
+        .arg("-initrd")
+        .arg(&image.initrd)
+        .arg("-append")
+        .arg(format!("console={console} panic=-1 runner.probe=1"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true);
+    if image.arch == Arch::Amd64 {
+        cmd.args(["-machine", "q35"]);
+    } else {
+        cmd.args(["-machine", "virt"]);
+    }
+    let Ok(child) = cmd.spawn() else { return false };
+    match tokio::time::timeout(PROBE_DEADLINE, child.wait_with_output()).await {
+        Ok(Ok(out)) => String::from_utf8_lossy(&out.stdout).contains(PROBE_MARKER),
+        // Timed out: dropping the future drops the child, which kill_on_drop kills.
+        _ => false,
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct Cached {
+    key: String,
+    accel: Accel,
+}
+
+async fn cache_key(image: &Image) -> String {
+    let uname = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let qemu = Command::new(qemu_binary(image.arch))
+        .arg("--version")
+        .output()
+        .await
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_owned()
+        })
+        .unwrap_or_default();
+    format!("{}|{qemu}|{}", uname.trim(), image.digest)
+}
+
+fn read_cache(path: &Path, key: &str) -> Option<Accel> {
+    let c: Cached = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
+    (c.key == key).then_some(c.accel)
+}
+
+fn write_cache(path: &Path, key: &str, accel: Accel) {
+    let c = Cached {
+        key: key.to_owned(),
+        accel,
+    };
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let _ = std::fs::write(path, serde_json::to_vec(&c).unwrap_or_default());
+}

@@ -1,0 +1,256 @@
+//! SSH sessions to guests, with the host key pinned to the one runner generated.
+//!
+//! Keepalives and an inactivity timeout are always set: without them a VM that dies mid-command
+//! leaves the client waiting forever (russh defaults to neither).
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use russh::keys::PrivateKeyWithHashAlg;
+use russh::keys::ssh_key::PublicKey;
+use russh::{ChannelMsg, Disconnect, client};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+
+use crate::error::{Error, Result};
+use crate::keys::{GuestKeys, fingerprint};
+use crate::machine::{Endpoint, Machine};
+
+/// How a remote command ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExitStatus {
+    Code(u32),
+    Signal(String),
+    /// The channel closed without reporting a status (e.g. the guest went away).
+    Lost,
+}
+
+impl ExitStatus {
+    pub fn success(&self) -> bool {
+        *self == ExitStatus::Code(0)
+    }
+
+    /// The status as a process exit code, shell-style: 128+n is not knowable for a
+    /// signal name, so signals and lost channels map to 255.
+    pub fn code(&self) -> i32 {
+        match self {
+            ExitStatus::Code(c) => (*c).min(255) as i32,
+            _ => 255,
+        }
+    }
+}
+
+impl std::fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExitStatus::Code(c) => write!(f, "exit code {c}"),
+            ExitStatus::Signal(s) => write!(f, "killed by signal {s}"),
+            ExitStatus::Lost => write!(f, "connection lost before an exit status"),
+        }
+    }
+}
+
+/// The handler accepts exactly one host key and remembers what it was shown.
+struct Pinned {
+    expected: PublicKey,
+    presented: Arc<Mutex<Option<PublicKey>>>,
+}
+
+impl client::Handler for Pinned {
+    type Error = russh::Error;
+
+    async fn check_server_key(
+        &mut self,
+        key: &russh::keys::PublicKeyOrCertificate,
+    ) -> std::result::Result<bool, Self::Error> {
+        let russh::keys::PublicKeyOrCertificate::PublicKey { key, .. } = key else {
+            return Ok(false);
+        };
+        *self.presented.lock().unwrap() = Some(key.clone());
+        Ok(key.key_data() == self.expected.key_data())
+    }
+}
+
+pub struct Session {
+    handle: client::Handle<Pinned>,
+}
+
+fn config() -> Arc<client::Config> {
+    Arc::new(client::Config {
+        // The client's receive window cannot grow after the channel opens (russh#770),
+        // so start large enough that artifact downloads are not window-bound.
+        window_size: 32 << 20,
+        nodelay: true,
+        keepalive_interval: Some(Duration::from_secs(5)),
+        keepalive_max: 4,
+        inactivity_timeout: Some(Duration::from_secs(60)),
+        ..Default::default()
+    })
+}
+
+/// Connects once. A host key mismatch is reported as such (never retried by callers).
+pub async fn connect(
+    endpoint: &Endpoint,
+    client_key: &russh::keys::PrivateKey,
+    pinned_host: &PublicKey,
+    machine: &str,
+) -> Result<Session> {
+    let presented = Arc::new(Mutex::new(None));
+    let handler = Pinned {
+        expected: pinned_host.clone(),
+        presented: presented.clone(),
+    };
+    let addr = (endpoint.host.as_str(), endpoint.port);
+    let mut handle = match client::connect(config(), addr, handler).await {
+        Ok(h) => h,
+        Err(e) => {
+            if let Some(got) = presented.lock().unwrap().take()
+                && got.key_data() != pinned_host.key_data()
+            {
+                return Err(Error::HostKeyMismatch {
+                    machine: machine.to_owned(),
+                    expected: fingerprint(pinned_host),
+                    presented: fingerprint(&got),
+                });
+            }
+            return Err(ssh_err(format!("cannot connect to {machine}"), e));
+        }
+    };
+    let key = PrivateKeyWithHashAlg::new(Arc::new(client_key.clone()), None);
+    let auth = handle
+        .authenticate_publickey(endpoint.user.clone(), key)
+        .await
+        .map_err(|e| ssh_err(format!("cannot authenticate to {machine}"), e))?;
+    if !auth.success() {
+        return Err(Error::other(format!(
+            "{machine} refused runner's key for user `{}`",
+            endpoint.user
+        )));
+    }
+    Ok(Session { handle })
+}
+
+/// Connects, retrying while the guest boots, until the machine's boot timeout.
+/// Gives up early if the machine stops or presents the wrong host key.
+pub async fn wait_ready(machine: &mut Machine, keys: &GuestKeys) -> Result<Session> {
+    let deadline = Instant::now() + machine.boot_timeout;
+    let name = machine.describe();
+    loop {
+        if let Some(status) = machine.exited() {
+            let tail = crate::logs::tail(&machine.console_log, 20);
+            return Err(Error::MachineDied {
+                machine: name,
+                status,
+                console: machine.console_log.clone(),
+                tail,
+            });
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(Error::BootTimeout {
+                machine: name,
+                secs: machine.boot_timeout.as_secs(),
+                console: machine.console_log.clone(),
+            });
+        }
+        // QEMU's port forward accepts TCP before the guest listens, so only a full
+        // handshake tells readiness; bound each attempt so a stuck one cannot eat the budget.
+        let attempt = tokio::time::timeout(
+            left.min(Duration::from_secs(20)),
+            connect(&machine.endpoint, &keys.client, keys.host_public(), &name),
+        )
+        .await;
+        match attempt {
+            Ok(Ok(session)) => return Ok(session),
+            Ok(Err(e @ Error::HostKeyMismatch { .. })) => return Err(e),
+            Ok(Err(e)) => tracing::debug!("{name} not ready: {e}"),
+            Err(_) => tracing::debug!("{name}: SSH attempt timed out"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+impl Session {
+    /// Runs `command` (a shell command line), feeding `stdin` and streaming stdout/stderr
+    /// as they arrive. Returns once the channel has closed, not at the exit status: output
+    /// can still follow it.
+    pub async fn exec<I, O, E>(
+        &self,
+        command: &str,
+        stdin: Option<I>,
+        mut stdout: O,
+        mut stderr: E,
+    ) -> Result<ExitStatus>
+    where
+        I: AsyncRead + Unpin + Send + 'static,
+        O: AsyncWrite + Unpin,
+        E: AsyncWrite + Unpin,
+    {
+        let channel = self
+            .handle
+            .channel_open_session()
+            .await
+            .map_err(|e| ssh_err("cannot open an SSH channel".into(), e))?;
+        channel
+            .exec(true, command)
+            .await
+            .map_err(|e| ssh_err("cannot start the remote command".into(), e))?;
+        let (mut rx, tx) = channel.split();
+        let feeder = tokio::spawn(async move {
+            if let Some(input) = stdin {
+                tx.data(input).await?;
+            }
+            tx.eof().await
+        });
+        let mut status = ExitStatus::Lost;
+        while let Some(msg) = rx.wait().await {
+            match msg {
+                ChannelMsg::Data { data } => write_out(&mut stdout, &data).await?,
+                ChannelMsg::ExtendedData { data, ext: 1 } => write_out(&mut stderr, &data).await?,
+                ChannelMsg::ExitStatus { exit_status } => status = ExitStatus::Code(exit_status),
+                ChannelMsg::ExitSignal { signal_name, .. } => {
+                    status = ExitStatus::Signal(format!("{signal_name:?}"))
+                }
+                _ => {}
+            }
+        }
+        stdout.flush().await.ok();
+        stderr.flush().await.ok();
+        // The remote side may exit without reading all of stdin; that is not our error.
+        feeder.abort();
+        Ok(status)
+    }
+
+    /// Runs a command and returns its stdout, failing on a non-zero status.
+    pub async fn output(&self, command: &str) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        let mut err = Vec::new();
+        let status = self
+            .exec(command, None::<tokio::io::Empty>, &mut out, &mut err)
+            .await?;
+        if !status.success() {
+            return Err(Error::other(format!(
+                "remote command `{command}` failed ({status}): {}",
+                String::from_utf8_lossy(&err).trim()
+            )));
+        }
+        Ok(out)
+    }
+
+    pub async fn close(self) {
+        let _ = self
+            .handle
+            .disconnect(Disconnect::ByApplication, "", "en")
+            .await;
+    }
+}
+
+async fn write_out<W: AsyncWrite + Unpin>(w: &mut W, data: &[u8]) -> Result<()> {
+    w.write_all(data).await.map_err(|source| Error::Io {
+        context: "cannot write remote command output".into(),
+        source,
+    })
+}
+
+fn ssh_err(context: String, source: russh::Error) -> Error {
+    Error::Ssh { context, source }
+}
