@@ -1,0 +1,224 @@
+//! Test harness: runs the real `runner` binary against real QEMU machines.
+//!
+//! Images are baked once into a cache shared by all tests (`RUNNER_TEST_CACHE`, default under
+//! the system temp dir); every test gets its own state directory, so "nothing leaked" can be
+//! checked precisely: no machine directory, no process naming that directory.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn image_cache() -> PathBuf {
+    std::env::var_os("RUNNER_TEST_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| std::env::temp_dir().join("runner-test-cache"))
+}
+
+/// One test's world: a private state dir, the shared image cache, a project dir.
+pub struct World {
+    pub state: tempfile::TempDir,
+    pub project: PathBuf,
+}
+
+impl World {
+    /// A world whose project is the repository itself (its `builders/`).
+    pub fn new() -> World {
+        World::with_project(repo())
+    }
+
+    pub fn with_project(project: PathBuf) -> World {
+        let state = tempfile::Builder::new()
+            .prefix("runner-test-state-")
+            .tempdir()
+            .expect("temp state dir");
+        World { state, project }
+    }
+
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_runner"));
+        c.arg("-C")
+            .arg(&self.project)
+            .env("RUNNER_CACHE_DIR", image_cache())
+            .env("RUNNER_STATE_DIR", self.state.path())
+            .env_remove("RUNNER_ACCEL")
+            .stdin(Stdio::null());
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        let out = self.cmd().args(args).output().expect("run runner");
+        eprintln!(
+            "runner {args:?} -> {}\n--- stdout\n{}--- stderr\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    /// Starts runner in the background with stdout piped.
+    pub fn spawn(&self, args: &[&str]) -> Child {
+        self.cmd()
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn runner")
+    }
+
+    pub fn machines(&self) -> PathBuf {
+        self.state.path().join("machines")
+    }
+
+    /// Directories of live machines.
+    pub fn machine_dirs(&self) -> Vec<PathBuf> {
+        std::fs::read_dir(self.machines())
+            .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default()
+    }
+
+    /// Fails unless nothing of any machine remains: no machine directory (overlay, seed with
+    /// keys, QMP socket), and no process whose command line names this state dir.
+    pub fn assert_clean(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let dirs = self.machine_dirs();
+            let procs = processes_mentioning(self.state.path());
+            if dirs.is_empty() && procs.is_empty() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "leaked: machine dirs {dirs:?}, processes {procs:?}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        // Key material anywhere in the state dir would be a leak too.
+        for entry in walk(self.state.path()) {
+            let name = entry
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
+            assert!(
+                !name.contains("key") && !name.ends_with(".sock") && !name.ends_with(".qcow2"),
+                "leaked file {}",
+                entry.display()
+            );
+        }
+    }
+
+    /// Waits until a machine directory exists (the machine is booting).
+    pub fn wait_for_machine(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while self.machine_dirs().is_empty() {
+            assert!(Instant::now() < deadline, "no machine appeared");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// Pids of processes (other than this one) whose command line contains `needle`.
+pub fn processes_mentioning(needle: &Path) -> Vec<u32> {
+    let needle = needle.as_os_str().as_encoded_bytes().to_vec();
+    let me = std::process::id();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| *pid != me)
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| c.windows(needle.len()).any(|w| w == needle.as_slice()))
+        })
+        // A zombie's cmdline is empty, so anything listed is really running.
+        .collect()
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = vec![];
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            }
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// Reads the child's stdout until a line contains `marker`; panics after `timeout`.
+/// Returns the reader so the caller can keep draining it.
+pub fn wait_for_line(child: &mut Child, marker: &str, timeout: Duration) {
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let marker = marker.to_owned();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line.contains(&marker) {
+                let _ = tx.send(());
+            }
+        }
+    });
+    rx.recv_timeout(timeout)
+        .expect("marker line never appeared");
+}
+
+/// Waits for the child to exit, killing it after `timeout`; returns its exit code.
+pub fn wait_exit(child: &mut Child, timeout: Duration) -> Option<i32> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut e, &mut err);
+            }
+            eprintln!("runner exited: {status}; stderr:\n{err}");
+            return status.code();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("runner did not exit within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub fn signal(child: &Child, sig: i32) {
+    // SAFETY: plain kill(2) on a pid we own.
+    unsafe {
+        libc::kill(child.id() as i32, sig);
+    }
+}
+
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A project directory with the given builder files.
+pub fn project_with(builders: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix("runner-test-project-")
+        .tempdir()
+        .unwrap();
+    std::fs::create_dir_all(dir.path().join("builders")).unwrap();
+    for (name, text) in builders {
+        std::fs::write(
+            dir.path().join("builders").join(format!("{name}.toml")),
+            text,
+        )
+        .unwrap();
+    }
+    dir
+}

@@ -1,0 +1,144 @@
+//! Malformed builder files: each error names the file, the line and the key, and no machine
+//! is started (no machine directory is ever created, no QEMU runs).
+
+mod common;
+
+use common::*;
+
+const GOOD: &str = r#"backend = "qemu"
+distro = "debian"
+suite = "bookworm"
+arch = "amd64"
+"#;
+
+/// (file text, expected line, expected key, a fragment of the message)
+const CASES: &[(&str, usize, &str, &str)] = &[
+    // A misspelt key.
+    (
+        "backend = \"qemu\"\ndistro = \"debian\"\nsuite = \"bookworm\"\narch = \"amd64\"\nmemroy = \"1G\"\n",
+        5,
+        "memroy",
+        "unknown field",
+    ),
+    // A size without a unit.
+    (
+        "backend = \"qemu\"\ndistro = \"debian\"\nsuite = \"bookworm\"\narch = \"amd64\"\nmemory = 2048\n",
+        5,
+        "memory",
+        "unit",
+    ),
+    // An architecture runner does not know.
+    (
+        "backend = \"qemu\"\ndistro = \"debian\"\nsuite = \"bookworm\"\narch = \"sparc\"\n",
+        4,
+        "arch",
+        "unknown variant",
+    ),
+    // Too many vCPUs.
+    (
+        "backend = \"qemu\"\ndistro = \"debian\"\nsuite = \"bookworm\"\narch = \"amd64\"\nvcpus = 1000\n",
+        5,
+        "vcpus",
+        "between 1 and 64",
+    ),
+    // A backend that does not exist.
+    (
+        "backend = \"vmware\"\ndistro = \"debian\"\n",
+        1,
+        "backend",
+        "unknown backend",
+    ),
+    // Another distribution.
+    (
+        "backend = \"qemu\"\ndistro = \"fedora\"\nsuite = \"40\"\narch = \"amd64\"\n",
+        2,
+        "distro",
+        "unsupported distro",
+    ),
+    // A package name that would be an option to mmdebstrap.
+    (
+        "backend = \"qemu\"\ndistro = \"debian\"\nsuite = \"bookworm\"\narch = \"amd64\"\npackages = [\"gcc\", \"--evil\"]\n",
+        5,
+        "packages",
+        "not a Debian package name",
+    ),
+    // A disk too small to hold Debian.
+    (
+        "backend = \"qemu\"\ndistro = \"debian\"\nsuite = \"bookworm\"\narch = \"amd64\"\ndisk = \"10M\"\n",
+        5,
+        "disk",
+        "outside",
+    ),
+    // A boot timeout that is not a duration.
+    (
+        "backend = \"qemu\"\ndistro = \"debian\"\nsuite = \"bookworm\"\narch = \"amd64\"\nboot_timeout = \"soon\"\n",
+        5,
+        "boot_timeout",
+        "90s",
+    ),
+    // A value of the wrong type.
+    (
+        "backend = \"qemu\"\ndistro = \"debian\"\nsuite = \"bookworm\"\narch = \"amd64\"\nvcpus = \"two\"\n",
+        5,
+        "vcpus",
+        "invalid type",
+    ),
+    // A required key missing: the error still names it.
+    (
+        "backend = \"qemu\"\ndistro = \"debian\"\narch = \"amd64\"\n",
+        1,
+        "suite",
+        "missing field",
+    ),
+    // Not TOML at all.
+    (
+        "backend = \"qemu\"\ndistro = \"debian\"\nsuite = bookworm\n",
+        3,
+        "suite",
+        "",
+    ),
+];
+
+#[test]
+fn malformed_builders_name_file_line_and_key_and_start_nothing() {
+    for (i, (text, line, key, fragment)) in CASES.iter().enumerate() {
+        let name = format!("bad{i}");
+        let project = project_with(&[(&name, text)]);
+        let world = World::with_project(project.path().to_owned());
+        let out = world.run(&["vm", "run", &name, "--", "true"]);
+        let err = stderr(&out);
+        assert!(!out.status.success(), "case {i} should fail");
+        let location = format!("builders/{name}.toml:{line}:");
+        assert!(
+            err.contains(&location),
+            "case {i}: no `{location}` in: {err}"
+        );
+        assert!(
+            err.contains(&format!("key `{key}`")),
+            "case {i}: no key `{key}` in: {err}"
+        );
+        assert!(
+            err.contains(fragment),
+            "case {i}: no `{fragment}` in: {err}"
+        );
+        assert!(
+            !world.machines().exists(),
+            "case {i}: a machine was started"
+        );
+        world.assert_clean();
+    }
+}
+
+#[test]
+fn a_missing_builder_is_named() {
+    let project = project_with(&[("good", GOOD)]);
+    let world = World::with_project(project.path().to_owned());
+    let out = world.run(&["vm", "run", "absent", "--", "true"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("builders/absent.toml"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!world.machines().exists());
+}
