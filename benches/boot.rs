@@ -1,0 +1,135 @@
+//! Boot-to-SSH-ready: runner's image and machine layer against a stock systemd Debian booted
+//! by a bare QEMU command line and polled with OpenSSH, measured side by side in one run.
+//!
+//! `cargo bench --bench boot` (as root; bakes both images on first use). Env: `BENCH_RUNS`
+//! (default 3), `RUNNER_CACHE_DIR` (where runner's image lives), `BENCH_DIR` (baseline image).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use runner::config::Builder;
+use runner::launch::{self, Env};
+use runner::machine::accel::AccelChoice;
+use runner::paths::Dirs;
+use runner::signals::Shutdown;
+
+fn main() {
+    let runs: usize = std::env::var("BENCH_RUNS").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let bench_dir = std::env::var_os("BENCH_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| std::env::temp_dir().join("runner-bench"));
+    std::fs::create_dir_all(&bench_dir).unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let env = Env {
+        project: repo.clone(),
+        dirs: Dirs::resolve(std::env::var_os("RUNNER_CACHE_DIR").map(PathBuf::from), Some(state.path().into())),
+        accel: AccelChoice::Tcg,
+        bake: Default::default(),
+        shutdown: Shutdown::never(),
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let builder = Builder::find(&repo, "bookworm-amd64").unwrap();
+    let backend = rt.block_on(launch::backend(&env, &builder)).expect("runner image");
+    let stock = stock_image(&repo, &bench_dir);
+
+    let mut ours = vec![];
+    let mut theirs = vec![];
+    for i in 0..runs {
+        // Interleaved, so drift in machine load hits both sides alike.
+        let t = Instant::now();
+        let lease = rt
+            .block_on(launch::lease(&env, backend.as_ref(), &launch::spec(&builder, "bench")))
+            .expect("runner machine");
+        let ready = t.elapsed();
+        rt.block_on(lease.release(false)).unwrap();
+        ours.push(ready);
+
+        let stock_ready = boot_stock(&stock, &bench_dir);
+        theirs.push(stock_ready);
+        eprintln!("run {}: runner {:.2}s, stock {:.2}s", i + 1, ready.as_secs_f64(), stock_ready.as_secs_f64());
+    }
+    let (o, s) = (median(&mut ours), median(&mut theirs));
+    println!("boot-to-SSH-ready under TCG, median of {runs} (q35, 2 vCPU, 1 GiB):");
+    println!("  runner bookworm-amd64 (direct kernel, lean init, pinned keys): {o:>7.2} s");
+    println!("  stock Debian + systemd, bare qemu, OpenSSH polling:            {s:>7.2} s");
+    println!("  ratio stock/runner: {:.1}x faster", s / o);
+}
+
+fn median(v: &mut [Duration]) -> f64 {
+    v.sort();
+    v[v.len() / 2].as_secs_f64()
+}
+
+struct Stock {
+    dir: PathBuf,
+    key: PathBuf,
+}
+
+fn stock_image(repo: &Path, bench: &Path) -> Stock {
+    let dir = bench.join("stock-bookworm");
+    let key = bench.join("stock_key");
+    if !key.exists() {
+        run(Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(&key));
+    }
+    if !dir.join("base.qcow2").exists() {
+        eprintln!("baking the stock baseline image (once) ...");
+        let mirror = runner::image::mirror::resolve(std::env::var("RUNNER_MIRROR").ok().as_deref()).unwrap();
+        run(Command::new("bash")
+            .arg(repo.join("benches/stock-image.sh"))
+            .arg(&mirror)
+            .arg(&dir)
+            .arg(key.with_extension("pub")));
+    }
+    Stock { dir, key }
+}
+
+fn boot_stock(stock: &Stock, bench: &Path) -> Duration {
+    let overlay = bench.join("stock-overlay.qcow2");
+    let _ = std::fs::remove_file(&overlay);
+    run(Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
+        .arg(stock.dir.join("base.qcow2"))
+        .arg(&overlay));
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let t = Instant::now();
+    let mut qemu = Command::new("qemu-system-x86_64")
+        .args(["-accel", "tcg", "-M", "q35", "-cpu", "qemu64", "-smp", "2", "-m", "1G"])
+        .args(["-nodefaults", "-display", "none", "-serial", "null"])
+        .arg("-kernel").arg(stock.dir.join("vmlinuz"))
+        .arg("-initrd").arg(stock.dir.join("initrd.img"))
+        .args(["-append", "root=/dev/vda rw console=ttyS0 net.ifnames=0"])
+        .arg("-drive").arg(format!("file={},if=virtio,format=qcow2", overlay.display()))
+        .arg("-netdev").arg(format!("user,id=n0,hostfwd=tcp:127.0.0.1:{port}-:22"))
+        .args(["-device", "virtio-net-pci,netdev=n0"])
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("qemu");
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let ok = Command::new("ssh")
+            .arg("-i").arg(&stock.key)
+            .args(["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"])
+            .args(["-o", "ConnectTimeout=5", "-o", "BatchMode=yes", "-o", "LogLevel=ERROR"])
+            .args(["-p", &port.to_string(), "root@127.0.0.1", "true"])
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok || Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let ready = t.elapsed();
+    let _ = qemu.kill();
+    let _ = qemu.wait();
+    let _ = std::fs::remove_file(&overlay);
+    ready
+}
+
+fn run(cmd: &mut Command) {
+    let status = cmd.status().expect("spawn");
+    assert!(status.success(), "{cmd:?} failed");
+}
