@@ -15,7 +15,10 @@ use runner::paths::Dirs;
 use runner::signals::Shutdown;
 
 fn main() {
-    let runs: usize = std::env::var("BENCH_RUNS").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
+    let runs: usize = std::env::var("BENCH_RUNS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let bench_dir = std::env::var_os("BENCH_DIR")
         .map(PathBuf::from)
@@ -24,14 +27,19 @@ fn main() {
     let state = tempfile::tempdir().unwrap();
     let env = Env {
         project: repo.clone(),
-        dirs: Dirs::resolve(std::env::var_os("RUNNER_CACHE_DIR").map(PathBuf::from), Some(state.path().into())),
+        dirs: Dirs::resolve(
+            std::env::var_os("RUNNER_CACHE_DIR").map(PathBuf::from),
+            Some(state.path().into()),
+        ),
         accel: AccelChoice::Tcg,
         bake: Default::default(),
         shutdown: Shutdown::never(),
     };
     let rt = tokio::runtime::Runtime::new().unwrap();
     let builder = Builder::find(&repo, "bookworm-amd64").unwrap();
-    let backend = rt.block_on(launch::backend(&env, &builder)).expect("runner image");
+    let backend = rt
+        .block_on(launch::backend(&env, &builder))
+        .expect("runner image");
     let stock = stock_image(&repo, &bench_dir);
 
     let mut ours = vec![];
@@ -40,7 +48,11 @@ fn main() {
         // Interleaved, so drift in machine load hits both sides alike.
         let t = Instant::now();
         let lease = rt
-            .block_on(launch::lease(&env, backend.as_ref(), &launch::spec(&builder, "bench")))
+            .block_on(launch::lease(
+                &env,
+                backend.as_ref(),
+                &launch::spec(&builder, "bench"),
+            ))
             .expect("runner machine");
         let ready = t.elapsed();
         rt.block_on(lease.release(false)).unwrap();
@@ -48,7 +60,12 @@ fn main() {
 
         let stock_ready = boot_stock(&stock, &bench_dir);
         theirs.push(stock_ready);
-        eprintln!("run {}: runner {:.2}s, stock {:.2}s", i + 1, ready.as_secs_f64(), stock_ready.as_secs_f64());
+        eprintln!(
+            "run {}: runner {:.2}s, stock {:.2}s",
+            i + 1,
+            ready.as_secs_f64(),
+            stock_ready.as_secs_f64()
+        );
     }
     let (o, s) = (median(&mut ours), median(&mut theirs));
     println!("boot-to-SSH-ready under TCG, median of {runs} (q35, 2 vCPU, 1 GiB):");
@@ -71,11 +88,14 @@ fn stock_image(repo: &Path, bench: &Path) -> Stock {
     let dir = bench.join("stock-bookworm");
     let key = bench.join("stock_key");
     if !key.exists() {
-        run(Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(&key));
+        run(Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(&key));
     }
     if !dir.join("base.qcow2").exists() {
         eprintln!("baking the stock baseline image (once) ...");
-        let mirror = runner::image::mirror::resolve(std::env::var("RUNNER_MIRROR").ok().as_deref()).unwrap();
+        let mirror =
+            runner::image::mirror::resolve(std::env::var("RUNNER_MIRROR").ok().as_deref()).unwrap();
         run(Command::new("bash")
             .arg(repo.join("benches/stock-image.sh"))
             .arg(&mirror)
@@ -92,16 +112,26 @@ fn boot_stock(stock: &Stock, bench: &Path) -> Duration {
         .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
         .arg(stock.dir.join("base.qcow2"))
         .arg(&overlay));
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let t = Instant::now();
     let mut qemu = Command::new("qemu-system-x86_64")
-        .args(["-accel", "tcg", "-M", "q35", "-cpu", "qemu64", "-smp", "2", "-m", "1G"])
+        .args([
+            "-accel", "tcg", "-M", "q35", "-cpu", "qemu64", "-smp", "2", "-m", "1G",
+        ])
         .args(["-nodefaults", "-display", "none", "-serial", "null"])
-        .arg("-kernel").arg(stock.dir.join("vmlinuz"))
-        .arg("-initrd").arg(stock.dir.join("initrd.img"))
+        .arg("-kernel")
+        .arg(stock.dir.join("vmlinuz"))
+        .arg("-initrd")
+        .arg(stock.dir.join("initrd.img"))
         .args(["-append", "root=/dev/vda rw console=ttyS0 net.ifnames=0"])
-        .arg("-drive").arg(format!("file={},if=virtio,format=qcow2", overlay.display()))
-        .arg("-netdev").arg(format!("user,id=n0,hostfwd=tcp:127.0.0.1:{port}-:22"))
+        .arg("-drive")
+        .arg(format!("file={},if=virtio,format=qcow2", overlay.display()))
+        .arg("-netdev")
+        .arg(format!("user,id=n0,hostfwd=tcp:127.0.0.1:{port}-:22"))
         .args(["-device", "virtio-net-pci,netdev=n0"])
         .stdin(Stdio::null())
         .spawn()
@@ -109,9 +139,22 @@ fn boot_stock(stock: &Stock, bench: &Path) -> Duration {
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
         let ok = Command::new("ssh")
-            .arg("-i").arg(&stock.key)
-            .args(["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"])
-            .args(["-o", "ConnectTimeout=5", "-o", "BatchMode=yes", "-o", "LogLevel=ERROR"])
+            .arg("-i")
+            .arg(&stock.key)
+            .args([
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+            ])
+            .args([
+                "-o",
+                "ConnectTimeout=5",
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "LogLevel=ERROR",
+            ])
             .args(["-p", &port.to_string(), "root@127.0.0.1", "true"])
             .stdin(Stdio::null())
             .stderr(Stdio::null())

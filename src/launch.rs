@@ -77,7 +77,9 @@ pub async fn lease(env: &Env, backend: &dyn Backend, spec: &MachineSpec) -> Resu
             keys,
         }),
         Err(e) => {
-            machine.teardown(env.shutdown.is_cancelled()).await?;
+            // Even when cancelled: the first signal means an orderly teardown (QMP quit, then
+            // kill); a second signal never gets here, it kills everything and exits.
+            machine.teardown(false).await?;
             Err(e)
         }
     }

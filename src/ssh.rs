@@ -236,11 +236,10 @@ impl Session {
         Ok(out)
     }
 
+    /// Says goodbye, but never waits long for a guest that may already be gone.
     pub async fn close(self) {
-        let _ = self
-            .handle
-            .disconnect(Disconnect::ByApplication, "", "en")
-            .await;
+        let bye = self.handle.disconnect(Disconnect::ByApplication, "", "en");
+        let _ = tokio::time::timeout(Duration::from_secs(2), bye).await;
     }
 }
 

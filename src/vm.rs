@@ -29,7 +29,7 @@ pub async fn run(env: &Env, builder: &str, command: &str) -> Result<i32> {
             .exec(command, stdin, tokio::io::stdout(), tokio::io::stderr()),
     )
     .await;
-    lease.release(env.shutdown.is_cancelled()).await?;
+    lease.release(false).await?;
     let status = status?;
     if !status.success() {
         eprintln!("runner: `{command}` on {}: {status}", builder.name);
@@ -87,6 +87,6 @@ pub async fn shell(env: &Env, builder: &str) -> Result<i32> {
         Ok::<_, Error>(status.code().unwrap_or(255))
     }
     .await;
-    lease.release(env.shutdown.is_cancelled()).await?;
+    lease.release(false).await?;
     result
 }

@@ -2,6 +2,7 @@
 //! typo in a builder should cost the user seconds, not a VM boot.
 
 pub mod builder;
+pub mod project;
 pub mod size;
 
 use std::fmt;
@@ -11,6 +12,7 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 
 pub use builder::{Arch, Backend, Builder, QemuBuilder};
+pub use project::{Project, Target};
 pub use size::Size;
 
 /// A configuration problem located in its source file.
