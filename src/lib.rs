@@ -1,7 +1,9 @@
 //! runner: disposable build VMs. `main.rs` only calls [`cli::main`].
 
+pub mod artifacts;
 pub mod cli;
 pub mod config;
+pub mod context;
 pub mod error;
 pub mod gc;
 pub mod image;
