@@ -5,6 +5,7 @@ pub mod cli;
 pub mod config;
 pub mod context;
 pub mod error;
+pub mod events;
 pub mod gc;
 pub mod image;
 pub mod keys;

@@ -1,0 +1,114 @@
+//! What happens during a build, as data. The orchestrator and the per-target pipeline only
+//! emit [`Event`]s; how they are shown (progress bars, plain lines, JSON lines for CI) is the
+//! business of `progress`, so the pipeline never formats output itself.
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+/// The stages a target goes through, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    /// Waiting for a slot (`-j`).
+    Queued,
+    /// Ensuring the base image (baking it if needed).
+    Image,
+    /// Launching the machine and waiting for SSH.
+    Boot,
+    /// Streaming the build context into the guest.
+    Sync,
+    /// Running the provision script.
+    Provision,
+    /// Pulling artifacts back.
+    Collect,
+    /// Moving artifacts into the store.
+    Publish,
+    /// Tearing the machine down.
+    Teardown,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Queued => "queued",
+            Phase::Image => "image",
+            Phase::Boot => "boot",
+            Phase::Sync => "sync",
+            Phase::Provision => "provision",
+            Phase::Collect => "collect",
+            Phase::Publish => "publish",
+            Phase::Teardown => "teardown",
+        }
+    }
+}
+
+/// How a target ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    Succeeded,
+    Failed,
+    /// Stopped by Ctrl-C/SIGTERM (a timeout is a failure).
+    Cancelled,
+    /// Not started because an earlier target failed (without `--keep-going`).
+    Skipped,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Succeeded => "succeeded",
+            Outcome::Failed => "failed",
+            Outcome::Cancelled => "cancelled",
+            Outcome::Skipped => "skipped",
+        }
+    }
+}
+
+/// The final record of one target, shown in the summary and sent as the last event.
+#[derive(Debug, Clone, Serialize)]
+pub struct TargetResult {
+    pub target: String,
+    pub outcome: Outcome,
+    /// The phase the target was in when it ended (`publish` or `teardown` on success).
+    pub phase: Phase,
+    pub seconds: f64,
+    /// Published artifact paths (empty unless succeeded).
+    pub artifacts: Vec<PathBuf>,
+    pub log: PathBuf,
+    /// The provision script's exit code, when it ran and failed.
+    pub exit_code: Option<i32>,
+    /// One line (or a few) saying what went wrong.
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// The run starts: every target it will try, in order.
+    RunStarted { targets: Vec<String>, jobs: usize },
+    /// A target entered a phase.
+    Phase { target: String, phase: Phase, seconds: f64 },
+    /// The latest line of the provision script's output (for the progress line).
+    Output { target: String, line: String },
+    /// A target ended; exactly one per target.
+    Finished(TargetResult),
+    /// The run ended.
+    RunFinished { succeeded: usize, failed: usize, cancelled: usize, skipped: usize, seconds: f64 },
+}
+
+/// Where events go. Cloneable and cheap; sending never blocks the pipeline.
+#[derive(Clone)]
+pub struct Emitter(tokio::sync::mpsc::UnboundedSender<Event>);
+
+impl Emitter {
+    pub fn channel() -> (Emitter, tokio::sync::mpsc::UnboundedReceiver<Event>) {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        (Emitter(tx), rx)
+    }
+
+    pub fn send(&self, e: Event) {
+        let _ = self.0.send(e);
+    }
+}
