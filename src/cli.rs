@@ -13,6 +13,7 @@ use crate::image::{Cache, Provenance, bake};
 use crate::launch::{Env, cancellable};
 use crate::machine::accel::AccelChoice;
 use crate::paths::Dirs;
+use crate::progress::Format;
 use crate::signals::Shutdown;
 
 #[derive(Parser)]
@@ -46,6 +47,30 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Build targets from runner.toml, each in a fresh machine.
+    Build {
+        /// Target names or globs (`hello-*`); all targets if none.
+        targets: Vec<String>,
+        /// Build every target.
+        #[arg(long)]
+        all: bool,
+        /// How many targets at once (default: by host CPUs and memory).
+        #[arg(short, long)]
+        jobs: Option<usize>,
+        /// Keep launching targets after one fails.
+        #[arg(long)]
+        keep_going: bool,
+        /// Leave a failed target's machine running and print how to ssh into it.
+        #[arg(long)]
+        keep_failed: bool,
+        /// `human` (progress on stderr) or `json` (one event per line on stdout).
+        #[arg(long, default_value = "human", value_parser = ["human", "json"])]
+        message_format: String,
+    },
+    /// Show targets and builders.
+    List,
+    /// Validate runner.toml and builders/ without starting anything.
+    Check,
     /// Base images: bake, list, remove.
     #[command(subcommand)]
     Image(ImageCmd),
@@ -140,6 +165,20 @@ async fn dispatch(cli: Cli, shutdown: Shutdown) -> Result<i32> {
         shutdown,
     };
     match cli.command {
+        Command::Build { targets, all, jobs, keep_going, keep_failed, message_format } => {
+            let args = crate::build::BuildArgs {
+                targets,
+                all,
+                jobs,
+                keep_going,
+                keep_failed,
+                format: if message_format == "json" { Format::Json } else { Format::Human },
+                interactive,
+            };
+            crate::build::build(&env, args).await
+        }
+        Command::List => crate::build::list(&env.project),
+        Command::Check => crate::build::check(&env.project),
         Command::Image(ImageCmd::Build { builders, force }) => {
             image_build(&env, &builders, force).await
         }

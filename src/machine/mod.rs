@@ -103,7 +103,11 @@ impl Machine {
 
     /// Leaves the machine running (for `--keep-failed`); `runner gc` removes it later.
     pub fn keep(&mut self) {
-        self.instance = None;
+        // Forgotten, not dropped: dropping would run the backend's kill-on-drop safety nets.
+        if let Some(inst) = self.instance.take() {
+            std::mem::forget(inst);
+        }
+        registry::unregister(&self.id);
     }
 }
 

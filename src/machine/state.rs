@@ -64,6 +64,14 @@ impl MachineRecord {
     }
 }
 
+/// Marks a machine as deliberately left running (`--keep-failed`), so `gc` treats it as
+/// removable once its owner has exited.
+pub fn mark_kept(dir: &Path) -> Result<()> {
+    let mut r = MachineRecord::read(dir)?;
+    r.kept = true;
+    r.write(dir)
+}
+
 pub fn now_unix() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

@@ -1,0 +1,126 @@
+//! `runner build`, `runner list`, `runner check`: the project-level commands.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::artifacts::Limits;
+use crate::config::{Builder, Project};
+use crate::error::{Error, Result};
+use crate::events::Emitter;
+use crate::launch::Env;
+use crate::orchestrator::{self, Options};
+use crate::pipeline::Shared;
+use crate::progress::{self, Format};
+use crate::store::local::LocalStore;
+
+pub struct BuildArgs {
+    pub targets: Vec<String>,
+    pub all: bool,
+    pub jobs: Option<usize>,
+    pub keep_going: bool,
+    pub keep_failed: bool,
+    pub format: Format,
+    pub interactive: bool,
+}
+
+/// The fallback SOURCE_DATE_EPOCH when the context is not a git checkout: 1980-01-01, the
+/// earliest time every archive format (zip included) can represent.
+pub const DEFAULT_EPOCH: u64 = 315_532_800;
+
+/// Builds the selected targets; returns the process exit code (0 only if all succeeded).
+pub async fn build(env: &Env, args: BuildArgs) -> Result<i32> {
+    let project = Project::load(&env.project)?;
+    let targets: Vec<_> = project
+        .select(&args.targets, args.all)
+        .map_err(Error::Other)?
+        .into_iter()
+        .cloned()
+        .collect();
+    if targets.is_empty() {
+        return Err(Error::other(format!("no targets defined in {}", env.project.join("runner.toml").display())));
+    }
+    let (emitter, rx) = Emitter::channel();
+    let shared = Arc::new(Shared {
+        env: env.clone(),
+        store: Arc::new(LocalStore::new(&project.artifact_dir)),
+        limits: Limits {
+            max_file_bytes: project.limits.max_file.0,
+            max_total_bytes: project.limits.max_total.0,
+            max_entries: project.limits.max_files,
+        },
+        emitter,
+        keep_failed: args.keep_failed,
+        epoch: source_date_epoch(&project.root),
+        logs: env.dirs.logs().join("builds"),
+        // Never send the artifacts (or runner's own files) back into the next build.
+        exclude: vec![(project.artifact_dir.clone(), String::new())],
+    });
+    let renderer = tokio::spawn(progress::run(rx, args.format, args.interactive));
+    let opts = Options {
+        jobs: args.jobs.unwrap_or_else(orchestrator::default_jobs),
+        keep_going: args.keep_going,
+    };
+    let results = orchestrator::run(shared, targets, &opts).await;
+    let summary = renderer
+        .await
+        .map_err(|e| Error::other(format!("progress display failed: {e}")))?;
+    progress::print_summary(&summary, &mut std::io::stderr());
+    Ok(if results.iter().all(|r| r.outcome == crate::events::Outcome::Succeeded) { 0 } else { 1 })
+}
+
+/// SOURCE_DATE_EPOCH: the host's variable if set, else the last commit time of the project
+/// when it is a git checkout, else [`DEFAULT_EPOCH`].
+pub fn source_date_epoch(root: &Path) -> u64 {
+    if let Some(v) = std::env::var("SOURCE_DATE_EPOCH").ok().and_then(|v| v.parse().ok()) {
+        return v;
+    }
+    std::process::Command::new("git")
+        .arg("-C")
+        .arg(root)
+        .args(["log", "-1", "--format=%ct"])
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(DEFAULT_EPOCH)
+}
+
+/// `runner list`: targets with their builder and script, then every builder.
+pub fn list(project_root: &Path) -> Result<i32> {
+    let project = Project::load(project_root)?;
+    println!("{:<24} {:<20} {:<32} TIMEOUT", "TARGET", "BUILDER", "SCRIPT");
+    for t in project.targets.values() {
+        let script = t.script.strip_prefix(&project.root).unwrap_or(&t.script);
+        println!(
+            "{:<24} {:<20} {:<32} {}",
+            t.name,
+            t.builder.name,
+            script.display(),
+            humantime::format_duration(t.timeout)
+        );
+    }
+    println!();
+    println!("{:<24} {:<8} {:<10} {:<6} {:>5} {:>7}", "BUILDER", "BACKEND", "SUITE", "ARCH", "VCPUS", "MEMORY");
+    for b in Builder::all(project_root)? {
+        let q = b.qemu();
+        println!(
+            "{:<24} {:<8} {:<10} {:<6} {:>5} {:>7}",
+            b.name, "qemu", q.suite, q.arch.debian(), q.vcpus, q.memory.to_string()
+        );
+    }
+    Ok(0)
+}
+
+/// `runner check`: loads and validates everything, starts nothing.
+pub fn check(project_root: &Path) -> Result<i32> {
+    let builders = Builder::all(project_root)?;
+    let project = Project::load(project_root)?;
+    println!(
+        "ok: {} target(s), {} builder(s) in {}",
+        project.targets.len(),
+        builders.len(),
+        project_root.display()
+    );
+    Ok(0)
+}

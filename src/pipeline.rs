@@ -1,0 +1,235 @@
+//! One target, start to finish: image → boot → sync → provision → collect → publish, then
+//! teardown whatever happened. The target's deadline covers everything up to publishing;
+//! Ctrl-C and the deadline both end in the same teardown path. The pipeline sees machines
+//! only through `launch` and the `Backend` trait.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use crate::artifacts::Limits;
+use crate::config::Target;
+use crate::context::{Context, ContextOptions};
+use crate::error::{Error, IoContext, Result};
+use crate::events::{Emitter, Event, Outcome, Phase, TargetResult};
+use crate::guest;
+use crate::launch::{self, Env, Lease};
+use crate::logs::{LogSink, tail};
+use crate::store::ArtifactStore;
+
+/// What every target of a run shares.
+pub struct Shared {
+    pub env: Env,
+    pub store: Arc<dyn ArtifactStore>,
+    pub limits: Limits,
+    pub emitter: Emitter,
+    /// Leave a failed target's machine running for inspection.
+    pub keep_failed: bool,
+    /// SOURCE_DATE_EPOCH for every target, and the mtime of every context entry.
+    pub epoch: u64,
+    /// Where target logs go.
+    pub logs: PathBuf,
+    /// Paths (relative to a context root) never sent to the guest, e.g. the artifact dir.
+    pub exclude: Vec<(PathBuf, String)>,
+}
+
+/// Progress of one target, readable after its work future is gone.
+struct Tracker<'a> {
+    target: &'a str,
+    started: Instant,
+    emitter: &'a Emitter,
+    phase: Mutex<Phase>,
+    exit_code: Mutex<Option<i32>>,
+}
+
+impl Tracker<'_> {
+    fn enter(&self, phase: Phase) {
+        *self.phase.lock().unwrap() = phase;
+        self.emitter.send(Event::Phase {
+            target: self.target.to_owned(),
+            phase,
+            seconds: self.started.elapsed().as_secs_f64(),
+        });
+    }
+
+    fn phase(&self) -> Phase {
+        *self.phase.lock().unwrap()
+    }
+}
+
+pub async fn run_target(shared: Arc<Shared>, target: Target) -> TargetResult {
+    let started = Instant::now();
+    let log_path = shared.logs.join(format!("{}.log", target.name));
+    let _ = std::fs::remove_file(&log_path);
+    let tracker = Tracker {
+        target: &target.name,
+        started,
+        emitter: &shared.emitter,
+        phase: Mutex::new(Phase::Queued),
+        exit_code: Mutex::new(None),
+    };
+    let emitter = shared.emitter.clone();
+    let name = target.name.clone();
+    let sink = LogSink::create(&log_path, move |line| {
+        emitter.send(Event::Output { target: name.clone(), line })
+    });
+
+    let mut lease: Option<Lease> = None;
+    let result = match &sink {
+        Err(e) => Err(Error::other(format!("cannot create log `{}`: {e}", log_path.display()))),
+        Ok(sink) => {
+            let work = stages(&shared, &target, sink, &tracker, &mut lease);
+            tokio::select! {
+                r = tokio::time::timeout(target.timeout, work) => r.unwrap_or_else(|_| Err(Error::other(format!(
+                    "timed out after {}", humantime::format_duration(target.timeout))))),
+                _ = shared.env.shutdown.token.cancelled() => Err(Error::Cancelled),
+            }
+        }
+    };
+    let phase = tracker.phase();
+
+    let mut note = String::new();
+    if let Some(mut lease) = lease {
+        if result.is_err() && shared.keep_failed && !matches!(result, Err(Error::Cancelled)) {
+            note = keep(&mut lease, &shared.env.dirs.machines());
+            lease.machine.keep();
+        } else {
+            tracker.enter(Phase::Teardown);
+            if let Err(e) = lease.release(false).await
+                && let Ok(s) = &sink
+            {
+                s.note(&format!("teardown: {e}"));
+            }
+        }
+    }
+
+    let exit_code = *tracker.exit_code.lock().unwrap();
+    let (outcome, artifacts, error) = match result {
+        Ok(paths) => (Outcome::Succeeded, paths, None),
+        Err(Error::Cancelled) => (Outcome::Cancelled, vec![], Some(format!("{} cancelled in {}", target.name, phase.as_str()))),
+        Err(e) => {
+            if let Ok(s) = &sink {
+                s.note(&format!("failed in {}: {}", phase.as_str(), crate::error::chain(&e)));
+            }
+            (Outcome::Failed, vec![], Some(describe_failure(&target.name, phase, &e, exit_code, &log_path) + &note))
+        }
+    };
+    TargetResult {
+        target: target.name.clone(),
+        outcome,
+        phase,
+        seconds: started.elapsed().as_secs_f64(),
+        artifacts,
+        log: log_path,
+        exit_code,
+        error,
+    }
+}
+
+async fn stages(
+    sh: &Shared,
+    t: &Target,
+    sink: &LogSink,
+    tr: &Tracker<'_>,
+    lease_slot: &mut Option<Lease>,
+) -> Result<Vec<PathBuf>> {
+    tr.enter(Phase::Image);
+    let backend = launch::backend(&sh.env, &t.builder).await?;
+
+    tr.enter(Phase::Boot);
+    let mut spec = launch::spec(&t.builder, &t.name);
+    spec.vcpus = t.vcpus.unwrap_or(spec.vcpus);
+    spec.memory_mib = t.memory.map_or(spec.memory_mib, |m| m.mib());
+    let lease = lease_slot.insert(launch::lease(&sh.env, backend.as_ref(), &spec).await?);
+    sink.note(&format!("machine {} is up", lease.machine.describe()));
+
+    tr.enter(Phase::Sync);
+    let opts = ContextOptions {
+        root: t.context.clone(),
+        exclude: sh.exclude_for(&t.context),
+    };
+    let ctx = tokio::task::spawn_blocking(move || Context::scan(&opts))
+        .await
+        .map_err(|e| Error::other(format!("context scan panicked: {e}")))??;
+    for s in ctx.skipped() {
+        sink.note(&format!("context: skipped {} `{}`", s.kind, s.path.display()));
+    }
+    let sent = guest::sync_context(&lease.session, Arc::new(ctx), sh.epoch, sink).await?;
+    sink.note(&format!("context: {} files, {} bytes, tar sha256 {}", sent.files, sent.file_bytes, sent.tar_sha256));
+
+    tr.enter(Phase::Provision);
+    let script = std::fs::read(&t.script).ctx(|| format!("cannot read script `{}`", t.script.display()))?;
+    let mut env = vec![
+        ("RUNNER_TARGET".to_owned(), t.name.clone()),
+        ("RUNNER_OUT".to_owned(), guest::OUT.to_owned()),
+        ("SOURCE_DATE_EPOCH".to_owned(), sh.epoch.to_string()),
+    ];
+    env.extend(t.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    let status = guest::run_script(&lease.session, &script, &env, sink).await?;
+    if !status.success() {
+        *tr.exit_code.lock().unwrap() = Some(status.code());
+        return Err(Error::other(format!("provision script {status}")));
+    }
+
+    tr.enter(Phase::Collect);
+    let staging = sh.store.staging(&t.name)?;
+    let files = guest::collect(&lease.session, &t.artifacts, staging.path(), &sh.limits, sink).await?;
+
+    tr.enter(Phase::Publish);
+    sh.store.publish(&t.name, staging, &files).await
+}
+
+impl Shared {
+    /// Excludes that fall inside this context root, made relative to it.
+    fn exclude_for(&self, root: &Path) -> Vec<String> {
+        self.exclude
+            .iter()
+            .filter_map(|(base, pattern)| {
+                let rel = base.strip_prefix(root).ok()?;
+                Some(if rel.as_os_str().is_empty() { pattern.clone() } else { format!("{}/{pattern}", rel.display()) })
+            })
+            .collect()
+    }
+}
+
+/// `<target> failed in <phase>: <what> (exit code N); log: <path>` and the log's last lines.
+fn describe_failure(target: &str, phase: Phase, e: &Error, code: Option<i32>, log: &Path) -> String {
+    let mut s = format!("{target} failed in {}: {e}", phase.as_str());
+    if let Some(c) = code {
+        s.push_str(&format!(" (exit code {c})"));
+    }
+    s.push_str(&format!("; log: {}", log.display()));
+    let last = tail(log, 10);
+    if !last.trim().is_empty() {
+        s.push_str("\n  last lines of the log:");
+        for l in last.lines() {
+            s.push_str("\n    ");
+            s.push_str(&crate::progress::sanitize(l));
+        }
+    }
+    s
+}
+
+/// Leaves a failed machine running and says how to get in; `runner gc` removes it later.
+fn keep(lease: &mut Lease, machines: &Path) -> String {
+    let dir = machines.join(&lease.machine.id);
+    let ep = &lease.machine.endpoint;
+    let key = dir.join("id_ed25519");
+    let known = dir.join("known_hosts");
+    let written = lease
+        .keys
+        .client_private_openssh()
+        .and_then(|k| crate::machine::qemu::write_private(&key, k.as_bytes()))
+        .and_then(|_| {
+            let line = format!("[{}]:{} {}\n", ep.host, ep.port, crate::keys::openssh_public(lease.keys.host_public()));
+            crate::machine::qemu::write_private(&known, line.as_bytes())
+        })
+        .and_then(|_| crate::machine::state::mark_kept(&dir));
+    match written {
+        Ok(()) => format!(
+            "\n  machine kept: ssh -i {} -o UserKnownHostsFile={} -p {} {}@{}  (remove with `runner gc --force`)",
+            key.display(), known.display(), ep.port, ep.user, ep.host
+        ),
+        Err(e) => format!("\n  could not keep the machine: {e}"),
+    }
+}
