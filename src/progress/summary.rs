@@ -21,8 +21,9 @@ pub fn print_summary(summary: &Summary, out: &mut impl Write) {
     let _ = out.flush();
 }
 
+/// Opens with a blank line to set the summary apart from the progress lines above it.
 pub(super) fn summary_text(summary: &Summary) -> String {
-    let mut text = String::new();
+    let mut text = String::from("\n");
     if !summary.results.is_empty() {
         text.push_str(&table(&summary.results));
     }
