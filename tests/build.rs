@@ -283,3 +283,16 @@ fn ignored_files_stay_home_and_hidden_files_travel() {
     }
     world.assert_clean();
 }
+
+#[test]
+fn apt_example_installs_build_dependencies_inside_the_guest() {
+    let (_tmp, root) = example("apt-deps");
+    let world = World::with_project(root.clone());
+    let out = world.run(&["build", "inventory"]);
+    assert_eq!(out.status.code(), Some(0));
+    let tsv = std::fs::read_to_string(root.join("artifacts/inventory/versions.tsv")).unwrap();
+    assert_eq!(tsv, "jq\t1.6\nlibc6\t2.36\nopenssh-server\t1:9.2p1\n");
+    let json = std::fs::read_to_string(root.join("artifacts/inventory/inventory.json")).unwrap();
+    assert!(json.starts_with("{\n  \"packages\""), "jq -S did not run: {json}");
+    world.assert_clean();
+}
