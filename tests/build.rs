@@ -296,3 +296,33 @@ fn apt_example_installs_build_dependencies_inside_the_guest() {
     assert!(json.starts_with("{\n  \"packages\""), "jq -S did not run: {json}");
     world.assert_clean();
 }
+
+#[test]
+fn keep_failed_leaves_a_reachable_machine_that_gc_removes() {
+    let proj = project(
+        "[target.broken]\nbuilder = \"bookworm-amd64\"\nscript = \"broken.sh\"\n",
+        &[("broken.sh", "#!/bin/sh\necho clue > /root/clue.txt\nexit 2\n")],
+    );
+    let world = World::with_project(proj.path().to_owned());
+    let out = world.run(&["build", "broken", "--keep-failed"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    let ssh_line = err
+        .lines()
+        .find_map(|l| l.split("machine kept: ").nth(1))
+        .unwrap_or_else(|| panic!("no ssh instructions in: {err}"));
+    let ssh_cmd = ssh_line.split("  (").next().unwrap();
+
+    // The machine outlived runner, and the printed command gets in, with the host key pinned.
+    assert_eq!(world.machine_dirs().len(), 1);
+    let probe = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("{ssh_cmd} -o StrictHostKeyChecking=yes -o BatchMode=yes cat /root/clue.txt"))
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&probe), "clue\n", "{}", String::from_utf8_lossy(&probe.stderr));
+
+    let gc = world.run(&["gc", "--force"]);
+    assert!(stdout(&gc).contains("kept"), "{}", stdout(&gc));
+    world.assert_clean();
+}
