@@ -28,14 +28,21 @@ fn main() {
     std::fs::create_dir_all(&random).unwrap();
     for i in 0..mib / 16 {
         let mut f = std::fs::File::create(random.join(format!("blob{i}"))).unwrap();
-        std::io::copy(&mut std::io::Read::take(std::fs::File::open("/dev/urandom").unwrap(), 16 << 20), &mut f).unwrap();
+        std::io::copy(
+            &mut std::io::Read::take(std::fs::File::open("/dev/urandom").unwrap(), 16 << 20),
+            &mut f,
+        )
+        .unwrap();
     }
     let tree = work.path().join("tree");
     source_tree(&tree, 4000);
 
     let env = Env {
         project: repo.clone(),
-        dirs: Dirs::resolve(std::env::var_os("RUNNER_CACHE_DIR").map(PathBuf::from), Some(work.path().join("state"))),
+        dirs: Dirs::resolve(
+            std::env::var_os("RUNNER_CACHE_DIR").map(PathBuf::from),
+            Some(work.path().join("state")),
+        ),
         accel: AccelChoice::Tcg,
         bake: Default::default(),
         shutdown: Shutdown::never(),
@@ -43,27 +50,56 @@ fn main() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let builder = Builder::find(&repo, "bookworm-amd64").unwrap();
     let backend = rt.block_on(launch::backend(&env, &builder)).unwrap();
-    let lease = rt.block_on(launch::lease(&env, backend.as_ref(), &launch::spec(&builder, "bench-sync"))).unwrap();
+    let lease = rt
+        .block_on(launch::lease(
+            &env,
+            backend.as_ref(),
+            &launch::spec(&builder, "bench-sync"),
+        ))
+        .unwrap();
 
     // OpenSSH gets the same VM, the same pinned host key and the same client key.
     let key = work.path().join("id");
-    write_0600(&key, lease.keys.client_private_openssh().unwrap().as_bytes());
+    write_0600(
+        &key,
+        lease.keys.client_private_openssh().unwrap().as_bytes(),
+    );
     let known = work.path().join("known_hosts");
     let ep = lease.machine.endpoint.clone();
-    write_0600(&known, format!("[{}]:{} {}\n", ep.host, ep.port, openssh_public(lease.keys.host_public())).as_bytes());
+    write_0600(
+        &known,
+        format!(
+            "[{}]:{} {}\n",
+            ep.host,
+            ep.port,
+            openssh_public(lease.keys.host_public())
+        )
+        .as_bytes(),
+    );
     let log = LogSink::create(&work.path().join("sync.log"), |_| {}).unwrap();
 
     println!("context upload into one TCG guest (bookworm-amd64, q35, qemu64), best of {runs}:");
     for (label, dir) in [("incompressible", &random), ("source tree", &tree)] {
-        let ctx = Arc::new(Context::scan(&ContextOptions { root: dir.clone(), exclude: vec![] }).unwrap());
-        let bytes: u64 = ctx.entries().iter().map(|e| match e.kind {
-            runner::context::EntryKind::File { size, .. } => size,
-            _ => 0,
-        }).sum();
+        let ctx = Arc::new(
+            Context::scan(&ContextOptions {
+                root: dir.clone(),
+                exclude: vec![],
+            })
+            .unwrap(),
+        );
+        let bytes: u64 = ctx
+            .entries()
+            .iter()
+            .map(|e| match e.kind {
+                runner::context::EntryKind::File { size, .. } => size,
+                _ => 0,
+            })
+            .sum();
         let (mut ours, mut theirs) = (f64::MAX, f64::MAX);
         for _ in 0..runs {
             let t = Instant::now();
-            rt.block_on(guest::sync_context(&lease.session, ctx.clone(), 0, &log)).unwrap();
+            rt.block_on(guest::sync_context(&lease.session, ctx.clone(), 0, &log))
+                .unwrap();
             ours = ours.min(t.elapsed().as_secs_f64());
             let t = Instant::now();
             openssh_tar(dir, &key, &known, ep.port);
@@ -72,7 +108,11 @@ fn main() {
         let mb = bytes as f64 / 1e6;
         println!(
             "  {label:<15} {:>7.1} MB, {:>6} files: runner {:>6.1} MB/s ({ours:.1}s), OpenSSH tar|ssh {:>6.1} MB/s ({theirs:.1}s), ratio {:.2}x",
-            mb, ctx.entries().len(), mb / ours, mb / theirs, theirs / ours
+            mb,
+            ctx.entries().len(),
+            mb / ours,
+            mb / theirs,
+            theirs / ours
         );
     }
     rt.block_on(lease.release(false)).unwrap();
@@ -81,9 +121,17 @@ fn main() {
 fn openssh_tar(dir: &Path, key: &Path, known: &Path, port: u16) {
     let cmd = format!(
         "tar -C {} -cf - . | ssh -i {} -o UserKnownHostsFile={} -o StrictHostKeyChecking=yes -o BatchMode=yes -p {port} root@127.0.0.1 'rm -rf /build/src && mkdir -p /build/src && tar -x -C /build/src'",
-        dir.display(), key.display(), known.display()
+        dir.display(),
+        key.display(),
+        known.display()
     );
-    let ok = Command::new("sh").arg("-c").arg(cmd).stdin(Stdio::null()).status().unwrap().success();
+    let ok = Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .stdin(Stdio::null())
+        .status()
+        .unwrap()
+        .success();
     assert!(ok, "OpenSSH baseline failed");
 }
 
@@ -92,17 +140,28 @@ fn source_tree(root: &Path, files: usize) {
     for i in 0..files {
         let dir = root.join(format!("mod{}/sub{}", i % 40, i % 7));
         std::fs::create_dir_all(&dir).unwrap();
-        let body: String = (0..(i % 50 + 10)).map(|l| format!("fn item_{i}_{l}() -> u32 {{ {l} * {i} }}\n")).collect();
+        let body: String = (0..(i % 50 + 10))
+            .map(|l| format!("fn item_{i}_{l}() -> u32 {{ {l} * {i} }}\n"))
+            .collect();
         std::fs::write(dir.join(format!("file{i}.rs")), body).unwrap();
     }
 }
 
 fn write_0600(path: &Path, data: &[u8]) {
     use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path).unwrap();
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .unwrap();
     std::io::Write::write_all(&mut f, data).unwrap();
 }
 
 fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|s| s.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
 }

@@ -37,7 +37,10 @@ pub async fn build(env: &Env, args: BuildArgs) -> Result<i32> {
         .cloned()
         .collect();
     if targets.is_empty() {
-        return Err(Error::other(format!("no targets defined in {}", env.project.join("runner.toml").display())));
+        return Err(Error::other(format!(
+            "no targets defined in {}",
+            env.project.join("runner.toml").display()
+        )));
     }
     let (emitter, rx) = Emitter::channel();
     let shared = Arc::new(Shared {
@@ -65,13 +68,25 @@ pub async fn build(env: &Env, args: BuildArgs) -> Result<i32> {
         .await
         .map_err(|e| Error::other(format!("progress display failed: {e}")))?;
     progress::print_summary(&summary, &mut std::io::stderr());
-    Ok(if results.iter().all(|r| r.outcome == crate::events::Outcome::Succeeded) { 0 } else { 1 })
+    Ok(
+        if results
+            .iter()
+            .all(|r| r.outcome == crate::events::Outcome::Succeeded)
+        {
+            0
+        } else {
+            1
+        },
+    )
 }
 
 /// SOURCE_DATE_EPOCH: the host's variable if set, else the last commit time of the project
 /// when it is a git checkout, else [`DEFAULT_EPOCH`].
 pub fn source_date_epoch(root: &Path) -> u64 {
-    if let Some(v) = std::env::var("SOURCE_DATE_EPOCH").ok().and_then(|v| v.parse().ok()) {
+    if let Some(v) = std::env::var("SOURCE_DATE_EPOCH")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
         return v;
     }
     std::process::Command::new("git")
@@ -89,7 +104,10 @@ pub fn source_date_epoch(root: &Path) -> u64 {
 /// `runner list`: targets with their builder and script, then every builder.
 pub fn list(project_root: &Path) -> Result<i32> {
     let project = Project::load(project_root)?;
-    println!("{:<24} {:<20} {:<32} TIMEOUT", "TARGET", "BUILDER", "SCRIPT");
+    println!(
+        "{:<24} {:<20} {:<32} TIMEOUT",
+        "TARGET", "BUILDER", "SCRIPT"
+    );
     for t in project.targets.values() {
         let script = t.script.strip_prefix(&project.root).unwrap_or(&t.script);
         println!(
@@ -101,12 +119,20 @@ pub fn list(project_root: &Path) -> Result<i32> {
         );
     }
     println!();
-    println!("{:<24} {:<8} {:<10} {:<6} {:>5} {:>7}", "BUILDER", "BACKEND", "SUITE", "ARCH", "VCPUS", "MEMORY");
+    println!(
+        "{:<24} {:<8} {:<10} {:<6} {:>5} {:>7}",
+        "BUILDER", "BACKEND", "SUITE", "ARCH", "VCPUS", "MEMORY"
+    );
     for b in Builder::all(project_root)? {
         let q = b.qemu();
         println!(
             "{:<24} {:<8} {:<10} {:<6} {:>5} {:>7}",
-            b.name, "qemu", q.suite, q.arch.debian(), q.vcpus, q.memory.to_string()
+            b.name,
+            "qemu",
+            q.suite,
+            q.arch.debian(),
+            q.vcpus,
+            q.memory.to_string()
         );
     }
     Ok(0)

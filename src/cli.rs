@@ -160,19 +160,34 @@ async fn dispatch(cli: Cli, shutdown: Shutdown) -> Result<i32> {
         bake: bake::Options {
             mirror: cli.mirror,
             force: false,
-            interactive,
+            report: if interactive {
+                bake::Report::Spinner
+            } else {
+                bake::Report::Lines
+            },
         },
         shutdown,
     };
     match cli.command {
-        Command::Build { targets, all, jobs, keep_going, keep_failed, message_format } => {
+        Command::Build {
+            targets,
+            all,
+            jobs,
+            keep_going,
+            keep_failed,
+            message_format,
+        } => {
             let args = crate::build::BuildArgs {
                 targets,
                 all,
                 jobs,
                 keep_going,
                 keep_failed,
-                format: if message_format == "json" { Format::Json } else { Format::Human },
+                format: if message_format == "json" {
+                    Format::Json
+                } else {
+                    Format::Human
+                },
                 interactive,
             };
             crate::build::build(&env, args).await

@@ -89,13 +89,23 @@ pub enum Event {
     /// The run starts: every target it will try, in order.
     RunStarted { targets: Vec<String>, jobs: usize },
     /// A target entered a phase.
-    Phase { target: String, phase: Phase, seconds: f64 },
+    Phase {
+        target: String,
+        phase: Phase,
+        seconds: f64,
+    },
     /// The latest line of the provision script's output (for the progress line).
     Output { target: String, line: String },
     /// A target ended; exactly one per target.
     Finished(TargetResult),
     /// The run ended.
-    RunFinished { succeeded: usize, failed: usize, cancelled: usize, skipped: usize, seconds: f64 },
+    RunFinished {
+        succeeded: usize,
+        failed: usize,
+        cancelled: usize,
+        skipped: usize,
+        seconds: f64,
+    },
 }
 
 /// Where events go. Cloneable and cheap; sending never blocks the pipeline.

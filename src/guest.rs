@@ -33,7 +33,8 @@ pub async fn sync_context(
     let (w, r) = tokio::io::duplex(PIPE);
     let bridge = SyncIoBridge::new(w);
     let producer = tokio::task::spawn_blocking(move || write_tar(&ctx, bridge, mtime));
-    let cmd = format!("rm -rf /build && mkdir -p {SRC} {OUT} && tar -x -f - -C {SRC} --no-same-owner");
+    let cmd =
+        format!("rm -rf /build && mkdir -p {SRC} {OUT} && tar -x -f - -C {SRC} --no-same-owner");
     let status = session.exec(&cmd, Some(r), log.clone(), log.clone()).await;
     let produced = producer
         .await
@@ -42,7 +43,9 @@ pub async fn sync_context(
     let summary = produced?;
     match status? {
         s if s.success() => Ok(summary),
-        s => Err(Error::other(format!("unpacking the context in the guest failed ({s})"))),
+        s => Err(Error::other(format!(
+            "unpacking the context in the guest failed ({s})"
+        ))),
     }
 }
 
@@ -55,14 +58,26 @@ pub async fn run_script(
 ) -> Result<ExitStatus> {
     let upload = format!("cat > {SCRIPT} && chmod 755 {SCRIPT}");
     let status = session
-        .exec(&upload, Some(Cursor::new(script.to_vec())), log.clone(), log.clone())
+        .exec(
+            &upload,
+            Some(Cursor::new(script.to_vec())),
+            log.clone(),
+            log.clone(),
+        )
         .await?;
     if !status.success() {
-        return Err(Error::other(format!("cannot upload the provision script ({status})")));
+        return Err(Error::other(format!(
+            "cannot upload the provision script ({status})"
+        )));
     }
-    let assignments: Vec<String> = env.iter().map(|(k, v)| format!("{k}={}", quote(v))).collect();
+    let assignments: Vec<String> = env
+        .iter()
+        .map(|(k, v)| format!("{k}={}", quote(v)))
+        .collect();
     let cmd = format!("cd {SRC} && {} {SCRIPT}", assignments.join(" "));
-    session.exec(&cmd, None::<tokio::io::Empty>, log.clone(), log.clone()).await
+    session
+        .exec(&cmd, None::<tokio::io::Empty>, log.clone(), log.clone())
+        .await
 }
 
 /// Pulls the artifacts matching `globs` (all files when empty) from [`OUT`] into `dest`.
@@ -75,11 +90,17 @@ pub async fn collect(
     limits: &Limits,
     log: &LogSink,
 ) -> Result<Vec<ArtifactFile>> {
-    let listing = session.output(&format!("cd {OUT} && find . -type f -print0")).await?;
+    let listing = session
+        .output(&format!("cd {OUT} && find . -type f -print0"))
+        .await?;
     let names: Vec<String> = listing
         .split(|&b| b == 0)
         .filter(|n| !n.is_empty())
-        .map(|n| String::from_utf8_lossy(n).trim_start_matches("./").to_owned())
+        .map(|n| {
+            String::from_utf8_lossy(n)
+                .trim_start_matches("./")
+                .to_owned()
+        })
         .collect();
     if names.len() as u64 > limits.max_entries {
         return Err(Error::other(format!(
@@ -97,9 +118,12 @@ pub async fn collect(
     let (w, r) = tokio::io::duplex(PIPE);
     let bridge = SyncIoBridge::new(r);
     let (dest_owned, limits) = (dest.to_owned(), limits.clone());
-    let consumer = tokio::task::spawn_blocking(move || artifacts::unpack(bridge, &dest_owned, &limits));
+    let consumer =
+        tokio::task::spawn_blocking(move || artifacts::unpack(bridge, &dest_owned, &limits));
     let cmd = format!("cd {OUT} && tar --null --no-recursion -T - -c -f -");
-    let status = session.exec(&cmd, Some(Cursor::new(list)), w, log.clone()).await;
+    let status = session
+        .exec(&cmd, Some(Cursor::new(list)), w, log.clone())
+        .await;
     let unpacked = consumer
         .await
         .map_err(|e| Error::other(format!("artifact reader panicked: {e}")))?;
@@ -107,9 +131,17 @@ pub async fn collect(
     let unpacked = unpacked?;
     match status? {
         s if s.success() => {}
-        s => return Err(Error::other(format!("packing artifacts in the guest failed ({s})"))),
+        s => {
+            return Err(Error::other(format!(
+                "packing artifacts in the guest failed ({s})"
+            )));
+        }
     }
-    let got: BTreeSet<String> = unpacked.files.iter().map(|f| f.path.to_string_lossy().into_owned()).collect();
+    let got: BTreeSet<String> = unpacked
+        .files
+        .iter()
+        .map(|f| f.path.to_string_lossy().into_owned())
+        .collect();
     if got != wanted {
         let extra: Vec<&String> = got.difference(&wanted).collect();
         let missing: Vec<&String> = wanted.difference(&got).collect();
@@ -142,7 +174,9 @@ fn select(names: &[String], globs: &[String]) -> Result<BTreeSet<String>> {
     for (g, set) in globs.iter().zip(&compiled) {
         let hits: Vec<&String> = names.iter().filter(|n| set.is_match(n.as_str())).collect();
         if hits.is_empty() {
-            return Err(Error::other(format!("artifact pattern `{g}` matched nothing in $RUNNER_OUT")));
+            return Err(Error::other(format!(
+                "artifact pattern `{g}` matched nothing in $RUNNER_OUT"
+            )));
         }
         wanted.extend(hits.into_iter().cloned());
     }
@@ -166,10 +200,16 @@ mod tests {
 
     #[test]
     fn every_glob_must_match_and_star_stays_in_its_directory() {
-        let names: Vec<String> = ["hello", "sub/hello.o", "x.deb"].iter().map(|s| s.to_string()).collect();
+        let names: Vec<String> = ["hello", "sub/hello.o", "x.deb"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         let got = select(&names, &["*.deb".into(), "hello".into()]).unwrap();
         assert_eq!(got.into_iter().collect::<Vec<_>>(), vec!["hello", "x.deb"]);
-        assert!(select(&names, &["*.o".into()]).is_err(), "`*` must not cross `/`");
+        assert!(
+            select(&names, &["*.o".into()]).is_err(),
+            "`*` must not cross `/`"
+        );
         assert_eq!(select(&names, &["**/*.o".into()]).unwrap().len(), 1);
         assert_eq!(select(&names, &[]).unwrap().len(), 3);
     }

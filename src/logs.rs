@@ -33,7 +33,10 @@ impl LogSink {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        let file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
         Ok(LogSink(std::sync::Arc::new(std::sync::Mutex::new(Inner {
             file,
             partial: Vec::new(),

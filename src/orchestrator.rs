@@ -39,7 +39,10 @@ pub fn default_jobs() -> usize {
 pub async fn run(shared: Arc<Shared>, targets: Vec<Target>, opts: &Options) -> Vec<TargetResult> {
     let started = Instant::now();
     let names: Vec<String> = targets.iter().map(|t| t.name.clone()).collect();
-    shared.emitter.send(Event::RunStarted { targets: names.clone(), jobs: opts.jobs });
+    shared.emitter.send(Event::RunStarted {
+        targets: names.clone(),
+        jobs: opts.jobs,
+    });
 
     let mut results: Vec<Option<TargetResult>> = vec![None; targets.len()];
     let mut pending = targets.into_iter().enumerate();
@@ -76,7 +79,11 @@ pub async fn run(shared: Arc<Shared>, targets: Vec<Target>, opts: &Options) -> V
     }
 
     for (i, t) in pending {
-        let outcome = if token.is_cancelled() { Outcome::Cancelled } else { Outcome::Skipped };
+        let outcome = if token.is_cancelled() {
+            Outcome::Cancelled
+        } else {
+            Outcome::Skipped
+        };
         let r = TargetResult {
             target: t.name.clone(),
             outcome,
@@ -87,14 +94,20 @@ pub async fn run(shared: Arc<Shared>, targets: Vec<Target>, opts: &Options) -> V
             exit_code: None,
             error: Some(match outcome {
                 Outcome::Cancelled => format!("{} not started: cancelled", t.name),
-                _ => format!("{} not started: an earlier target failed (use --keep-going)", t.name),
+                _ => format!(
+                    "{} not started: an earlier target failed (use --keep-going)",
+                    t.name
+                ),
             }),
         };
         shared.emitter.send(Event::Finished(r.clone()));
         results[i] = Some(r);
     }
 
-    let results: Vec<TargetResult> = results.into_iter().map(|r| r.expect("every target has a result")).collect();
+    let results: Vec<TargetResult> = results
+        .into_iter()
+        .map(|r| r.expect("every target has a result"))
+        .collect();
     let count = |o| results.iter().filter(|r| r.outcome == o).count();
     shared.emitter.send(Event::RunFinished {
         succeeded: count(Outcome::Succeeded),

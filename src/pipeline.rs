@@ -71,12 +71,18 @@ pub async fn run_target(shared: Arc<Shared>, target: Target) -> TargetResult {
     let emitter = shared.emitter.clone();
     let name = target.name.clone();
     let sink = LogSink::create(&log_path, move |line| {
-        emitter.send(Event::Output { target: name.clone(), line })
+        emitter.send(Event::Output {
+            target: name.clone(),
+            line,
+        })
     });
 
     let mut lease: Option<Lease> = None;
     let result = match &sink {
-        Err(e) => Err(Error::other(format!("cannot create log `{}`: {e}", log_path.display()))),
+        Err(e) => Err(Error::other(format!(
+            "cannot create log `{}`: {e}",
+            log_path.display()
+        ))),
         Ok(sink) => {
             let work = stages(&shared, &target, sink, &tracker, &mut lease);
             tokio::select! {
@@ -106,12 +112,24 @@ pub async fn run_target(shared: Arc<Shared>, target: Target) -> TargetResult {
     let exit_code = *tracker.exit_code.lock().unwrap();
     let (outcome, artifacts, error) = match result {
         Ok(paths) => (Outcome::Succeeded, paths, None),
-        Err(Error::Cancelled) => (Outcome::Cancelled, vec![], Some(format!("{} cancelled in {}", target.name, phase.as_str()))),
+        Err(Error::Cancelled) => (
+            Outcome::Cancelled,
+            vec![],
+            Some(format!("{} cancelled in {}", target.name, phase.as_str())),
+        ),
         Err(e) => {
             if let Ok(s) = &sink {
-                s.note(&format!("failed in {}: {}", phase.as_str(), crate::error::chain(&e)));
+                s.note(&format!(
+                    "failed in {}: {}",
+                    phase.as_str(),
+                    crate::error::chain(&e)
+                ));
             }
-            (Outcome::Failed, vec![], Some(describe_failure(&target.name, phase, &e, exit_code, &log_path) + &note))
+            (
+                Outcome::Failed,
+                vec![],
+                Some(describe_failure(&target.name, phase, &e, exit_code, &log_path) + &note),
+            )
         }
     };
     TargetResult {
@@ -134,7 +152,15 @@ async fn stages(
     lease_slot: &mut Option<Lease>,
 ) -> Result<Vec<PathBuf>> {
     tr.enter(Phase::Image);
-    let backend = launch::backend(&sh.env, &t.builder).await?;
+    let mut env = sh.env.clone();
+    let (emitter, name) = (sh.emitter.clone(), t.name.clone());
+    env.bake.report = crate::image::bake::Report::To(Arc::new(move |line| {
+        emitter.send(Event::Output {
+            target: name.clone(),
+            line,
+        })
+    }));
+    let backend = launch::backend(&env, &t.builder).await?;
 
     tr.enter(Phase::Boot);
     let mut spec = launch::spec(&t.builder, &t.name);
@@ -152,13 +178,21 @@ async fn stages(
         .await
         .map_err(|e| Error::other(format!("context scan panicked: {e}")))??;
     for s in ctx.skipped() {
-        sink.note(&format!("context: skipped {} `{}`", s.kind, s.path.display()));
+        sink.note(&format!(
+            "context: skipped {} `{}`",
+            s.kind,
+            s.path.display()
+        ));
     }
     let sent = guest::sync_context(&lease.session, Arc::new(ctx), sh.epoch, sink).await?;
-    sink.note(&format!("context: {} files, {} bytes, tar sha256 {}", sent.files, sent.file_bytes, sent.tar_sha256));
+    sink.note(&format!(
+        "context: {} files, {} bytes, tar sha256 {}",
+        sent.files, sent.file_bytes, sent.tar_sha256
+    ));
 
     tr.enter(Phase::Provision);
-    let script = std::fs::read(&t.script).ctx(|| format!("cannot read script `{}`", t.script.display()))?;
+    let script =
+        std::fs::read(&t.script).ctx(|| format!("cannot read script `{}`", t.script.display()))?;
     let mut env = vec![
         ("RUNNER_TARGET".to_owned(), t.name.clone()),
         ("RUNNER_OUT".to_owned(), guest::OUT.to_owned()),
@@ -173,7 +207,14 @@ async fn stages(
 
     tr.enter(Phase::Collect);
     let staging = sh.store.staging(&t.name)?;
-    let files = guest::collect(&lease.session, &t.artifacts, staging.path(), &sh.limits, sink).await?;
+    let files = guest::collect(
+        &lease.session,
+        &t.artifacts,
+        staging.path(),
+        &sh.limits,
+        sink,
+    )
+    .await?;
 
     tr.enter(Phase::Publish);
     sh.store.publish(&t.name, staging, &files).await
@@ -186,14 +227,24 @@ impl Shared {
             .iter()
             .filter_map(|(base, pattern)| {
                 let rel = base.strip_prefix(root).ok()?;
-                Some(if rel.as_os_str().is_empty() { pattern.clone() } else { format!("{}/{pattern}", rel.display()) })
+                Some(if rel.as_os_str().is_empty() {
+                    pattern.clone()
+                } else {
+                    format!("{}/{pattern}", rel.display())
+                })
             })
             .collect()
     }
 }
 
 /// `<target> failed in <phase>: <what> (exit code N); log: <path>` and the log's last lines.
-fn describe_failure(target: &str, phase: Phase, e: &Error, code: Option<i32>, log: &Path) -> String {
+fn describe_failure(
+    target: &str,
+    phase: Phase,
+    e: &Error,
+    code: Option<i32>,
+    log: &Path,
+) -> String {
     let mut s = format!("{target} failed in {}: {e}", phase.as_str());
     if let Some(c) = code {
         s.push_str(&format!(" (exit code {c})"));
@@ -221,14 +272,23 @@ fn keep(lease: &mut Lease, machines: &Path) -> String {
         .client_private_openssh()
         .and_then(|k| crate::machine::qemu::write_private(&key, k.as_bytes()))
         .and_then(|_| {
-            let line = format!("[{}]:{} {}\n", ep.host, ep.port, crate::keys::openssh_public(lease.keys.host_public()));
+            let line = format!(
+                "[{}]:{} {}\n",
+                ep.host,
+                ep.port,
+                crate::keys::openssh_public(lease.keys.host_public())
+            );
             crate::machine::qemu::write_private(&known, line.as_bytes())
         })
         .and_then(|_| crate::machine::state::mark_kept(&dir));
     match written {
         Ok(()) => format!(
             "\n  machine kept: ssh -i {} -o UserKnownHostsFile={} -p {} {}@{}  (remove with `runner gc --force`)",
-            key.display(), known.display(), ep.port, ep.user, ep.host
+            key.display(),
+            known.display(),
+            ep.port,
+            ep.user,
+            ep.host
         ),
         Err(e) => format!("\n  could not keep the machine: {e}"),
     }

@@ -12,9 +12,18 @@ use serde_json::Value;
 /// A copy of `examples/<name>` (and the shared provision scripts it refers to) in a temp
 /// dir, so builds never write into the checkout.
 fn example(name: &str) -> (tempfile::TempDir, PathBuf) {
-    let tmp = tempfile::Builder::new().prefix("runner-test-example-").tempdir().unwrap();
-    copy_dir(&repo().join("examples").join(name), &tmp.path().join("examples").join(name));
-    copy_dir(&repo().join("provision-scripts"), &tmp.path().join("provision-scripts"));
+    let tmp = tempfile::Builder::new()
+        .prefix("runner-test-example-")
+        .tempdir()
+        .unwrap();
+    copy_dir(
+        &repo().join("examples").join(name),
+        &tmp.path().join("examples").join(name),
+    );
+    copy_dir(
+        &repo().join("provision-scripts"),
+        &tmp.path().join("provision-scripts"),
+    );
     let root = tmp.path().join("examples").join(name);
     (tmp, root)
 }
@@ -62,8 +71,15 @@ fn finished<'a>(events: &'a [Value], target: &str) -> &'a Value {
 }
 
 fn sha256(path: &Path) -> String {
-    let out = std::process::Command::new("sha256sum").arg(path).output().unwrap();
-    String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap().to_owned()
+    let out = std::process::Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned()
 }
 
 #[test]
@@ -72,16 +88,34 @@ fn example_builds_three_targets_in_parallel() {
     let world = World::with_project(root.clone());
     let targets = ["hello-bookworm", "hello-bookworm-debug", "hello-trixie"];
     // Bake first, so that timing below is about machines, not about one image baking longer.
-    assert!(world.run(&["image", "build", "bookworm-gcc", "trixie-gcc"]).status.success());
-    let out = world.run(&["build", "hello-bookworm*", "hello-trixie", "-j", "3", "--message-format", "json"]);
+    assert!(
+        world
+            .run(&["image", "build", "bookworm-gcc", "trixie-gcc"])
+            .status
+            .success()
+    );
+    let out = world.run(&[
+        "build",
+        "hello-bookworm*",
+        "hello-trixie",
+        "-j",
+        "3",
+        "--message-format",
+        "json",
+    ]);
     assert_eq!(out.status.code(), Some(0));
     let events = json_events(&out);
 
     // Parallel: every target's machine was launched before any target finished.
-    let first_finish = events.iter().position(|e| e["event"] == "finished").unwrap();
+    let first_finish = events
+        .iter()
+        .position(|e| e["event"] == "finished")
+        .unwrap();
     for t in targets {
         assert!(
-            events[..first_finish].iter().any(|e| e["event"] == "phase" && e["target"] == t && e["phase"] == "boot"),
+            events[..first_finish]
+                .iter()
+                .any(|e| e["event"] == "phase" && e["target"] == t && e["phase"] == "boot"),
             "{t} had not started booting when the first target finished"
         );
     }
@@ -90,14 +124,23 @@ fn example_builds_three_targets_in_parallel() {
         let dir = root.join("artifacts").join(t);
         let info = std::fs::read_to_string(dir.join("build-info.txt")).unwrap();
         assert!(info.contains(&format!("target: {t}")), "{info}");
-        let debian = if t.contains("trixie") { "debian: 13" } else { "debian: 12" };
+        let debian = if t.contains("trixie") {
+            "debian: 13"
+        } else {
+            "debian: 12"
+        };
         assert!(info.contains(debian), "{t}: {info}");
         // The program really is the guest's build, and runs.
-        let run = std::process::Command::new(dir.join("hello")).output().unwrap();
+        let run = std::process::Command::new(dir.join("hello"))
+            .output()
+            .unwrap();
         assert_eq!(String::from_utf8_lossy(&run.stdout), "hello from runner\n");
         // SHA256SUMS lists exactly the artifacts, with correct digests.
         let sums = std::fs::read_to_string(dir.join("SHA256SUMS")).unwrap();
-        let mut listed: Vec<&str> = sums.lines().map(|l| l.split_once("  ").unwrap().1).collect();
+        let mut listed: Vec<&str> = sums
+            .lines()
+            .map(|l| l.split_once("  ").unwrap().1)
+            .collect();
         listed.sort();
         assert_eq!(listed, ["build-info.txt", "hello"]);
         for l in sums.lines() {
@@ -107,9 +150,22 @@ fn example_builds_three_targets_in_parallel() {
         // The JSON stream agrees with the store and the summary.
         let f = finished(&events, t);
         assert_eq!(f["outcome"], "succeeded");
-        let paths: Vec<&str> = f["artifacts"].as_array().unwrap().iter().map(|p| p.as_str().unwrap()).collect();
-        assert!(paths.iter().any(|p| p.ends_with(&format!("{t}/hello"))), "{paths:?}");
-        assert!(stderr(&out).lines().any(|l| l.starts_with(t) && l.contains("succeeded")), "summary lacks {t}");
+        let paths: Vec<&str> = f["artifacts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p.as_str().unwrap())
+            .collect();
+        assert!(
+            paths.iter().any(|p| p.ends_with(&format!("{t}/hello"))),
+            "{paths:?}"
+        );
+        assert!(
+            stderr(&out)
+                .lines()
+                .any(|l| l.starts_with(t) && l.contains("succeeded")),
+            "summary lacks {t}"
+        );
     }
     let end = events.last().unwrap();
     assert_eq!(end["event"], "run_finished");
@@ -135,7 +191,10 @@ fn a_failing_script_names_target_phase_code_and_log_and_spares_the_others() {
     let proj = project(
         FAIL_TOML,
         &[
-            ("fail.sh", "#!/bin/sh\necho partial > \"$RUNNER_OUT/partial.txt\"\necho 'compiling... broken' >&2\nexit 3\n"),
+            (
+                "fail.sh",
+                "#!/bin/sh\necho partial > \"$RUNNER_OUT/partial.txt\"\necho 'compiling... broken' >&2\nexit 3\n",
+            ),
             ("ok.sh", "#!/bin/sh\necho fine > \"$RUNNER_OUT/ok.txt\"\n"),
         ],
     );
@@ -146,11 +205,27 @@ fn a_failing_script_names_target_phase_code_and_log_and_spares_the_others() {
     assert!(err.contains("bad failed in provision"), "{err}");
     assert!(err.contains("exit code 3"), "{err}");
     let log = world.state.path().join("logs/builds/bad.log");
-    assert!(err.contains(&log.display().to_string()), "log path not named: {err}");
-    assert!(err.contains("compiling... broken"), "log tail not shown: {err}");
-    assert!(std::fs::read_to_string(&log).unwrap().contains("compiling... broken"));
-    assert!(!proj.path().join("artifacts/bad").exists(), "a failed target published artifacts");
-    assert_eq!(std::fs::read_to_string(proj.path().join("artifacts/good/ok.txt")).unwrap(), "fine\n");
+    assert!(
+        err.contains(&log.display().to_string()),
+        "log path not named: {err}"
+    );
+    assert!(
+        err.contains("compiling... broken"),
+        "log tail not shown: {err}"
+    );
+    assert!(
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .contains("compiling... broken")
+    );
+    assert!(
+        !proj.path().join("artifacts/bad").exists(),
+        "a failed target published artifacts"
+    );
+    assert_eq!(
+        std::fs::read_to_string(proj.path().join("artifacts/good/ok.txt")).unwrap(),
+        "fine\n"
+    );
     world.assert_clean();
 }
 
@@ -158,7 +233,10 @@ fn a_failing_script_names_target_phase_code_and_log_and_spares_the_others() {
 fn without_keep_going_later_targets_are_skipped() {
     let proj = project(
         FAIL_TOML,
-        &[("fail.sh", "#!/bin/sh\nexit 3\n"), ("ok.sh", "#!/bin/sh\necho fine > \"$RUNNER_OUT/ok.txt\"\n")],
+        &[
+            ("fail.sh", "#!/bin/sh\nexit 3\n"),
+            ("ok.sh", "#!/bin/sh\necho fine > \"$RUNNER_OUT/ok.txt\"\n"),
+        ],
     );
     let world = World::with_project(proj.path().to_owned());
     let out = world.run(&["build", "--all", "-j", "1", "--message-format", "json"]);
@@ -180,7 +258,10 @@ fn a_timeout_mid_provision_fails_and_tears_down() {
     let out = world.run(&["build", "slow"]);
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
-    assert!(err.contains("slow failed in provision: timed out after 1m"), "{err}");
+    assert!(
+        err.contains("slow failed in provision: timed out after 1m"),
+        "{err}"
+    );
     world.assert_clean();
 }
 
@@ -220,7 +301,9 @@ chmod 755 /usr/local/bin/tar
 
 #[test]
 fn hostile_artifacts_never_land_outside_the_target_directory() {
-    let kinds = ["dotdot", "absolute", "symlink", "hardlink", "device", "fifo", "huge"];
+    let kinds = [
+        "dotdot", "absolute", "symlink", "hardlink", "device", "fifo", "huge",
+    ];
     let mut toml = String::from("[limits]\nmax_file_size = \"1M\"\n");
     for k in kinds {
         toml += &format!("\n[target.{k}]\nbuilder = \"bookworm-amd64\"\nscript = \"hostile.sh\"\n");
@@ -229,7 +312,15 @@ fn hostile_artifacts_never_land_outside_the_target_directory() {
     let sentinel = proj.path().join("sentinel");
     std::fs::write(&sentinel, "untouched").unwrap();
     let world = World::with_project(proj.path().to_owned());
-    let out = world.run(&["build", "--all", "--keep-going", "-j", "2", "--message-format", "json"]);
+    let out = world.run(&[
+        "build",
+        "--all",
+        "--keep-going",
+        "-j",
+        "2",
+        "--message-format",
+        "json",
+    ]);
     assert_eq!(out.status.code(), Some(1));
     let events = json_events(&out);
     for k in kinds {
@@ -237,8 +328,14 @@ fn hostile_artifacts_never_land_outside_the_target_directory() {
         assert_eq!(f["outcome"], "failed", "{k} should fail: {f}");
         assert_eq!(f["phase"], "collect", "{k}: {f}");
         let err = f["error"].as_str().unwrap();
-        assert!(err.contains(k) && err.contains("failed in collect"), "{k}: {err}");
-        assert!(!proj.path().join("artifacts").join(k).exists(), "{k} published something");
+        assert!(
+            err.contains(k) && err.contains("failed in collect"),
+            "{k}: {err}"
+        );
+        assert!(
+            !proj.path().join("artifacts").join(k).exists(),
+            "{k} published something"
+        );
     }
     // Nothing named `evil` anywhere near the project, and the sentinel is intact.
     let found = std::process::Command::new("find")
@@ -257,7 +354,10 @@ fn ignored_files_stay_home_and_hidden_files_travel() {
     let proj = project(
         "[target.ls]\nbuilder = \"bookworm-amd64\"\nscript = \"ls.sh\"\nartifacts = [\"listing.txt\"]\n",
         &[
-            ("ls.sh", "#!/bin/sh\ncd /build/src && find . | sort > \"$RUNNER_OUT/listing.txt\"\n"),
+            (
+                "ls.sh",
+                "#!/bin/sh\ncd /build/src && find . | sort > \"$RUNNER_OUT/listing.txt\"\n",
+            ),
             (".gitignore", "*.tmp\nbuild/\n"),
             (".runnerignore", "secret.txt\n"),
             (".hidden-config", "kept\n"),
@@ -272,12 +372,22 @@ fn ignored_files_stay_home_and_hidden_files_travel() {
     assert_eq!(world.run(&["build", "ls"]).status.code(), Some(0));
     assert_eq!(world.run(&["build", "ls"]).status.code(), Some(0));
     let listing = std::fs::read_to_string(proj.path().join("artifacts/ls/listing.txt")).unwrap();
-    for present in ["./.hidden-config", "./.gitignore", "./ls.sh", "./builders/bookworm-amd64.toml"] {
-        assert!(listing.lines().any(|l| l == present), "{present} missing:\n{listing}");
+    for present in [
+        "./.hidden-config",
+        "./.gitignore",
+        "./ls.sh",
+        "./builders/bookworm-amd64.toml",
+    ] {
+        assert!(
+            listing.lines().any(|l| l == present),
+            "{present} missing:\n{listing}"
+        );
     }
     for absent in ["./junk.tmp", "./secret.txt", "./build", "./artifacts"] {
         assert!(
-            !listing.lines().any(|l| l == absent || l.starts_with(&format!("{absent}/"))),
+            !listing
+                .lines()
+                .any(|l| l == absent || l.starts_with(&format!("{absent}/"))),
             "{absent} reached the guest:\n{listing}"
         );
     }
@@ -293,7 +403,10 @@ fn apt_example_installs_build_dependencies_inside_the_guest() {
     let tsv = std::fs::read_to_string(root.join("artifacts/inventory/versions.tsv")).unwrap();
     assert_eq!(tsv, "jq\t1.6\nlibc6\t2.36\nopenssh-server\t1:9.2p1\n");
     let json = std::fs::read_to_string(root.join("artifacts/inventory/inventory.json")).unwrap();
-    assert!(json.starts_with("{\n  \"packages\""), "jq -S did not run: {json}");
+    assert!(
+        json.starts_with("{\n  \"packages\""),
+        "jq -S did not run: {json}"
+    );
     world.assert_clean();
 }
 
@@ -301,7 +414,10 @@ fn apt_example_installs_build_dependencies_inside_the_guest() {
 fn keep_failed_leaves_a_reachable_machine_that_gc_removes() {
     let proj = project(
         "[target.broken]\nbuilder = \"bookworm-amd64\"\nscript = \"broken.sh\"\n",
-        &[("broken.sh", "#!/bin/sh\necho clue > /root/clue.txt\nexit 2\n")],
+        &[(
+            "broken.sh",
+            "#!/bin/sh\necho clue > /root/clue.txt\nexit 2\n",
+        )],
     );
     let world = World::with_project(proj.path().to_owned());
     let out = world.run(&["build", "broken", "--keep-failed"]);
@@ -317,10 +433,17 @@ fn keep_failed_leaves_a_reachable_machine_that_gc_removes() {
     assert_eq!(world.machine_dirs().len(), 1);
     let probe = std::process::Command::new("sh")
         .arg("-c")
-        .arg(format!("{ssh_cmd} -o StrictHostKeyChecking=yes -o BatchMode=yes cat /root/clue.txt"))
+        .arg(format!(
+            "{ssh_cmd} -o StrictHostKeyChecking=yes -o BatchMode=yes cat /root/clue.txt"
+        ))
         .output()
         .unwrap();
-    assert_eq!(stdout(&probe), "clue\n", "{}", String::from_utf8_lossy(&probe.stderr));
+    assert_eq!(
+        stdout(&probe),
+        "clue\n",
+        "{}",
+        String::from_utf8_lossy(&probe.stderr)
+    );
 
     let gc = world.run(&["gc", "--force"]);
     assert!(stdout(&gc).contains("kept"), "{}", stdout(&gc));

@@ -20,13 +20,23 @@ use tokio::process::Command;
 use super::{BAKE_SCRIPT, INITRD_INIT, ImageInfo, RUNNER_INIT, Recipe, created_now};
 use crate::error::{Error, IoContext, Result};
 
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct Options {
     pub mirror: Option<String>,
     /// Rebake even if the cache has the image.
     pub force: bool,
-    /// Show a spinner (stderr is a terminal) rather than plain lines.
-    pub interactive: bool,
+    /// How bake steps are shown.
+    pub report: Report,
+}
+
+/// Bake steps go to a spinner of their own (`runner image build` on a terminal), to plain
+/// lines on stderr, or to a caller that shows them its own way (a build's progress line).
+#[derive(Clone, Default)]
+pub enum Report {
+    Spinner,
+    #[default]
+    Lines,
+    To(std::sync::Arc<dyn Fn(String) + Send + Sync>),
 }
 
 /// Kills the whole process group on drop: a cancelled bake must not leave mmdebstrap running.
@@ -89,7 +99,7 @@ pub async fn bake(
         .ctx(|| "cannot start the bake (needs bash and util-linux `unshare`)")?;
     let _group = GroupGuard(child.id().map(|p| p as i32));
 
-    let bar = progress(opts.interactive, builder);
+    let bar = progress(matches!(opts.report, Report::Spinner), builder);
     let stdout = child.stdout.take().expect("piped");
     let stderr = child.stderr.take().expect("piped");
     let mut lines = futures_lines(stdout, stderr);
@@ -97,8 +107,10 @@ pub async fn bake(
         log.write_all(format!("{line}\n").as_bytes()).await.ok();
         if let Some(step) = line.strip_prefix("== ").filter(|s| !s.ends_with(" s")) {
             bar.set_message(step.to_owned());
-            if !opts.interactive {
-                eprintln!("bake {builder}: {step}");
+            match &opts.report {
+                Report::Spinner => {}
+                Report::Lines => eprintln!("bake {builder}: {step}"),
+                Report::To(f) => f(format!("baking {builder}: {step}")),
             }
         }
     }

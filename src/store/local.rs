@@ -17,7 +17,9 @@ pub struct LocalStore {
 
 impl LocalStore {
     pub fn new(root: &Path) -> LocalStore {
-        LocalStore { root: root.to_owned() }
+        LocalStore {
+            root: root.to_owned(),
+        }
     }
 
     pub fn target_dir(&self, target: &str) -> PathBuf {
@@ -33,7 +35,12 @@ impl ArtifactStore for LocalStore {
         tempfile::Builder::new()
             .prefix(&format!(".staging-{target}-"))
             .tempdir_in(&self.root)
-            .ctx(|| format!("cannot create a staging directory in `{}`", self.root.display()))
+            .ctx(|| {
+                format!(
+                    "cannot create a staging directory in `{}`",
+                    self.root.display()
+                )
+            })
     }
 
     async fn publish(
@@ -48,14 +55,21 @@ impl ArtifactStore for LocalStore {
             )));
         }
         let sums = staged.path().join(SHA256SUMS);
-        std::fs::write(&sums, sha256sums(files)).ctx(|| format!("cannot write `{}`", sums.display()))?;
+        std::fs::write(&sums, sha256sums(files))
+            .ctx(|| format!("cannot write `{}`", sums.display()))?;
 
         let dest = self.target_dir(target);
         let staged = staged.keep();
         let swapped = if dest.exists() {
             // Exchange: `staged` now holds the previous artifacts, which are then removed.
-            renameat2(AT_FDCWD, &staged, AT_FDCWD, &dest, RenameFlags::RENAME_EXCHANGE)
-                .map_err(std::io::Error::from)
+            renameat2(
+                AT_FDCWD,
+                &staged,
+                AT_FDCWD,
+                &dest,
+                RenameFlags::RENAME_EXCHANGE,
+            )
+            .map_err(std::io::Error::from)
         } else {
             std::fs::rename(&staged, &dest)
         };
