@@ -79,8 +79,11 @@ pub struct TargetResult {
     pub log: PathBuf,
     /// The provision script's exit code, when it ran and failed.
     pub exit_code: Option<i32>,
-    /// One line (or a few) saying what went wrong.
+    /// What went wrong: target, phase, cause, exit code, log path, the log's last lines.
     pub error: Option<String>,
+    /// sha256 digest of the build context as sent (see `context::Context::digest`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub context_digest: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -99,6 +99,7 @@ pub async fn run(shared: Arc<Shared>, targets: Vec<Target>, opts: &Options) -> V
                     t.name
                 ),
             }),
+            context_digest: None,
         };
         shared.emitter.send(Event::Finished(r.clone()));
         results[i] = Some(r);

@@ -40,6 +40,7 @@ struct Tracker<'a> {
     emitter: &'a Emitter,
     phase: Mutex<Phase>,
     exit_code: Mutex<Option<i32>>,
+    context_digest: Mutex<Option<String>>,
 }
 
 impl Tracker<'_> {
@@ -67,6 +68,7 @@ pub async fn run_target(shared: Arc<Shared>, target: Target) -> TargetResult {
         emitter: &shared.emitter,
         phase: Mutex::new(Phase::Queued),
         exit_code: Mutex::new(None),
+        context_digest: Mutex::new(None),
     };
     let emitter = shared.emitter.clone();
     let name = target.name.clone();
@@ -141,6 +143,7 @@ pub async fn run_target(shared: Arc<Shared>, target: Target) -> TargetResult {
         log: log_path,
         exit_code,
         error,
+        context_digest: tracker.context_digest.lock().unwrap().take(),
     }
 }
 
@@ -174,9 +177,17 @@ async fn stages(
         root: t.context.clone(),
         exclude: sh.exclude_for(&t.context),
     };
-    let ctx = tokio::task::spawn_blocking(move || Context::scan(&opts))
-        .await
-        .map_err(|e| Error::other(format!("context scan panicked: {e}")))??;
+    // Scanned and hashed (in parallel, with rayon) before sending: the digest is the
+    // context's identity in logs and manifests.
+    let (ctx, digest) = tokio::task::spawn_blocking(move || {
+        let ctx = Context::scan(&opts)?;
+        let digest = ctx.digest()?;
+        Ok::<_, Error>((ctx, digest))
+    })
+    .await
+    .map_err(|e| Error::other(format!("context scan panicked: {e}")))??;
+    sink.note(&format!("context digest sha256:{digest}"));
+    *tr.context_digest.lock().unwrap() = Some(digest);
     for s in ctx.skipped() {
         sink.note(&format!(
             "context: skipped {} `{}`",

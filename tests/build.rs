@@ -167,6 +167,16 @@ fn example_builds_three_targets_in_parallel() {
             "summary lacks {t}"
         );
     }
+    // The three share one context directory, so one context digest, recorded for each.
+    let digests: Vec<&Value> = targets
+        .iter()
+        .map(|t| &finished(&events, t)["context_digest"])
+        .collect();
+    assert!(
+        digests[0].as_str().is_some_and(|d| d.len() == 64),
+        "{digests:?}"
+    );
+    assert!(digests.iter().all(|d| *d == digests[0]), "{digests:?}");
     let end = events.last().unwrap();
     assert_eq!(end["event"], "run_finished");
     assert_eq!(end["succeeded"], 3);

@@ -315,6 +315,7 @@ impl Tally {
             log: PathBuf::new(),
             exit_code: None,
             error: Some("the run ended without a result for this target".to_owned()),
+            context_digest: None,
         }
     }
 }

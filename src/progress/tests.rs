@@ -16,6 +16,7 @@ fn result(target: &str, outcome: Outcome, phase: Phase, seconds: f64) -> TargetR
         log: PathBuf::from(format!("/logs/{target}.log")),
         exit_code: None,
         error: None,
+        context_digest: None,
     }
 }
 
