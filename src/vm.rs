@@ -9,17 +9,19 @@ use crate::keys::openssh_public;
 use crate::launch::{self, Env, cancellable};
 use crate::machine::qemu::write_private;
 
+/// A fresh, reachable machine of `builder`.
+async fn boot(env: &Env, builder: &str) -> Result<(Builder, launch::Lease)> {
+    let builder = Builder::find(&env.project, builder)?;
+    let backend = launch::backend(env, &builder).await?;
+    let spec = launch::spec(&builder, &builder.name);
+    let lease = launch::lease(env, backend.as_ref(), &spec).await?;
+    Ok((builder, lease))
+}
+
 /// Boots a machine, runs `command` with live output, tears down; returns the remote status
 /// as an exit code.
 pub async fn run(env: &Env, builder: &str, command: &str) -> Result<i32> {
-    let builder = Builder::find(&env.project, builder)?;
-    let backend = launch::backend(env, &builder).await?;
-    let lease = launch::lease(
-        env,
-        backend.as_ref(),
-        &launch::spec(&builder, &builder.name),
-    )
-    .await?;
+    let (builder, lease) = boot(env, builder).await?;
     // Piped input is forwarded; a terminal's is not (use `vm shell` for interaction).
     let stdin = (!std::io::stdin().is_terminal()).then(tokio::io::stdin);
     let status = cancellable(
@@ -40,14 +42,7 @@ pub async fn run(env: &Env, builder: &str, command: &str) -> Result<i32> {
 /// Boots a machine and hands the terminal to OpenSSH, pinned to the machine's host key,
 /// with a private key file that is removed with the machine.
 pub async fn shell(env: &Env, builder: &str) -> Result<i32> {
-    let builder = Builder::find(&env.project, builder)?;
-    let backend = launch::backend(env, &builder).await?;
-    let lease = launch::lease(
-        env,
-        backend.as_ref(),
-        &launch::spec(&builder, &builder.name),
-    )
-    .await?;
+    let (_, lease) = boot(env, builder).await?;
     let result = async {
         let tmp = tempfile::Builder::new()
             .prefix("shell-")

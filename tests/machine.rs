@@ -8,6 +8,18 @@ use common::*;
 
 const BOOT: Duration = Duration::from_secs(300);
 
+/// Starts `runner vm run` with a command that runs until killed.
+fn sleeper(world: &World) -> std::process::Child {
+    bake(world, "bookworm-amd64");
+    world.spawn(&[
+        "vm",
+        "run",
+        "bookworm-amd64",
+        "--",
+        "echo started; sleep 600",
+    ])
+}
+
 fn bake(world: &World, builder: &str) -> String {
     let out = world.run(&["image", "build", builder]);
     assert!(out.status.success(), "bake of {builder} failed");
@@ -115,14 +127,7 @@ fn boot_timeout_is_an_error_and_tears_down() {
 /// 128+sig having removed everything.
 fn interrupt(sig: i32, mid_command: bool) {
     let world = World::new();
-    bake(&world, "bookworm-amd64");
-    let mut child = world.spawn(&[
-        "vm",
-        "run",
-        "bookworm-amd64",
-        "--",
-        "echo started; sleep 600",
-    ]);
+    let mut child = sleeper(&world);
     if mid_command {
         wait_for_line(&mut child, "started", BOOT);
     } else {
@@ -162,14 +167,7 @@ fn sigterm_mid_command_tears_down() {
 #[test]
 fn second_signal_forces_and_still_cleans_up() {
     let world = World::new();
-    bake(&world, "bookworm-amd64");
-    let mut child = world.spawn(&[
-        "vm",
-        "run",
-        "bookworm-amd64",
-        "--",
-        "echo started; sleep 600",
-    ]);
+    let mut child = sleeper(&world);
     wait_for_line(&mut child, "started", BOOT);
     signal(&child, libc::SIGINT);
     signal(&child, libc::SIGINT);
@@ -181,14 +179,7 @@ fn second_signal_forces_and_still_cleans_up() {
 #[test]
 fn gc_removes_what_a_sigkilled_runner_left() {
     let world = World::new();
-    bake(&world, "bookworm-amd64");
-    let mut child = world.spawn(&[
-        "vm",
-        "run",
-        "bookworm-amd64",
-        "--",
-        "echo started; sleep 600",
-    ]);
+    let mut child = sleeper(&world);
     wait_for_line(&mut child, "started", BOOT);
     child.kill().unwrap(); // SIGKILL: no teardown runs
     child.wait().unwrap();
@@ -222,14 +213,7 @@ fn gc_removes_what_a_sigkilled_runner_left() {
 #[test]
 fn gc_leaves_machines_of_a_live_runner_alone() {
     let world = World::new();
-    bake(&world, "bookworm-amd64");
-    let mut child = world.spawn(&[
-        "vm",
-        "run",
-        "bookworm-amd64",
-        "--",
-        "echo started; sleep 600",
-    ]);
+    let mut child = sleeper(&world);
     wait_for_line(&mut child, "started", BOOT);
     let out = world.run(&["gc", "--force"]);
     assert!(stdout(&out).contains("in use"), "{}", stdout(&out));

@@ -95,36 +95,28 @@ fn kvm_accessible() -> bool {
 }
 
 async fn probe_kvm(image: &Image) -> bool {
+    let board = super::qemu::board(image.arch, Accel::Kvm);
     let mut cmd = Command::new(qemu_binary(image.arch));
-    let console = if image.arch == Arch::Amd64 {
-        "ttyS0"
-    } else {
-        "ttyAMA0"
-    };
-    cmd.args(["-accel", "kvm", "-cpu", "host", "-m", "256M", "-smp", "1"])
-        .args([
-            "-nodefaults",
-            "-no-user-config",
-            "-display",
-            "none",
-            "-no-reboot",
-        ])
-        .args(["-serial", "stdio"])
-        .arg("-kernel")
-        .arg(&image.kernel)
-        .arg("-initrd")
-        .arg(&image.initrd)
-        .arg("-append")
-        .arg(format!("console={console} panic=-1 runner.probe=1"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true);
-    if image.arch == Arch::Amd64 {
-        cmd.args(["-machine", "q35"]);
-    } else {
-        cmd.args(["-machine", "virt"]);
-    }
+    cmd.args([
+        "-machine",
+        board.machine,
+        "-accel",
+        "kvm",
+        "-cpu",
+        board.cpu,
+    ])
+    .args(["-m", "256M", "-smp", "1", "-nodefaults", "-no-user-config"])
+    .args(["-display", "none", "-no-reboot", "-serial", "stdio"])
+    .arg("-kernel")
+    .arg(&image.kernel)
+    .arg("-initrd")
+    .arg(&image.initrd)
+    .arg("-append")
+    .arg(format!("console={} panic=-1 runner.probe=1", board.console))
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::null())
+    .kill_on_drop(true);
     let Ok(child) = cmd.spawn() else { return false };
     match tokio::time::timeout(PROBE_DEADLINE, child.wait_with_output()).await {
         Ok(Ok(out)) => String::from_utf8_lossy(&out.stdout).contains(PROBE_MARKER),

@@ -93,13 +93,11 @@ impl QemuBackend {
     fn command(&self, spec: &MachineSpec, dir: &Path, console: &Path, port: u16) -> Command {
         let img = &self.image;
         let mut c = Command::new(qemu_binary(img.arch));
-        let (machine, cpu, tty) = match (img.arch, self.accel) {
-            (Arch::Amd64, Accel::Kvm) => ("q35", "host", "ttyS0"),
-            // Under TCG a plain CPU model is markedly faster for the ciphers SSH uses.
-            (Arch::Amd64, Accel::Tcg) => ("q35", "qemu64", "ttyS0"),
-            (Arch::Arm64, Accel::Kvm) => ("virt", "host", "ttyAMA0"),
-            (Arch::Arm64, Accel::Tcg) => ("virt", "cortex-a57", "ttyAMA0"),
-        };
+        let Board {
+            machine,
+            cpu,
+            console: tty,
+        } = board(img.arch, self.accel);
         let drive = |file: &Path, id: &str, extra: &str| {
             format!("file={},if=none,id={id},{extra}", file.display())
         };
@@ -160,6 +158,32 @@ impl QemuBackend {
             .arg("-pidfile")
             .arg(dir.join("qemu.pid"));
         c
+    }
+}
+
+/// The virtual board for an architecture and accelerator: one place, shared with the probe,
+/// so the KVM probe tests exactly what a launch would run.
+pub struct Board {
+    pub machine: &'static str,
+    pub cpu: &'static str,
+    pub console: &'static str,
+}
+
+pub fn board(arch: Arch, accel: Accel) -> Board {
+    let (machine, console) = match arch {
+        Arch::Amd64 => ("q35", "ttyS0"),
+        Arch::Arm64 => ("virt", "ttyAMA0"),
+    };
+    let cpu = match (arch, accel) {
+        (_, Accel::Kvm) => "host",
+        // Under TCG a plain CPU model is markedly faster for the ciphers SSH uses.
+        (Arch::Amd64, Accel::Tcg) => "qemu64",
+        (Arch::Arm64, Accel::Tcg) => "cortex-a57",
+    };
+    Board {
+        machine,
+        cpu,
+        console,
     }
 }
 
