@@ -152,6 +152,10 @@ pub async fn wait_ready(machine: &mut Machine, keys: &GuestKeys) -> Result<Sessi
                 console: machine.console_log.clone(),
             });
         }
+        if !machine.looks_ready() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        }
         // QEMU's port forward accepts TCP before the guest listens, so only a full
         // handshake tells readiness; bound each attempt so a stuck one cannot eat the budget.
         let attempt = tokio::time::timeout(

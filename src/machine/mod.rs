@@ -63,6 +63,9 @@ pub struct Machine {
     /// The guest's serial console, kept after teardown for post-mortems.
     pub console_log: PathBuf,
     pub boot_timeout: Duration,
+    /// A file and a line that appears in it once the guest's sshd listens. Before that a
+    /// handshake attempt only stalls (QEMU's user network accepts TCP for the guest).
+    pub ready_hint: Option<(PathBuf, &'static str)>,
     instance: Option<Box<dyn Instance>>,
 }
 
@@ -80,8 +83,22 @@ impl Machine {
             endpoint,
             console_log,
             boot_timeout: spec.boot_timeout,
+            ready_hint: None,
             instance: Some(instance),
         }
+    }
+
+    pub fn with_ready_hint(mut self, file: PathBuf, marker: &'static str) -> Machine {
+        self.ready_hint = Some((file, marker));
+        self
+    }
+
+    /// False only while a ready hint exists and has not appeared yet.
+    pub fn looks_ready(&self) -> bool {
+        self.ready_hint.as_ref().is_none_or(|(file, marker)| {
+            std::fs::read(file)
+                .is_ok_and(|b| b.windows(marker.len()).any(|w| w == marker.as_bytes()))
+        })
     }
 
     /// A name for messages: `bookworm-amd64 (machine 3f2a9c1e)`.

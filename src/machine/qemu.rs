@@ -85,7 +85,11 @@ impl Backend for QemuBackend {
             port,
             user: "root".into(),
         };
-        Ok(Machine::new(id, spec, endpoint, console, Box::new(inst)))
+        // sshd runs with -e, so its "Server listening" line reaches the serial console.
+        Ok(
+            Machine::new(id, spec, endpoint, console.clone(), Box::new(inst))
+                .with_ready_hint(console, "Server listening"),
+        )
     }
 }
 
@@ -146,7 +150,7 @@ impl QemuBackend {
             .args(["-device", "virtio-blk-pci,drive=seed"])
             .arg("-netdev")
             .arg(format!("user,id=net0,hostfwd=tcp:127.0.0.1:{port}-:22"))
-            .args(["-device", "virtio-net-pci,netdev=net0"])
+            .args(["-device", "virtio-net-pci,netdev=net0,romfile="])
             .args(["-device", "virtio-rng-pci"])
             .arg("-serial")
             .arg(format!("file:{}", console.display()))
