@@ -49,7 +49,7 @@ fn main() {
     };
     let rt = tokio::runtime::Runtime::new().unwrap();
     let builder = Builder::find(&repo, "bookworm-amd64").unwrap();
-    let backend = rt.block_on(launch::backend(&env, &builder)).unwrap();
+    let (backend, _) = rt.block_on(launch::backend(&env, &builder)).unwrap();
     let lease = rt
         .block_on(launch::lease(
             &env,

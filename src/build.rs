@@ -19,6 +19,7 @@ pub struct BuildArgs {
     pub jobs: Option<usize>,
     pub keep_going: bool,
     pub keep_failed: bool,
+    pub force: bool,
     pub format: Format,
     pub interactive: bool,
 }
@@ -53,10 +54,12 @@ pub async fn build(env: &Env, args: BuildArgs) -> Result<i32> {
         },
         emitter,
         keep_failed: args.keep_failed,
+        force: args.force,
         epoch: source_date_epoch(&project.root),
         logs: env.dirs.logs().join("builds"),
         // Never send the artifacts (or runner's own files) back into the next build.
         exclude: vec![(project.artifact_dir.clone(), String::new())],
+        context_excludes: None,
     });
     let renderer = tokio::spawn(progress::run(rx, args.format, args.interactive));
     let opts = Options {
@@ -68,16 +71,11 @@ pub async fn build(env: &Env, args: BuildArgs) -> Result<i32> {
         .await
         .map_err(|e| Error::other(format!("progress display failed: {e}")))?;
     progress::print_summary(&summary, &mut std::io::stderr());
-    Ok(
-        if results
-            .iter()
-            .all(|r| r.outcome == crate::events::Outcome::Succeeded)
-        {
-            0
-        } else {
-            1
-        },
-    )
+    Ok(if results.iter().all(|r| r.outcome.ok()) {
+        0
+    } else {
+        1
+    })
 }
 
 /// SOURCE_DATE_EPOCH: the host's variable if set, else the last commit time of the project

@@ -63,9 +63,26 @@ enum Command {
         /// Leave a failed target's machine running and print how to ssh into it.
         #[arg(long)]
         keep_failed: bool,
+        /// Build even if a published build has the same inputs digest (no cache hit).
+        #[arg(long)]
+        force: bool,
         /// `human` (progress on stderr) or `json` (one event per line on stdout).
         #[arg(long, default_value = "human", value_parser = ["human", "json"])]
         message_format: String,
+    },
+    /// Rebuild from a manifest in a fresh machine and compare every artifact.
+    Reproduce {
+        /// The manifest.json of a published build.
+        manifest: PathBuf,
+        /// The build context to use; it must match the manifest's context digest.
+        #[arg(long)]
+        context: PathBuf,
+        /// Where the rebuild and reports go (default: under the state dir).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Deadline for the rebuild.
+        #[arg(long, default_value = "60m", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
     },
     /// Show targets and builders.
     List,
@@ -175,6 +192,7 @@ async fn dispatch(cli: Cli, shutdown: Shutdown) -> Result<i32> {
             jobs,
             keep_going,
             keep_failed,
+            force,
             message_format,
         } => {
             let args = crate::build::BuildArgs {
@@ -183,6 +201,7 @@ async fn dispatch(cli: Cli, shutdown: Shutdown) -> Result<i32> {
                 jobs,
                 keep_going,
                 keep_failed,
+                force,
                 format: if message_format == "json" {
                     Format::Json
                 } else {
@@ -191,6 +210,21 @@ async fn dispatch(cli: Cli, shutdown: Shutdown) -> Result<i32> {
                 interactive,
             };
             crate::build::build(&env, args).await
+        }
+        Command::Reproduce {
+            manifest,
+            context,
+            out,
+            timeout,
+        } => {
+            let args = crate::reproduce::Args {
+                manifest,
+                context,
+                out,
+                timeout,
+                interactive,
+            };
+            crate::reproduce::reproduce(&env, args).await
         }
         Command::List => crate::build::list(&env.project),
         Command::Check => crate::build::check(&env.project),

@@ -48,6 +48,8 @@ impl Phase {
 #[serde(rename_all = "lowercase")]
 pub enum Outcome {
     Succeeded,
+    /// Not rebuilt: a published build with the same inputs digest exists (see `--force`).
+    Cached,
     Failed,
     /// Stopped by Ctrl-C/SIGTERM (a timeout is a failure).
     Cancelled,
@@ -56,9 +58,15 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// Succeeded or cached: the target's artifacts are there.
+    pub fn ok(self) -> bool {
+        matches!(self, Outcome::Succeeded | Outcome::Cached)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Succeeded => "succeeded",
+            Outcome::Cached => "cached",
             Outcome::Failed => "failed",
             Outcome::Cancelled => "cancelled",
             Outcome::Skipped => "skipped",
@@ -104,6 +112,7 @@ pub enum Event {
     /// The run ended.
     RunFinished {
         succeeded: usize,
+        cached: usize,
         failed: usize,
         cancelled: usize,
         skipped: usize,

@@ -39,8 +39,9 @@ pub async fn cancellable<T>(sd: &Shutdown, fut: impl Future<Output = Result<T>>)
     }
 }
 
-/// The backend for a builder, its image baked if needed.
-pub async fn backend(env: &Env, builder: &Builder) -> Result<Box<dyn Backend>> {
+/// The backend for a builder, its image baked if needed, and the identity of that base
+/// image (its sha256) for manifests.
+pub async fn backend(env: &Env, builder: &Builder) -> Result<(Box<dyn Backend>, String)> {
     let (image, _) = cancellable(
         &env.shutdown,
         Cache::new(&env.dirs).ensure(builder, &env.bake),
@@ -48,11 +49,13 @@ pub async fn backend(env: &Env, builder: &Builder) -> Result<Box<dyn Backend>> {
     .await?;
     let accel = accel::resolve(env.accel, &image, &env.dirs.state).await;
     tracing::debug!("{}: accelerator {accel:?}", builder.name);
-    Ok(Box::new(QemuBackend {
+    let base = image.info.base_sha256.clone();
+    let backend = QemuBackend {
         image,
         accel,
         dirs: env.dirs.clone(),
-    }))
+    };
+    Ok((Box::new(backend), base))
 }
 
 pub fn spec(builder: &Builder, label: &str) -> MachineSpec {

@@ -112,6 +112,7 @@ pub async fn run(shared: Arc<Shared>, targets: Vec<Target>, opts: &Options) -> V
     let count = |o| results.iter().filter(|r| r.outcome == o).count();
     shared.emitter.send(Event::RunFinished {
         succeeded: count(Outcome::Succeeded),
+        cached: count(Outcome::Cached),
         failed: count(Outcome::Failed),
         cancelled: count(Outcome::Cancelled),
         skipped: count(Outcome::Skipped),

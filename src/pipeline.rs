@@ -13,8 +13,10 @@ use crate::context::{Context, ContextOptions};
 use crate::error::{Error, IoContext, Result};
 use crate::events::{Emitter, Event, Outcome, Phase, TargetResult};
 use crate::guest;
+use crate::image::Recipe;
 use crate::launch::{self, Env, Lease};
 use crate::logs::{LogSink, tail};
+use crate::manifest::{self, ArtifactRecord, BuilderRecord, Inputs, Manifest, ScriptRecord};
 use crate::store::ArtifactStore;
 
 /// What every target of a run shares.
@@ -25,12 +27,16 @@ pub struct Shared {
     pub emitter: Emitter,
     /// Leave a failed target's machine running for inspection.
     pub keep_failed: bool,
+    /// Build even when a published build has the same inputs.
+    pub force: bool,
     /// SOURCE_DATE_EPOCH for every target, and the mtime of every context entry.
     pub epoch: u64,
     /// Where target logs go.
     pub logs: PathBuf,
     /// Paths (relative to a context root) never sent to the guest, e.g. the artifact dir.
     pub exclude: Vec<(PathBuf, String)>,
+    /// Exact context exclude patterns to use instead (a reproduction uses the recorded ones).
+    pub context_excludes: Option<Vec<String>>,
 }
 
 /// Progress of one target, readable after its work future is gone.
@@ -88,8 +94,7 @@ pub async fn run_target(shared: Arc<Shared>, target: Target) -> TargetResult {
         Ok(sink) => {
             let work = stages(&shared, &target, sink, &tracker, &mut lease);
             tokio::select! {
-                r = tokio::time::timeout(target.timeout, work) => r.unwrap_or_else(|_| Err(Error::other(format!(
-                    "timed out after {}", humantime::format_duration(target.timeout))))),
+                r = work => r,
                 _ = shared.env.shutdown.token.cancelled() => Err(Error::Cancelled),
             }
         }
@@ -113,7 +118,8 @@ pub async fn run_target(shared: Arc<Shared>, target: Target) -> TargetResult {
 
     let exit_code = *tracker.exit_code.lock().unwrap();
     let (outcome, artifacts, error) = match result {
-        Ok(paths) => (Outcome::Succeeded, paths, None),
+        Ok(Done::Built(paths)) => (Outcome::Succeeded, paths, None),
+        Ok(Done::Cached(paths)) => (Outcome::Cached, paths, None),
         Err(Error::Cancelled) => (
             Outcome::Cancelled,
             vec![],
@@ -147,14 +153,63 @@ pub async fn run_target(shared: Arc<Shared>, target: Target) -> TargetResult {
     }
 }
 
+/// How a target's work ended when it did not fail.
+enum Done {
+    Built(Vec<PathBuf>),
+    Cached(Vec<PathBuf>),
+}
+
 async fn stages(
     sh: &Shared,
     t: &Target,
     sink: &LogSink,
     tr: &Tracker<'_>,
     lease_slot: &mut Option<Lease>,
-) -> Result<Vec<PathBuf>> {
+) -> Result<Done> {
+    let started_unix = crate::machine::state::now_unix();
     tr.enter(Phase::Image);
+    // The inputs are known before any machine exists: scan and hash the context (in
+    // parallel, with rayon), hash the script, and skip the build if they were built before.
+    let context_excludes = sh
+        .context_excludes
+        .clone()
+        .unwrap_or_else(|| sh.exclude_for(&t.context));
+    let opts = ContextOptions {
+        root: t.context.clone(),
+        exclude: context_excludes.clone(),
+    };
+    let (ctx, context_digest) = tokio::task::spawn_blocking(move || {
+        let ctx = Context::scan(&opts)?;
+        let digest = ctx.digest()?;
+        Ok::<_, Error>((ctx, digest))
+    })
+    .await
+    .map_err(|e| Error::other(format!("context scan panicked: {e}")))??;
+    sink.note(&format!("context digest sha256:{context_digest}"));
+    *tr.context_digest.lock().unwrap() = Some(context_digest.clone());
+    let script =
+        std::fs::read(&t.script).ctx(|| format!("cannot read script `{}`", t.script.display()))?;
+    let script_sha256 = manifest::sha256_hex(&script);
+    let recipe = Recipe::of(t.builder.qemu());
+    let recipe_digest = recipe.digest();
+    let inputs_digest = Inputs {
+        recipe_digest: &recipe_digest,
+        context_digest: &context_digest,
+        script_sha256: &script_sha256,
+        env: &t.env,
+        epoch: sh.epoch,
+        globs: &t.artifacts,
+    }
+    .digest();
+    sink.note(&format!("inputs digest sha256:{inputs_digest}"));
+    if !sh.force
+        && let Some((m, paths)) = sh.store.published(&t.name).await
+        && m.inputs_digest == inputs_digest
+    {
+        sink.note("cache hit: a published build has the same inputs");
+        return Ok(Done::Cached(paths));
+    }
+
     let mut env = sh.env.clone();
     let (emitter, name) = (sh.emitter.clone(), t.name.clone());
     env.bake.report = crate::image::bake::Report::To(Arc::new(move |line| {
@@ -163,72 +218,107 @@ async fn stages(
             line,
         })
     }));
-    let backend = launch::backend(&env, &t.builder).await?;
+    let (backend, base_image) = launch::backend(&env, &t.builder).await?;
 
-    tr.enter(Phase::Boot);
-    let mut spec = launch::spec(&t.builder, &t.name);
-    spec.vcpus = t.vcpus.unwrap_or(spec.vcpus);
-    spec.memory_mib = t.memory.map_or(spec.memory_mib, |m| m.mib());
-    let lease = lease_slot.insert(launch::lease(&sh.env, backend.as_ref(), &spec).await?);
-    sink.note(&format!("machine {} is up", lease.machine.describe()));
+    // The deadline covers the machine's life (boot to publish), not a one-time image bake.
+    let timed = async {
+        tr.enter(Phase::Boot);
+        let mut spec = launch::spec(&t.builder, &t.name);
+        spec.vcpus = t.vcpus.unwrap_or(spec.vcpus);
+        spec.memory_mib = t.memory.map_or(spec.memory_mib, |m| m.mib());
+        let lease = lease_slot.insert(launch::lease(&sh.env, backend.as_ref(), &spec).await?);
+        sink.note(&format!("machine {} is up", lease.machine.describe()));
 
-    tr.enter(Phase::Sync);
-    let opts = ContextOptions {
-        root: t.context.clone(),
-        exclude: sh.exclude_for(&t.context),
-    };
-    // Scanned and hashed (in parallel, with rayon) before sending: the digest is the
-    // context's identity in logs and manifests.
-    let (ctx, digest) = tokio::task::spawn_blocking(move || {
-        let ctx = Context::scan(&opts)?;
-        let digest = ctx.digest()?;
-        Ok::<_, Error>((ctx, digest))
-    })
-    .await
-    .map_err(|e| Error::other(format!("context scan panicked: {e}")))??;
-    sink.note(&format!("context digest sha256:{digest}"));
-    *tr.context_digest.lock().unwrap() = Some(digest);
-    for s in ctx.skipped() {
+        tr.enter(Phase::Sync);
+        for s in ctx.skipped() {
+            sink.note(&format!(
+                "context: skipped {} `{}`",
+                s.kind,
+                s.path.display()
+            ));
+        }
+        let sent = guest::sync_context(&lease.session, Arc::new(ctx), sh.epoch, sink).await?;
         sink.note(&format!(
-            "context: skipped {} `{}`",
-            s.kind,
-            s.path.display()
+            "context: {} files, {} bytes, tar sha256 {}",
+            sent.files, sent.file_bytes, sent.tar_sha256
         ));
-    }
-    let sent = guest::sync_context(&lease.session, Arc::new(ctx), sh.epoch, sink).await?;
-    sink.note(&format!(
-        "context: {} files, {} bytes, tar sha256 {}",
-        sent.files, sent.file_bytes, sent.tar_sha256
-    ));
 
-    tr.enter(Phase::Provision);
-    let script =
-        std::fs::read(&t.script).ctx(|| format!("cannot read script `{}`", t.script.display()))?;
-    let mut env = vec![
-        ("RUNNER_TARGET".to_owned(), t.name.clone()),
-        ("RUNNER_OUT".to_owned(), guest::OUT.to_owned()),
-        ("SOURCE_DATE_EPOCH".to_owned(), sh.epoch.to_string()),
-    ];
-    env.extend(t.env.iter().map(|(k, v)| (k.clone(), v.clone())));
-    let status = guest::run_script(&lease.session, &script, &env, sink).await?;
-    if !status.success() {
-        *tr.exit_code.lock().unwrap() = Some(status.code());
-        return Err(Error::other(format!("provision script {status}")));
-    }
+        tr.enter(Phase::Provision);
+        let mut vars = vec![
+            ("RUNNER_TARGET".to_owned(), t.name.clone()),
+            ("RUNNER_OUT".to_owned(), guest::OUT.to_owned()),
+            ("SOURCE_DATE_EPOCH".to_owned(), sh.epoch.to_string()),
+        ];
+        vars.extend(t.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let status = guest::run_script(&lease.session, &script, &vars, sink).await?;
+        if !status.success() {
+            *tr.exit_code.lock().unwrap() = Some(status.code());
+            return Err(Error::other(format!("provision script {status}")));
+        }
 
-    tr.enter(Phase::Collect);
-    let staging = sh.store.staging(&t.name)?;
-    let files = guest::collect(
-        &lease.session,
-        &t.artifacts,
-        staging.path(),
-        &sh.limits,
-        sink,
-    )
-    .await?;
+        tr.enter(Phase::Collect);
+        let staging = sh.store.staging(&t.name)?;
+        let files = guest::collect(
+            &lease.session,
+            &t.artifacts,
+            staging.path(),
+            &sh.limits,
+            sink,
+        )
+        .await?;
 
-    tr.enter(Phase::Publish);
-    sh.store.publish(&t.name, staging, &files).await
+        tr.enter(Phase::Publish);
+        let manifest = Manifest {
+            schema: manifest::SCHEMA,
+            runner_version: env!("CARGO_PKG_VERSION").to_owned(),
+            target: t.name.clone(),
+            builder: BuilderRecord {
+                name: t.builder.name.clone(),
+                recipe,
+                recipe_digest,
+            },
+            base_image_sha256: base_image,
+            context_digest,
+            context_excludes,
+            script: ScriptRecord {
+                name: t
+                    .script
+                    .file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .into_owned(),
+                sha256: script_sha256,
+                content: String::from_utf8_lossy(&script).into_owned(),
+            },
+            artifact_globs: t.artifacts.clone(),
+            env: t.env.clone(),
+            source_date_epoch: sh.epoch,
+            inputs_digest,
+            started_unix,
+            finished_unix: crate::machine::state::now_unix(),
+            artifacts: files
+                .iter()
+                .map(|f| ArtifactRecord {
+                    path: f.path.to_string_lossy().into_owned(),
+                    size: f.size,
+                    sha256: f.sha256.clone(),
+                    uri: sh.store.uri(&t.name, &f.path),
+                })
+                .collect(),
+        };
+        sh.store
+            .publish(&t.name, staging, &files, &manifest)
+            .await
+            .map(Done::Built)
+    };
+    tokio::time::timeout(t.timeout, timed)
+        .await
+        .unwrap_or_else(|_| {
+            Err(Error::other(format!(
+                "timed out after {}",
+                humantime::format_duration(t.timeout)
+            )))
+        })
 }
 
 impl Shared {

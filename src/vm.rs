@@ -12,7 +12,7 @@ use crate::machine::qemu::write_private;
 /// A fresh, reachable machine of `builder`.
 async fn boot(env: &Env, builder: &str) -> Result<(Builder, launch::Lease)> {
     let builder = Builder::find(&env.project, builder)?;
-    let backend = launch::backend(env, &builder).await?;
+    let (backend, _) = launch::backend(env, &builder).await?;
     let spec = launch::spec(&builder, &builder.name);
     let lease = launch::lease(env, backend.as_ref(), &spec).await?;
     Ok((builder, lease))

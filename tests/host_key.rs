@@ -25,7 +25,7 @@ async fn a_guest_with_another_host_key_is_refused() {
         shutdown: Shutdown::never(),
     };
     let builder = Builder::find(&env.project, "bookworm-amd64").unwrap();
-    let backend = launch::backend(&env, &builder).await.unwrap();
+    let (backend, _) = launch::backend(&env, &builder).await.unwrap();
 
     // The guest is given one host key; the client pins another.
     let seeded = GuestKeys::generate().unwrap();

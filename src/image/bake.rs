@@ -6,7 +6,7 @@
 //! mmdebstrap makes inside the rootfs vanish with the process even if it is killed; only then
 //! is the scratch directory removed, with nothing mounted below it.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::time::Instant;
 
@@ -191,7 +191,7 @@ fn futures_lines(
     rx
 }
 
-pub fn sha256_file(path: &PathBuf) -> Result<String> {
+pub fn sha256_file(path: &Path) -> Result<String> {
     let mut f = std::fs::File::open(path).ctx(|| format!("cannot open `{}`", path.display()))?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];

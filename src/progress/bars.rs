@@ -87,7 +87,7 @@ impl Bars {
             }
             Event::Finished(result) => {
                 let (mark, style) = match result.outcome {
-                    Outcome::Succeeded => ("✓", self.styles.succeeded.clone()),
+                    Outcome::Succeeded | Outcome::Cached => ("✓", self.styles.succeeded.clone()),
                     Outcome::Failed => ("✗", self.styles.failed.clone()),
                     Outcome::Cancelled | Outcome::Skipped => ("-", self.styles.stopped.clone()),
                 };

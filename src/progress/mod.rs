@@ -44,6 +44,8 @@ pub struct Summary {
     /// One per target, in the order `RunStarted` announced them.
     pub results: Vec<TargetResult>,
     pub succeeded: usize,
+    /// Cache hits: up to date without a build.
+    pub cached: usize,
     pub failed: usize,
     pub cancelled: usize,
     pub skipped: usize,
@@ -54,7 +56,7 @@ pub struct Summary {
 impl Summary {
     /// True only if every target succeeded: cancelled or skipped targets built nothing either.
     pub fn all_succeeded(&self) -> bool {
-        self.results.iter().all(|r| r.outcome == Outcome::Succeeded)
+        self.results.iter().all(|r| r.outcome.ok())
     }
 }
 
@@ -159,6 +161,7 @@ fn finish_text(r: &TargetResult) -> String {
             1 => format!("succeeded in {took} (1 artifact)"),
             n => format!("succeeded in {took} ({n} artifacts)"),
         },
+        Outcome::Cached => "cache hit: inputs unchanged since the published build".to_owned(),
         Outcome::Skipped => "skipped".to_owned(),
         Outcome::Failed | Outcome::Cancelled => {
             format!(
@@ -168,7 +171,7 @@ fn finish_text(r: &TargetResult) -> String {
             )
         }
     };
-    if r.outcome != Outcome::Succeeded
+    if !r.outcome.ok()
         && let Some(error) = short_error(r)
     {
         text.push_str(": ");
@@ -288,6 +291,7 @@ impl Tally {
         let count = |o: Outcome| results.iter().filter(|r| r.outcome == o).count();
         Summary {
             succeeded: count(Outcome::Succeeded),
+            cached: count(Outcome::Cached),
             failed: count(Outcome::Failed),
             cancelled: count(Outcome::Cancelled),
             skipped: count(Outcome::Skipped),

@@ -36,8 +36,9 @@ pub(super) fn summary_text(summary: &Summary) -> String {
         text.push_str(&failure(result));
     }
     text.push_str(&format!(
-        "\n{} succeeded, {} failed, {} cancelled, {} skipped in {}\n",
+        "\n{} succeeded, {} cached, {} failed, {} cancelled, {} skipped in {}\n",
         summary.succeeded,
+        summary.cached,
         summary.failed,
         summary.cancelled,
         summary.skipped,

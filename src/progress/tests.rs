@@ -71,6 +71,7 @@ fn script() -> Vec<Event> {
         Event::Finished(skipped),
         Event::RunFinished {
             succeeded: 1,
+            cached: 0,
             failed: 1,
             cancelled: 0,
             skipped: 1,
@@ -279,6 +280,7 @@ fn sample_summary(log_dir: &Path) -> Summary {
     Summary {
         results: vec![ok, bad, cancelled],
         succeeded: 1,
+        cached: 0,
         failed: 1,
         cancelled: 1,
         skipped: 0,
@@ -322,7 +324,7 @@ fn summary_table_lists_every_target_in_aligned_columns() {
     }
     assert!(lines[1].contains(" 41.0s "), "{text}");
     assert!(lines[2].contains(" 2m05s "), "{text}");
-    assert!(text.ends_with("\n1 succeeded, 1 failed, 1 cancelled, 0 skipped in 2m10s\n"));
+    assert!(text.ends_with("\n1 succeeded, 0 cached, 1 failed, 1 cancelled, 0 skipped in 2m10s\n"));
 }
 
 #[test]

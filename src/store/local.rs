@@ -10,6 +10,7 @@ use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
 use super::{ArtifactStore, SHA256SUMS};
 use crate::artifacts::{ArtifactFile, sha256sums};
 use crate::error::{Error, IoContext, Result};
+use crate::manifest::{self, Manifest};
 
 pub struct LocalStore {
     root: PathBuf,
@@ -43,20 +44,33 @@ impl ArtifactStore for LocalStore {
             })
     }
 
+    fn uri(&self, target: &str, path: &Path) -> String {
+        let abs = std::path::absolute(self.target_dir(target).join(path)).unwrap_or_default();
+        format!("file://{}", abs.display())
+    }
+
     async fn publish(
         &self,
         target: &str,
         staged: tempfile::TempDir,
         files: &[ArtifactFile],
+        manifest: &Manifest,
     ) -> Result<Vec<PathBuf>> {
-        if files.iter().any(|f| f.path == Path::new(SHA256SUMS)) {
+        if files
+            .iter()
+            .any(|f| f.path == Path::new(SHA256SUMS) || f.path == Path::new(manifest::FILE))
+        {
             return Err(Error::other(format!(
-                "target `{target}` produced an artifact named {SHA256SUMS}, which runner writes itself"
+                "target `{target}` produced an artifact named {SHA256SUMS} or {}, which runner writes itself",
+                manifest::FILE
             )));
         }
         let sums = staged.path().join(SHA256SUMS);
         std::fs::write(&sums, sha256sums(files))
             .ctx(|| format!("cannot write `{}`", sums.display()))?;
+        // Staged last; the directory swap below publishes everything at once anyway.
+        let m = staged.path().join(manifest::FILE);
+        std::fs::write(&m, manifest.to_json()).ctx(|| format!("cannot write `{}`", m.display()))?;
 
         let dest = self.target_dir(target);
         let staged = staged.keep();
@@ -81,6 +95,30 @@ impl ArtifactStore for LocalStore {
 
         let mut out: Vec<PathBuf> = files.iter().map(|f| dest.join(&f.path)).collect();
         out.push(dest.join(SHA256SUMS));
+        out.push(dest.join(manifest::FILE));
         Ok(out)
+    }
+
+    async fn published(&self, target: &str) -> Option<(Manifest, Vec<PathBuf>)> {
+        let dir = self.target_dir(target);
+        let m = Manifest::read(&dir.join(manifest::FILE)).ok()?;
+        let check = m.clone();
+        let dir2 = dir.clone();
+        let intact = tokio::task::spawn_blocking(move || {
+            check.artifacts.iter().all(|a| {
+                let p = dir2.join(&a.path);
+                std::fs::metadata(&p).is_ok_and(|md| md.len() == a.size)
+                    && crate::image::bake::sha256_file(&p).is_ok_and(|h| h == a.sha256)
+            })
+        })
+        .await
+        .unwrap_or(false);
+        if !intact {
+            return None;
+        }
+        let mut paths: Vec<PathBuf> = m.artifacts.iter().map(|a| dir.join(&a.path)).collect();
+        paths.push(dir.join(SHA256SUMS));
+        paths.push(dir.join(manifest::FILE));
+        Some((m, paths))
     }
 }

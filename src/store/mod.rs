@@ -10,6 +10,7 @@ use async_trait::async_trait;
 
 use crate::artifacts::ArtifactFile;
 use crate::error::Result;
+use crate::manifest::Manifest;
 
 /// The name of the checksum file published beside every target's artifacts.
 pub const SHA256SUMS: &str = "SHA256SUMS";
@@ -20,12 +21,21 @@ pub trait ArtifactStore: Send + Sync {
     /// published.
     fn staging(&self, target: &str) -> Result<tempfile::TempDir>;
 
-    /// Publishes the staged files of `target`; returns where each now lives (paths or URIs),
-    /// in the order of `files`, followed by the checksum file.
+    /// Where an artifact of `target` will live once published, as a URI for manifests.
+    fn uri(&self, target: &str, path: &std::path::Path) -> String;
+
+    /// Publishes the staged files of `target`, then the manifest last: a manifest's presence
+    /// means its artifacts are complete. Returns where each file now lives, in the order of
+    /// `files`, followed by the checksum file and the manifest.
     async fn publish(
         &self,
         target: &str,
         staged: tempfile::TempDir,
         files: &[ArtifactFile],
+        manifest: &Manifest,
     ) -> Result<Vec<PathBuf>>;
+
+    /// The manifest of `target`'s published build, if one exists and its artifacts are all
+    /// still there with the recorded digests; with their locations.
+    async fn published(&self, target: &str) -> Option<(Manifest, Vec<PathBuf>)>;
 }

@@ -1,0 +1,195 @@
+//! Build manifests: everything that determined a build and everything it produced, so a
+//! build can be skipped when its inputs recur and reproduced later from the manifest alone.
+//!
+//! Schema (version 1), JSON:
+//! `schema`, `runner_version`, `target`, `builder` {`name`, `recipe`, `recipe_digest`},
+//! `base_image_sha256`, `context_digest`, `context_excludes`, `script` {`name`, `sha256`, `content`},
+//! `artifact_globs`, `env`, `source_date_epoch`, `inputs_digest`, `started_unix`,
+//! `finished_unix`, `artifacts` [{`path`, `size`, `sha256`, `uri`}].
+//! The script travels inside the manifest so that a manifest is enough to rebuild.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, IoContext, Result};
+use crate::image::Recipe;
+
+pub const SCHEMA: u32 = 1;
+pub const FILE: &str = "manifest.json";
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub schema: u32,
+    pub runner_version: String,
+    pub target: String,
+    pub builder: BuilderRecord,
+    pub base_image_sha256: String,
+    pub context_digest: String,
+    /// Exclude patterns applied to the context (e.g. the artifact directory), so that a
+    /// reproduction scans the same tree.
+    pub context_excludes: Vec<String>,
+    pub script: ScriptRecord,
+    pub artifact_globs: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub source_date_epoch: u64,
+    pub inputs_digest: String,
+    pub started_unix: u64,
+    pub finished_unix: u64,
+    pub artifacts: Vec<ArtifactRecord>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BuilderRecord {
+    pub name: String,
+    pub recipe: Recipe,
+    pub recipe_digest: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ScriptRecord {
+    pub name: String,
+    pub sha256: String,
+    pub content: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ArtifactRecord {
+    pub path: String,
+    pub size: u64,
+    pub sha256: String,
+    pub uri: String,
+}
+
+/// Everything that decides what a build produces. Two builds with equal inputs digests are
+/// interchangeable; the base image's own bytes are left out on purpose: rebaking the same
+/// recipe is not bit-identical, and the recipe digest already names what is in it.
+pub struct Inputs<'a> {
+    pub recipe_digest: &'a str,
+    pub context_digest: &'a str,
+    pub script_sha256: &'a str,
+    pub env: &'a BTreeMap<String, String>,
+    pub epoch: u64,
+    pub globs: &'a [String],
+}
+
+impl Inputs<'_> {
+    pub fn digest(&self) -> String {
+        let canonical = serde_json::json!({
+            "v": 1,
+            "recipe": self.recipe_digest,
+            "context": self.context_digest,
+            "script": self.script_sha256,
+            "env": self.env,
+            "epoch": self.epoch,
+            "globs": self.globs,
+        });
+        sha256_hex(canonical.to_string().as_bytes())
+    }
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+impl Manifest {
+    /// Reads a manifest, refusing schema versions this runner does not know before looking
+    /// at anything else (a newer schema may mean something else by the same fields).
+    pub fn read(path: &Path) -> Result<Manifest> {
+        let bytes =
+            std::fs::read(path).ctx(|| format!("cannot read manifest `{}`", path.display()))?;
+        let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
+            Error::other(format!("`{}` is not a JSON manifest: {e}", path.display()))
+        })?;
+        match value.get("schema").and_then(|v| v.as_u64()) {
+            Some(v) if v == SCHEMA as u64 => {}
+            Some(v) => {
+                return Err(Error::other(format!(
+                    "manifest `{}` has schema version {v}; this runner reads version {SCHEMA}",
+                    path.display()
+                )));
+            }
+            None => {
+                return Err(Error::other(format!(
+                    "`{}` has no manifest schema version",
+                    path.display()
+                )));
+            }
+        }
+        serde_json::from_value(value)
+            .map_err(|e| Error::other(format!("invalid manifest `{}`: {e}", path.display())))
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        let mut v = serde_json::to_vec_pretty(self).expect("manifest serializes");
+        v.push(b'\n');
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inputs_digest_changes_with_every_input() {
+        let env = BTreeMap::from([("A".to_owned(), "1".to_owned())]);
+        let globs = vec!["*".to_owned()];
+        let base = Inputs {
+            recipe_digest: "r",
+            context_digest: "c",
+            script_sha256: "s",
+            env: &env,
+            epoch: 1,
+            globs: &globs,
+        };
+        let d = base.digest();
+        assert_eq!(d, Inputs { ..base }.digest());
+        let env2 = BTreeMap::from([("A".to_owned(), "2".to_owned())]);
+        let variants = [
+            Inputs {
+                recipe_digest: "r2",
+                ..Inputs { ..base }
+            }
+            .digest(),
+            Inputs {
+                context_digest: "c2",
+                ..Inputs { ..base }
+            }
+            .digest(),
+            Inputs {
+                script_sha256: "s2",
+                ..Inputs { ..base }
+            }
+            .digest(),
+            Inputs {
+                env: &env2,
+                ..Inputs { ..base }
+            }
+            .digest(),
+            Inputs {
+                epoch: 2,
+                ..Inputs { ..base }
+            }
+            .digest(),
+        ];
+        for v in variants {
+            assert_ne!(v, d);
+        }
+    }
+
+    #[test]
+    fn unknown_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("m.json");
+        std::fs::write(&p, r#"{"schema": 99, "target": "x"}"#).unwrap();
+        let e = Manifest::read(&p).unwrap_err().to_string();
+        assert!(e.contains("schema version 99"), "{e}");
+    }
+}

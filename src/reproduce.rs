@@ -1,0 +1,246 @@
+//! `runner reproduce <manifest>`: rebuild from the recorded inputs in a fresh machine and say,
+//! file by file, whether the same bytes came out.
+//!
+//! The context must be supplied (and must hash to the recorded digest — a reproduction from
+//! other sources proves nothing); the script, env, SOURCE_DATE_EPOCH, artifact globs and the
+//! image recipe come from the manifest itself.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::artifacts::Limits;
+use crate::config::{Backend, Builder, QemuBuilder, Size, Target};
+use crate::context::{Context, ContextOptions};
+use crate::error::{Error, IoContext, Result};
+use crate::events::{Emitter, Outcome};
+use crate::image::Recipe;
+use crate::launch::Env;
+use crate::manifest::{self, Manifest};
+use crate::orchestrator::{self, Options};
+use crate::pipeline::Shared;
+use crate::progress::{self, Format};
+use crate::store::local::LocalStore;
+
+pub struct Args {
+    pub manifest: PathBuf,
+    pub context: PathBuf,
+    pub out: Option<PathBuf>,
+    pub timeout: Duration,
+    pub interactive: bool,
+}
+
+/// One artifact's verdict.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Identical,
+    Different { recorded: String, rebuilt: String },
+    Missing,
+    Extra { rebuilt: String },
+}
+
+pub async fn reproduce(env: &Env, args: Args) -> Result<i32> {
+    let m = Manifest::read(&args.manifest)?;
+    if manifest::sha256_hex(m.script.content.as_bytes()) != m.script.sha256 {
+        return Err(Error::other(
+            "the manifest's script does not match its recorded sha256",
+        ));
+    }
+    let opts = ContextOptions {
+        root: args.context.clone(),
+        exclude: m.context_excludes.clone(),
+    };
+    let digest = tokio::task::spawn_blocking(move || Context::scan(&opts)?.digest())
+        .await
+        .map_err(|e| Error::other(format!("context scan panicked: {e}")))??;
+    if digest != m.context_digest {
+        return Err(Error::other(format!(
+            "context `{}` has digest {digest}, but the manifest records {}: refusing to reproduce from different sources",
+            args.context.display(),
+            m.context_digest
+        )));
+    }
+    let recipe_now = m.builder.recipe.digest();
+    if recipe_now != m.builder.recipe_digest {
+        eprintln!(
+            "runner: note: this runner's guest scripts differ from those of the recorded build \
+             (recipe digest {} now, {} recorded); the image is baked from the same recipe",
+            &recipe_now[..16],
+            &m.builder.recipe_digest[..16]
+        );
+    }
+
+    let out = args.out.clone().unwrap_or_else(|| {
+        env.dirs.state.join("reproduce").join(format!(
+            "{}-{}",
+            m.target,
+            crate::machine::state::now_unix()
+        ))
+    });
+    std::fs::create_dir_all(&out).ctx(|| format!("cannot create `{}`", out.display()))?;
+    let script = out.join(&m.script.name);
+    std::fs::write(&script, &m.script.content)
+        .ctx(|| format!("cannot write `{}`", script.display()))?;
+    let target = Target {
+        name: m.target.clone(),
+        builder: builder_from(&m.builder.name, &m.builder.recipe),
+        script,
+        context: args.context.clone(),
+        artifacts: m.artifact_globs.clone(),
+        env: m.env.clone(),
+        timeout: args.timeout,
+        vcpus: None,
+        memory: None,
+    };
+    let store = out.join("artifacts");
+    let (emitter, rx) = Emitter::channel();
+    let shared = Arc::new(Shared {
+        env: env.clone(),
+        store: Arc::new(LocalStore::new(&store)),
+        limits: Limits::default(),
+        emitter,
+        keep_failed: false,
+        force: true,
+        epoch: m.source_date_epoch,
+        logs: out.clone(),
+        exclude: vec![],
+        context_excludes: Some(m.context_excludes.clone()),
+    });
+    let renderer = tokio::spawn(progress::run(rx, Format::Human, args.interactive));
+    let results = orchestrator::run(
+        shared,
+        vec![target],
+        &Options {
+            jobs: 1,
+            keep_going: false,
+        },
+    )
+    .await;
+    let summary = renderer
+        .await
+        .map_err(|e| Error::other(format!("progress display failed: {e}")))?;
+    if results.iter().any(|r| r.outcome != Outcome::Succeeded) {
+        progress::print_summary(&summary, &mut std::io::stderr());
+        return Err(Error::other(format!(
+            "the rebuild of `{}` did not succeed",
+            m.target
+        )));
+    }
+    let rebuilt = Manifest::read(&store.join(&m.target).join(manifest::FILE))?;
+
+    if rebuilt.base_image_sha256 != m.base_image_sha256 {
+        println!(
+            "base image: differs from the recorded one (rebaked here: {} vs {}); same recipe",
+            &rebuilt.base_image_sha256[..16],
+            &m.base_image_sha256[..16]
+        );
+    } else {
+        println!("base image: identical");
+    }
+    let verdicts = compare(&m, &rebuilt);
+    let mut all_same = true;
+    for (path, v) in &verdicts {
+        match v {
+            Verdict::Identical => println!("identical  {path}"),
+            Verdict::Different { recorded, rebuilt } => {
+                all_same = false;
+                println!(
+                    "different  {path}\n           recorded sha256 {recorded}\n           rebuilt  sha256 {rebuilt}"
+                );
+                diffoscope(&m, &store.join(&m.target), path, &out);
+            }
+            Verdict::Missing => {
+                all_same = false;
+                println!("missing    {path} (recorded, not rebuilt)");
+            }
+            Verdict::Extra { rebuilt } => {
+                all_same = false;
+                println!("extra      {path} (rebuilt, not recorded; sha256 {rebuilt})");
+            }
+        }
+    }
+    println!(
+        "{}: {} — rebuild in {}",
+        m.target,
+        if all_same {
+            "reproduced, every artifact identical"
+        } else {
+            "NOT reproduced"
+        },
+        store.join(&m.target).display()
+    );
+    Ok(if all_same { 0 } else { 1 })
+}
+
+/// Per artifact path, sorted: the recorded build against the rebuild.
+pub fn compare(recorded: &Manifest, rebuilt: &Manifest) -> Vec<(String, Verdict)> {
+    let mut out = Vec::new();
+    for a in &recorded.artifacts {
+        let v = match rebuilt.artifacts.iter().find(|b| b.path == a.path) {
+            Some(b) if b.sha256 == a.sha256 => Verdict::Identical,
+            Some(b) => Verdict::Different {
+                recorded: a.sha256.clone(),
+                rebuilt: b.sha256.clone(),
+            },
+            None => Verdict::Missing,
+        };
+        out.push((a.path.clone(), v));
+    }
+    for b in &rebuilt.artifacts {
+        if !recorded.artifacts.iter().any(|a| a.path == b.path) {
+            out.push((
+                b.path.clone(),
+                Verdict::Extra {
+                    rebuilt: b.sha256.clone(),
+                },
+            ));
+        }
+    }
+    out.sort_by(|x, y| x.0.cmp(&y.0));
+    out
+}
+
+/// Runs diffoscope on a differing file when both it and the recorded file are at hand.
+fn diffoscope(recorded: &Manifest, rebuilt_dir: &Path, path: &str, out: &Path) {
+    let Some(original) = recorded
+        .artifacts
+        .iter()
+        .find(|a| a.path == path)
+        .and_then(|a| a.uri.strip_prefix("file://"))
+        .map(PathBuf::from)
+        .filter(|p| p.exists())
+    else {
+        return;
+    };
+    let report = out.join(format!("diffoscope-{}.txt", path.replace('/', "_")));
+    let ran = std::process::Command::new("diffoscope")
+        .arg("--text")
+        .arg(&report)
+        .arg(&original)
+        .arg(rebuilt_dir.join(path))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status();
+    if ran.is_ok() {
+        println!("           diffoscope report: {}", report.display());
+    }
+}
+
+/// A builder made from a recorded recipe: what the image contains comes from the manifest;
+/// machine size is not an input of the build.
+fn builder_from(name: &str, r: &Recipe) -> Builder {
+    let native = Some(r.arch) == crate::config::Arch::host();
+    Builder {
+        name: name.to_owned(),
+        path: PathBuf::from(format!("(manifest builder {name})")),
+        backend: Backend::Qemu(QemuBuilder {
+            suite: r.suite.clone(),
+            arch: r.arch,
+            packages: r.packages.clone(),
+            vcpus: 2,
+            memory: Size(1 << 30),
+            disk: r.disk,
+            boot_timeout: Duration::from_secs(if native { 120 } else { 300 }),
+        }),
+    }
+}
