@@ -44,9 +44,10 @@ pub async fn run(env: &Env, builder: &str, command: &str) -> Result<i32> {
 pub async fn shell(env: &Env, builder: &str) -> Result<i32> {
     let (_, lease) = boot(env, builder).await?;
     let result = async {
+        // Inside the machine's directory: whatever happens to runner, `gc` removes it with the machine.
         let tmp = tempfile::Builder::new()
             .prefix("shell-")
-            .tempdir_in(&env.dirs.state)
+            .tempdir_in(env.dirs.machines().join(&lease.machine.id))
             .ctx(|| "cannot create a key directory")?;
         let key = tmp.path().join("id_ed25519");
         write_private(&key, lease.keys.client_private_openssh()?.as_bytes())?;
