@@ -222,3 +222,31 @@ fn gc_leaves_machines_of_a_live_runner_alone() {
     wait_exit(&mut child, Duration::from_secs(60));
     world.assert_clean();
 }
+
+#[test]
+fn vm_shell_pins_the_host_key_and_leaves_no_key_behind() {
+    let world = World::new();
+    bake(&world, "bookworm-amd64");
+    let mut child = world
+        .cmd()
+        .args(["vm", "shell", "bookworm-amd64"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"echo shell-$((6*7))\nexit 5\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(stdout(&out).contains("shell-42"), "{}", stdout(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(5),
+        "the shell's exit status is runner's"
+    );
+    world.assert_clean();
+}
