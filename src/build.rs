@@ -11,7 +11,11 @@ use crate::launch::Env;
 use crate::orchestrator::{self, Options};
 use crate::pipeline::Shared;
 use crate::progress::{self, Format};
+use std::collections::HashMap;
+
+use crate::store::ArtifactStore;
 use crate::store::local::LocalStore;
+use crate::store::s3::{self, S3Store, S3Url};
 
 pub struct BuildArgs {
     pub targets: Vec<String>,
@@ -20,6 +24,8 @@ pub struct BuildArgs {
     pub keep_going: bool,
     pub keep_failed: bool,
     pub force: bool,
+    /// `s3://bucket/prefix` for every selected target, overriding runner.toml.
+    pub upload: Option<String>,
     pub format: Format,
     pub interactive: bool,
 }
@@ -31,12 +37,38 @@ pub const DEFAULT_EPOCH: u64 = 315_532_800;
 /// Builds the selected targets; returns the process exit code (0 only if all succeeded).
 pub async fn build(env: &Env, args: BuildArgs) -> Result<i32> {
     let project = Project::load(&env.project)?;
-    let targets: Vec<_> = project
+    let mut targets: Vec<_> = project
         .select(&args.targets, args.all)
         .map_err(Error::Other)?
         .into_iter()
         .cloned()
         .collect();
+    if let Some(u) = &args.upload {
+        u.parse::<S3Url>().map_err(Error::Other)?;
+    }
+    // Resolve each target's destination: --upload, else the target's, else [store].
+    let mut remote: HashMap<String, Arc<dyn ArtifactStore>> = HashMap::new();
+    for t in &mut targets {
+        t.upload = args
+            .upload
+            .clone()
+            .or(t.upload.take())
+            .or(project.store.upload.clone());
+        if let Some(url) = &t.upload
+            && !remote.contains_key(url)
+        {
+            let settings = s3::Settings {
+                endpoint: project.store.endpoint.clone(),
+                region: project.store.region.clone(),
+                path_style: project.store.path_style,
+            };
+            let parsed: S3Url = url.parse().map_err(Error::Other)?;
+            let staging = env.dirs.state.join("staging");
+            let store = S3Store::connect(parsed, &settings, &staging).await;
+            store.preflight().await?;
+            remote.insert(url.clone(), Arc::new(store));
+        }
+    }
     if targets.is_empty() {
         return Err(Error::other(format!(
             "no targets defined in {}",
@@ -47,6 +79,7 @@ pub async fn build(env: &Env, args: BuildArgs) -> Result<i32> {
     let shared = Arc::new(Shared {
         env: env.clone(),
         store: Arc::new(LocalStore::new(&project.artifact_dir)),
+        remote,
         limits: Limits {
             max_file_bytes: project.limits.max_file.0,
             max_total_bytes: project.limits.max_total.0,

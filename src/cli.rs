@@ -66,6 +66,9 @@ enum Command {
         /// Build even if a published build has the same inputs digest (no cache hit).
         #[arg(long)]
         force: bool,
+        /// Publish to S3 (`s3://bucket/prefix`) instead of the configured store.
+        #[arg(long)]
+        upload: Option<String>,
         /// `human` (progress on stderr) or `json` (one event per line on stdout).
         #[arg(long, default_value = "human", value_parser = ["human", "json"])]
         message_format: String,
@@ -193,6 +196,7 @@ async fn dispatch(cli: Cli, shutdown: Shutdown) -> Result<i32> {
             keep_going,
             keep_failed,
             force,
+            upload,
             message_format,
         } => {
             let args = crate::build::BuildArgs {
@@ -202,6 +206,7 @@ async fn dispatch(cli: Cli, shutdown: Shutdown) -> Result<i32> {
                 keep_going,
                 keep_failed,
                 force,
+                upload,
                 format: if message_format == "json" {
                     Format::Json
                 } else {

@@ -94,6 +94,14 @@ impl Inputs<'_> {
     }
 }
 
+/// A build's name in a store: the inputs (what it is) and its start (which attempt).
+pub fn build_id(inputs_digest: &str, started_unix: u64) -> String {
+    format!(
+        "{}-{started_unix}",
+        &inputs_digest[..16.min(inputs_digest.len())]
+    )
+}
+
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }

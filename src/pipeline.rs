@@ -22,7 +22,10 @@ use crate::store::ArtifactStore;
 /// What every target of a run shares.
 pub struct Shared {
     pub env: Env,
+    /// The default store (the local artifact directory).
     pub store: Arc<dyn ArtifactStore>,
+    /// Remote stores by `s3://` URL, for targets that upload.
+    pub remote: std::collections::HashMap<String, Arc<dyn ArtifactStore>>,
     pub limits: Limits,
     pub emitter: Emitter,
     /// Leave a failed target's machine running for inspection.
@@ -167,6 +170,13 @@ async fn stages(
     lease_slot: &mut Option<Lease>,
 ) -> Result<Done> {
     let started_unix = crate::machine::state::now_unix();
+    let store = match &t.upload {
+        Some(url) => sh
+            .remote
+            .get(url)
+            .ok_or_else(|| Error::other(format!("no store for `{url}`")))?,
+        None => &sh.store,
+    };
     tr.enter(Phase::Image);
     // The inputs are known before any machine exists: scan and hash the context (in
     // parallel, with rayon), hash the script, and skip the build if they were built before.
@@ -203,7 +213,7 @@ async fn stages(
     .digest();
     sink.note(&format!("inputs digest sha256:{inputs_digest}"));
     if !sh.force
-        && let Some((m, paths)) = sh.store.published(&t.name).await
+        && let Some((m, paths)) = store.published(&t.name, &inputs_digest).await
         && m.inputs_digest == inputs_digest
     {
         sink.note("cache hit: a published build has the same inputs");
@@ -257,7 +267,7 @@ async fn stages(
         }
 
         tr.enter(Phase::Collect);
-        let staging = sh.store.staging(&t.name)?;
+        let staging = store.staging(&t.name)?;
         let files = guest::collect(
             &lease.session,
             &t.artifacts,
@@ -268,6 +278,7 @@ async fn stages(
         .await?;
 
         tr.enter(Phase::Publish);
+        let build = manifest::build_id(&inputs_digest, started_unix);
         let manifest = Manifest {
             schema: manifest::SCHEMA,
             runner_version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -302,11 +313,11 @@ async fn stages(
                     path: f.path.to_string_lossy().into_owned(),
                     size: f.size,
                     sha256: f.sha256.clone(),
-                    uri: sh.store.uri(&t.name, &f.path),
+                    uri: store.uri(&t.name, &build, &f.path),
                 })
                 .collect(),
         };
-        sh.store
+        store
             .publish(&t.name, staging, &files, &manifest)
             .await
             .map(Done::Built)

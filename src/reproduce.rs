@@ -91,12 +91,14 @@ pub async fn reproduce(env: &Env, args: Args) -> Result<i32> {
         timeout: args.timeout,
         vcpus: None,
         memory: None,
+        upload: None,
     };
     let store = out.join("artifacts");
     let (emitter, rx) = Emitter::channel();
     let shared = Arc::new(Shared {
         env: env.clone(),
         store: Arc::new(LocalStore::new(&store)),
+        remote: Default::default(),
         limits: Limits::default(),
         emitter,
         keep_failed: false,

@@ -20,8 +20,25 @@ pub struct Project {
     /// Where the local store puts `<target>/` directories.
     pub artifact_dir: PathBuf,
     pub limits: Limits,
+    /// Where to publish when not in the local artifact directory.
+    pub store: StoreSettings,
     /// Sorted by name.
     pub targets: BTreeMap<String, Target>,
+}
+
+/// `[store]`: an S3 (or S3-compatible) destination for every target that does not name its
+/// own. Credentials never appear here: they come from the standard AWS chain.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSettings {
+    /// `s3://bucket/prefix`; unset means the local artifact directory.
+    pub upload: Option<String>,
+    /// Endpoint of an S3-compatible store (else `AWS_ENDPOINT_URL`, else AWS).
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    /// Path-style addressing, which most S3-compatible stores need.
+    #[serde(default)]
+    pub path_style: bool,
 }
 
 /// Caps on what a guest may send back; a hostile or runaway build cannot fill the disk.
@@ -45,6 +62,8 @@ pub struct Target {
     pub timeout: Duration,
     pub vcpus: Option<u32>,
     pub memory: Option<Size>,
+    /// `s3://bucket/prefix` for this target, overriding `[store] upload`.
+    pub upload: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -53,6 +72,8 @@ struct RawProject {
     artifact_dir: Option<Spanned<String>>,
     #[serde(default)]
     limits: RawLimits,
+    #[serde(default)]
+    store: Option<Spanned<StoreSettings>>,
     #[serde(default)]
     target: BTreeMap<Spanned<String>, RawTarget>,
 }
@@ -78,6 +99,7 @@ struct RawTarget {
     timeout: Option<Spanned<String>>,
     vcpus: Option<Spanned<u32>>,
     memory: Option<Spanned<Size>>,
+    upload: Option<Spanned<String>>,
 }
 
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
@@ -97,6 +119,17 @@ impl Project {
                 .as_ref()
                 .map_or("artifacts", |s| s.get_ref()),
         );
+        let store = match raw.store {
+            Some(st) => {
+                if let Some(u) = &st.get_ref().upload
+                    && let Err(e) = u.parse::<crate::store::s3::S3Url>()
+                {
+                    return Err(src.error_at(Some(st.span()), Some("upload".into()), e));
+                }
+                st.into_inner()
+            }
+            None => StoreSettings::default(),
+        };
         let mut targets = BTreeMap::new();
         for (name, t) in raw.target {
             let target = resolve_target(&src, root, &name, t)?;
@@ -106,6 +139,7 @@ impl Project {
             root: root.to_owned(),
             artifact_dir,
             limits,
+            store,
             targets,
         })
     }
@@ -274,7 +308,13 @@ fn resolve_target(
         }
         m => m.map(Spanned::into_inner),
     };
+    if let Some(u) = &t.upload
+        && let Err(e) = u.get_ref().parse::<crate::store::s3::S3Url>()
+    {
+        return Err(bad(u.span(), "upload", e));
+    }
     Ok(Target {
+        upload: t.upload.map(Spanned::into_inner),
         name: n.clone(),
         builder,
         script,

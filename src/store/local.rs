@@ -44,7 +44,7 @@ impl ArtifactStore for LocalStore {
             })
     }
 
-    fn uri(&self, target: &str, path: &Path) -> String {
+    fn uri(&self, target: &str, _build_id: &str, path: &Path) -> String {
         let abs = std::path::absolute(self.target_dir(target).join(path)).unwrap_or_default();
         format!("file://{}", abs.display())
     }
@@ -99,9 +99,16 @@ impl ArtifactStore for LocalStore {
         Ok(out)
     }
 
-    async fn published(&self, target: &str) -> Option<(Manifest, Vec<PathBuf>)> {
+    async fn published(
+        &self,
+        target: &str,
+        inputs_digest: &str,
+    ) -> Option<(Manifest, Vec<PathBuf>)> {
         let dir = self.target_dir(target);
         let m = Manifest::read(&dir.join(manifest::FILE)).ok()?;
+        if m.inputs_digest != inputs_digest {
+            return None;
+        }
         let check = m.clone();
         let dir2 = dir.clone();
         let intact = tokio::task::spawn_blocking(move || {

@@ -3,6 +3,7 @@
 //! never publishes, and a store publishes a target's files all at once or not at all.
 
 pub mod local;
+pub mod s3;
 
 use std::path::PathBuf;
 
@@ -21,8 +22,9 @@ pub trait ArtifactStore: Send + Sync {
     /// published.
     fn staging(&self, target: &str) -> Result<tempfile::TempDir>;
 
-    /// Where an artifact of `target` will live once published, as a URI for manifests.
-    fn uri(&self, target: &str, path: &std::path::Path) -> String;
+    /// Where an artifact of `target`'s build `build_id` will live once published, as a URI
+    /// for manifests.
+    fn uri(&self, target: &str, build_id: &str, path: &std::path::Path) -> String;
 
     /// Publishes the staged files of `target`, then the manifest last: a manifest's presence
     /// means its artifacts are complete. Returns where each file now lives, in the order of
@@ -35,7 +37,11 @@ pub trait ArtifactStore: Send + Sync {
         manifest: &Manifest,
     ) -> Result<Vec<PathBuf>>;
 
-    /// The manifest of `target`'s published build, if one exists and its artifacts are all
-    /// still there with the recorded digests; with their locations.
-    async fn published(&self, target: &str) -> Option<(Manifest, Vec<PathBuf>)>;
+    /// A complete published build of `target` with these inputs, if the store has one (for a
+    /// local store: its artifacts still there with the recorded digests); with locations.
+    async fn published(
+        &self,
+        target: &str,
+        inputs_digest: &str,
+    ) -> Option<(Manifest, Vec<PathBuf>)>;
 }
