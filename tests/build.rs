@@ -28,21 +28,6 @@ fn example(name: &str) -> (tempfile::TempDir, PathBuf) {
     (tmp, root)
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap().flatten() {
-        let (src, dst) = (e.path(), to.join(e.file_name()));
-        if e.file_name() == "artifacts" {
-            continue;
-        }
-        if src.is_dir() {
-            copy_dir(&src, &dst);
-        } else {
-            std::fs::copy(&src, &dst).unwrap();
-        }
-    }
-}
-
 /// A project using the repository's bookworm-amd64 builder, with `runner.toml` and scripts.
 fn project(toml: &str, scripts: &[(&str, &str)]) -> tempfile::TempDir {
     let dir = project_with(&[(

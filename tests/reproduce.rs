@@ -2,25 +2,10 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use common::*;
 use serde_json::Value;
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap().flatten() {
-        let (src, dst) = (e.path(), to.join(e.file_name()));
-        if e.file_name() == "artifacts" {
-            continue;
-        }
-        if src.is_dir() {
-            copy_dir(&src, &dst)
-        } else {
-            std::fs::copy(&src, &dst).map(|_| ()).unwrap()
-        }
-    }
-}
 
 /// A project with the repository's bookworm-amd64 builder, a context dir `src`, and a script.
 fn project(script: &str, extra_target_lines: &str) -> tempfile::TempDir {

@@ -31,17 +31,7 @@ impl LocalStore {
 #[async_trait]
 impl ArtifactStore for LocalStore {
     fn staging(&self, target: &str) -> Result<tempfile::TempDir> {
-        std::fs::create_dir_all(&self.root)
-            .ctx(|| format!("cannot create artifact directory `{}`", self.root.display()))?;
-        tempfile::Builder::new()
-            .prefix(&format!(".staging-{target}-"))
-            .tempdir_in(&self.root)
-            .ctx(|| {
-                format!(
-                    "cannot create a staging directory in `{}`",
-                    self.root.display()
-                )
-            })
+        super::staging_in(&self.root, target)
     }
 
     fn uri(&self, target: &str, _build_id: &str, path: &Path) -> String {

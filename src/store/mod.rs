@@ -16,6 +16,17 @@ use crate::manifest::Manifest;
 /// The name of the checksum file published beside every target's artifacts.
 pub const SHA256SUMS: &str = "SHA256SUMS";
 
+/// A fresh hidden staging directory under `root` (for the local store: beside the published
+/// directories, on the same filesystem, so publishing is a rename).
+pub fn staging_in(root: &std::path::Path, target: &str) -> Result<tempfile::TempDir> {
+    use crate::error::IoContext;
+    std::fs::create_dir_all(root).ctx(|| format!("cannot create `{}`", root.display()))?;
+    tempfile::Builder::new()
+        .prefix(&format!(".staging-{target}-"))
+        .tempdir_in(root)
+        .ctx(|| format!("cannot create a staging directory in `{}`", root.display()))
+}
+
 #[async_trait]
 pub trait ArtifactStore: Send + Sync {
     /// A fresh, empty directory to unpack a target's artifacts into. Removed on drop unless

@@ -386,12 +386,7 @@ fn b64_sha256(bytes: &[u8]) -> String {
 #[async_trait]
 impl ArtifactStore for S3Store {
     fn staging(&self, target: &str) -> Result<tempfile::TempDir> {
-        std::fs::create_dir_all(&self.staging_root)
-            .ctx(|| format!("cannot create `{}`", self.staging_root.display()))?;
-        tempfile::Builder::new()
-            .prefix(&format!(".staging-{target}-"))
-            .tempdir_in(&self.staging_root)
-            .ctx(|| "cannot create a staging directory")
+        super::staging_in(&self.staging_root, target)
     }
 
     fn uri(&self, target: &str, build_id: &str, path: &Path) -> String {

@@ -222,3 +222,19 @@ pub fn project_with(builders: &[(&str, &str)]) -> tempfile::TempDir {
     }
     dir
 }
+
+/// Copies a directory tree, leaving out any `artifacts/` directory (a build's output).
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        let (src, dst) = (e.path(), to.join(e.file_name()));
+        if e.file_name() == "artifacts" {
+            continue;
+        }
+        if src.is_dir() {
+            copy_dir(&src, &dst);
+        } else {
+            std::fs::copy(&src, &dst).unwrap();
+        }
+    }
+}
