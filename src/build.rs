@@ -57,16 +57,7 @@ pub async fn build(env: &Env, args: BuildArgs) -> Result<i32> {
         if let Some(url) = &t.upload
             && !remote.contains_key(url)
         {
-            let settings = s3::Settings {
-                endpoint: project.store.endpoint.clone(),
-                region: project.store.region.clone(),
-                path_style: project.store.path_style,
-            };
-            let parsed: S3Url = url.parse().map_err(Error::Other)?;
-            let staging = env.dirs.state.join("staging");
-            let store = S3Store::connect(parsed, &settings, &staging).await;
-            store.preflight().await?;
-            remote.insert(url.clone(), Arc::new(store));
+            remote.insert(url.clone(), s3_store(env, &project, url).await?);
         }
     }
     if targets.is_empty() {
@@ -109,6 +100,112 @@ pub async fn build(env: &Env, args: BuildArgs) -> Result<i32> {
     } else {
         1
     })
+}
+
+/// An S3 store for `url` with the project's `[store]` settings, checked before use.
+pub async fn s3_store(env: &Env, project: &Project, url: &str) -> Result<Arc<dyn ArtifactStore>> {
+    let settings = s3::Settings {
+        endpoint: project.store.endpoint.clone(),
+        region: project.store.region.clone(),
+        path_style: project.store.path_style,
+    };
+    let parsed: S3Url = url.parse().map_err(Error::Other)?;
+    let store = S3Store::connect(parsed, &settings, &env.dirs.state.join("staging")).await;
+    store.preflight().await?;
+    Ok(Arc::new(store))
+}
+
+/// Where `target` publishes: `upload` (a flag), else the target's own, else `[store]`, else
+/// the local artifact directory.
+pub async fn store_for(
+    env: &Env,
+    project: &Project,
+    target: &str,
+    upload: Option<&str>,
+) -> Result<Arc<dyn ArtifactStore>> {
+    let t = project
+        .targets
+        .get(target)
+        .ok_or_else(|| Error::other(format!("no target `{target}` in runner.toml")))?;
+    match upload
+        .map(str::to_owned)
+        .or(t.upload.clone())
+        .or(project.store.upload.clone())
+    {
+        Some(url) => s3_store(env, project, &url).await,
+        None => Ok(Arc::new(LocalStore::new(&project.artifact_dir))),
+    }
+}
+
+/// `runner artifacts ls`: the newest published build of a target.
+pub async fn artifacts_ls(env: &Env, target: &str, upload: Option<&str>) -> Result<i32> {
+    let project = Project::load(&env.project)?;
+    let store = store_for(env, &project, target, upload).await?;
+    let Some(m) = store.latest(target).await? else {
+        eprintln!("runner: no published build of `{target}`");
+        return Ok(1);
+    };
+    println!(
+        "{} build {} (inputs {}), finished {}",
+        m.target,
+        crate::manifest::build_id(&m.inputs_digest, m.started_unix),
+        &m.inputs_digest[..16],
+        humantime::format_rfc3339_seconds(
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs(m.finished_unix)
+        )
+    );
+    for a in &m.artifacts {
+        println!("{:>12}  {}  {}  {}", a.size, a.sha256, a.path, a.uri);
+    }
+    Ok(0)
+}
+
+/// `runner artifacts get`: downloads the newest build's artifacts and checks each sha256
+/// against its manifest; a mismatching file is removed and the command fails.
+pub async fn artifacts_get(
+    env: &Env,
+    target: &str,
+    upload: Option<&str>,
+    out: &Path,
+) -> Result<i32> {
+    let project = Project::load(&env.project)?;
+    let store = store_for(env, &project, target, upload).await?;
+    let m = store
+        .latest(target)
+        .await?
+        .ok_or_else(|| Error::other(format!("no published build of `{target}`")))?;
+    let mut bad = 0;
+    for a in &m.artifacts {
+        // Manifest paths were checked when published; refuse anything that would escape anyway.
+        let rel = Path::new(&a.path);
+        if rel.is_absolute()
+            || rel
+                .components()
+                .any(|c| !matches!(c, std::path::Component::Normal(_)))
+        {
+            return Err(Error::other(format!(
+                "manifest lists an unsafe path `{}`",
+                a.path
+            )));
+        }
+        let dest = out.join(rel);
+        if let Some(dir) = dest.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| Error::other(format!("cannot create `{}`: {e}", dir.display())))?;
+        }
+        let got = store.fetch(target, &m, a, &dest).await?;
+        if got == a.sha256 {
+            println!("ok        {}", dest.display());
+        } else {
+            bad += 1;
+            let _ = std::fs::remove_file(&dest);
+            println!(
+                "MISMATCH  {} (manifest sha256 {}, downloaded {got})",
+                a.path, a.sha256
+            );
+        }
+    }
+    Ok(if bad == 0 { 0 } else { 1 })
 }
 
 /// SOURCE_DATE_EPOCH: the host's variable if set, else the last commit time of the project

@@ -87,6 +87,9 @@ enum Command {
         #[arg(long, default_value = "60m", value_parser = humantime::parse_duration)]
         timeout: std::time::Duration,
     },
+    /// Published artifacts of a target: list the newest build, or download and verify it.
+    #[command(subcommand)]
+    Artifacts(ArtifactsCmd),
     /// Show targets and builders.
     List,
     /// Validate runner.toml and builders/ without starting anything.
@@ -101,6 +104,26 @@ enum Command {
     Gc {
         #[arg(long)]
         force: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ArtifactsCmd {
+    /// Show the newest published build of a target: its artifacts, sizes, sha256 and URIs.
+    Ls {
+        target: String,
+        /// Look in this S3 location instead of the configured store.
+        #[arg(long)]
+        upload: Option<String>,
+    },
+    /// Download the newest published build of a target and verify every sha256.
+    Get {
+        target: String,
+        #[arg(long)]
+        upload: Option<String>,
+        /// Destination directory (default: ./<target>).
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
 }
 
@@ -230,6 +253,17 @@ async fn dispatch(cli: Cli, shutdown: Shutdown) -> Result<i32> {
                 interactive,
             };
             crate::reproduce::reproduce(&env, args).await
+        }
+        Command::Artifacts(ArtifactsCmd::Ls { target, upload }) => {
+            crate::build::artifacts_ls(&env, &target, upload.as_deref()).await
+        }
+        Command::Artifacts(ArtifactsCmd::Get {
+            target,
+            upload,
+            out,
+        }) => {
+            let out = out.unwrap_or_else(|| PathBuf::from(&target));
+            crate::build::artifacts_get(&env, &target, upload.as_deref(), &out).await
         }
         Command::List => crate::build::list(&env.project),
         Command::Check => crate::build::check(&env.project),

@@ -367,6 +367,14 @@ fn ignored_files_stay_home_and_hidden_files_travel() {
     assert_eq!(world.run(&["build", "ls"]).status.code(), Some(0));
     assert_eq!(world.run(&["build", "ls"]).status.code(), Some(0));
     let listing = std::fs::read_to_string(proj.path().join("artifacts/ls/listing.txt")).unwrap();
+    // The local store answers `artifacts get` too, verified against the manifest.
+    let out = proj.path().join("fetched");
+    let got = world.run(&["artifacts", "get", "ls", "--out", out.to_str().unwrap()]);
+    assert_eq!(got.status.code(), Some(0));
+    assert_eq!(
+        std::fs::read_to_string(out.join("listing.txt")).unwrap(),
+        listing
+    );
     for present in [
         "./.hidden-config",
         "./.gitignore",

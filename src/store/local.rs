@@ -10,7 +10,7 @@ use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
 use super::{ArtifactStore, SHA256SUMS};
 use crate::artifacts::{ArtifactFile, sha256sums};
 use crate::error::{Error, IoContext, Result};
-use crate::manifest::{self, Manifest};
+use crate::manifest::{self, ArtifactRecord, Manifest};
 
 pub struct LocalStore {
     root: PathBuf,
@@ -117,5 +117,25 @@ impl ArtifactStore for LocalStore {
         paths.push(dir.join(SHA256SUMS));
         paths.push(dir.join(manifest::FILE));
         Some((m, paths))
+    }
+
+    async fn latest(&self, target: &str) -> Result<Option<Manifest>> {
+        let path = self.target_dir(target).join(manifest::FILE);
+        if !path.exists() {
+            return Ok(None);
+        }
+        Manifest::read(&path).map(Some)
+    }
+
+    async fn fetch(
+        &self,
+        target: &str,
+        _build: &Manifest,
+        artifact: &ArtifactRecord,
+        dest: &Path,
+    ) -> Result<String> {
+        let src = self.target_dir(target).join(&artifact.path);
+        std::fs::copy(&src, dest).ctx(|| format!("cannot copy `{}`", src.display()))?;
+        crate::image::bake::sha256_file(dest)
     }
 }

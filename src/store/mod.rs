@@ -11,7 +11,7 @@ use async_trait::async_trait;
 
 use crate::artifacts::ArtifactFile;
 use crate::error::Result;
-use crate::manifest::Manifest;
+use crate::manifest::{ArtifactRecord, Manifest};
 
 /// The name of the checksum file published beside every target's artifacts.
 pub const SHA256SUMS: &str = "SHA256SUMS";
@@ -55,4 +55,16 @@ pub trait ArtifactStore: Send + Sync {
         target: &str,
         inputs_digest: &str,
     ) -> Option<(Manifest, Vec<PathBuf>)>;
+
+    /// The newest complete build of `target`, whatever its inputs (for `runner artifacts`).
+    async fn latest(&self, target: &str) -> Result<Option<Manifest>>;
+
+    /// Copies one published artifact of a build to `dest`; returns the sha256 of what it wrote.
+    async fn fetch(
+        &self,
+        target: &str,
+        build: &Manifest,
+        artifact: &ArtifactRecord,
+        dest: &std::path::Path,
+    ) -> Result<String>;
 }

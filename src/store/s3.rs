@@ -22,7 +22,7 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use super::{ArtifactStore, SHA256SUMS};
 use crate::artifacts::{ArtifactFile, sha256sums};
 use crate::error::{Error, IoContext, Result};
-use crate::manifest::{self, Manifest};
+use crate::manifest::{self, ArtifactRecord, Manifest};
 
 /// `s3://bucket/prefix`, parsed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -326,11 +326,19 @@ impl S3Store {
 
     /// The newest complete build of `target` whose build id starts with `id_prefix`.
     async fn find_manifest(&self, target: &str, id_prefix: &str) -> Option<(String, Manifest)> {
+        // `<prefix>/<target>/<id_prefix>`: with an empty id, the target's directory itself.
+        let mut under = self
+            .build_prefix(target, id_prefix)
+            .trim_end_matches('/')
+            .to_owned();
+        if id_prefix.is_empty() {
+            under.push('/'); // `<target>/`, so that target `t` never matches `t2`
+        }
         let list = self
             .client
             .list_objects_v2()
             .bucket(&self.url.bucket)
-            .prefix(self.build_prefix(target, id_prefix).trim_end_matches('/'))
+            .prefix(under)
             .send()
             .await
             .ok()?;
@@ -341,7 +349,14 @@ impl S3Store {
             .filter(|k| k.ends_with(&format!("/{}", manifest::FILE)))
             .map(str::to_owned)
             .collect();
-        keys.sort();
+        // Build ids end in their start time: the newest sorts last by that number.
+        keys.sort_by_key(|k| {
+            let id = k.rsplit('/').nth(1).unwrap_or_default();
+            id.rsplit('-')
+                .next()
+                .and_then(|t| t.parse::<u64>().ok())
+                .unwrap_or(0)
+        });
         let key = keys.pop()?;
         let body = self
             .client
@@ -446,6 +461,55 @@ impl ArtifactStore for S3Store {
         uris.push(PathBuf::from(self.uri_of(&format!("{prefix}{SHA256SUMS}"))));
         uris.push(PathBuf::from(self.uri_of(&key)));
         Some((m, uris))
+    }
+
+    async fn latest(&self, target: &str) -> Result<Option<Manifest>> {
+        Ok(self.find_manifest(target, "").await.map(|(_, m)| m))
+    }
+
+    async fn fetch(
+        &self,
+        _target: &str,
+        _build: &Manifest,
+        artifact: &ArtifactRecord,
+        dest: &Path,
+    ) -> Result<String> {
+        let key = artifact
+            .uri
+            .strip_prefix(&format!("s3://{}/", self.url.bucket))
+            .ok_or_else(|| {
+                Error::other(format!(
+                    "`{}` is not in bucket `{}`",
+                    artifact.uri, self.url.bucket
+                ))
+            })?
+            .to_owned();
+        let mut body = self
+            .client
+            .get_object()
+            .bucket(&self.url.bucket)
+            .key(&key)
+            .send()
+            .await
+            .map_err(|e| self.fail("download", &key, e))?
+            .body;
+        // Streamed to disk and hashed on the way: never the whole object in memory.
+        let mut file = tokio::fs::File::create(dest)
+            .await
+            .ctx(|| format!("cannot create `{}`", dest.display()))?;
+        let mut h = Sha256::new();
+        while let Some(chunk) = body.try_next().await.map_err(|e| {
+            Error::other(format!(
+                "download of `s3://{}/{key}` broke off: {e}",
+                self.url.bucket
+            ))
+        })? {
+            h.update(&chunk);
+            tokio::io::AsyncWriteExt::write_all(&mut file, &chunk)
+                .await
+                .ctx(|| format!("cannot write `{}`", dest.display()))?;
+        }
+        Ok(hex::encode(h.finalize()))
     }
 }
 
