@@ -96,9 +96,19 @@ pub async fn run_target(shared: Arc<Shared>, target: Target) -> TargetResult {
         ))),
         Ok(sink) => {
             let work = stages(&shared, &target, sink, &tracker, &mut lease);
+            tokio::pin!(work);
             tokio::select! {
-                r = work => r,
-                _ = shared.env.shutdown.token.cancelled() => Err(Error::Cancelled),
+                r = &mut work => r,
+                _ = shared.env.shutdown.token.cancelled() => {
+                    if tracker.phase() == Phase::Publish {
+                        // A publish either completes or removes what it uploaded; cut short, it
+                        // would leave a partial build or a dangling multipart upload behind.
+                        // (A second signal still forces an exit.)
+                        (&mut work).await
+                    } else {
+                        Err(Error::Cancelled)
+                    }
+                }
             }
         }
     };

@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Command;
 
-use super::{BAKE_SCRIPT, INITRD_INIT, ImageInfo, RUNNER_INIT, Recipe, created_now};
+use super::{BAKE_SCRIPT, INITRD_INIT, ImageInfo, RUNNER_INIT, Recipe};
 use crate::error::{Error, IoContext, Result};
 
 #[derive(Clone, Default)]
@@ -136,7 +136,7 @@ pub async fn bake(
         builder: builder.to_owned(),
         recipe: recipe.clone(),
         base_sha256,
-        created_unix: created_now(),
+        created_unix: crate::machine::state::now_unix(),
         bake_seconds: started.elapsed().as_secs_f64(),
     };
     std::fs::write(

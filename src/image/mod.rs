@@ -16,7 +16,6 @@ use sha2::{Digest, Sha256};
 
 use crate::config::{Arch, Builder, QemuBuilder, Size};
 use crate::error::{Error, IoContext, Result};
-use crate::machine::state::now_unix;
 use crate::paths::Dirs;
 
 /// The guest side of runner, embedded so an installed binary needs no checkout, and hashed
@@ -211,8 +210,4 @@ async fn lock(path: &Path) -> Result<nix::fcntl::Flock<File>> {
     })
     .await
     .map_err(|e| Error::other(format!("lock task failed: {e}")))?
-}
-
-pub fn created_now() -> u64 {
-    now_unix()
 }
