@@ -37,7 +37,7 @@ fn main() {
     };
     let rt = tokio::runtime::Runtime::new().unwrap();
     let builder = Builder::find(&repo, "bookworm-amd64").unwrap();
-    let backend = rt
+    let (backend, _) = rt
         .block_on(launch::backend(&env, &builder))
         .expect("runner image");
     let stock = stock_image(&repo, &bench_dir);

@@ -110,7 +110,7 @@ pub async fn s3_store(env: &Env, project: &Project, url: &str) -> Result<Arc<dyn
         path_style: project.store.path_style,
     };
     let parsed: S3Url = url.parse().map_err(Error::Other)?;
-    let store = S3Store::connect(parsed, &settings, &env.dirs.state.join("staging")).await;
+    let store = S3Store::connect(parsed, &settings, &env.dirs).await;
     store.preflight().await?;
     Ok(Arc::new(store))
 }

@@ -276,7 +276,7 @@ async fn dispatch(cli: Cli, shutdown: Shutdown) -> Result<i32> {
             crate::vm::run(&env, &builder, &command.join(" ")).await
         }
         Command::Vm(VmCmd::Shell { builder }) => crate::vm::shell(&env, &builder).await,
-        Command::Gc { force } => gc(&env, force),
+        Command::Gc { force } => gc(&env, force).await,
     }
 }
 
@@ -353,8 +353,8 @@ async fn image_rm(env: &Env, what: &[String]) -> Result<i32> {
     Ok(code)
 }
 
-fn gc(env: &Env, force: bool) -> Result<i32> {
-    let r = crate::gc::run(&env.dirs, force)?;
+async fn gc(env: &Env, force: bool) -> Result<i32> {
+    let r = crate::gc::run(&env.dirs, force).await?;
     for w in &r.in_use {
         println!("keep    {w}");
     }
@@ -364,11 +364,14 @@ fn gc(env: &Env, force: bool) -> Result<i32> {
     for w in &r.would_remove {
         println!("orphan  {w}");
     }
+    for w in &r.failed {
+        println!("failed  {w}");
+    }
     if !r.would_remove.is_empty() {
         println!(
             "dry run: pass --force to remove {} item(s)",
             r.would_remove.len()
         );
     }
-    Ok(0)
+    Ok(if r.failed.is_empty() { 0 } else { 1 })
 }

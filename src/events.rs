@@ -107,6 +107,14 @@ pub enum Event {
     },
     /// The latest line of the provision script's output (for the progress line).
     Output { target: String, line: String },
+    /// Bytes of a target's artifacts stored so far while publishing to a remote store.
+    Transfer {
+        target: String,
+        bytes: u64,
+        total: u64,
+        /// Since the transfer started, so a viewer can show the rate.
+        seconds: f64,
+    },
     /// A target ended; exactly one per target.
     Finished(TargetResult),
     /// The run ended.

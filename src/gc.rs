@@ -9,15 +9,19 @@ use nix::unistd::Pid;
 use crate::error::Result;
 use crate::machine::state::{MachineRecord, machine_dirs, processes_mentioning};
 use crate::paths::Dirs;
+use crate::store::s3::journal;
+use crate::store::s3::{S3Store, S3Url};
 
 #[derive(Debug, Default)]
 pub struct Report {
     pub removed: Vec<String>,
+    /// Found, and removal was tried but failed (e.g. the S3 store is unreachable).
+    pub failed: Vec<String>,
     pub would_remove: Vec<String>,
     pub in_use: Vec<String>,
 }
 
-pub fn run(dirs: &Dirs, force: bool) -> Result<Report> {
+pub async fn run(dirs: &Dirs, force: bool) -> Result<Report> {
     let mut report = Report::default();
     for dir in machine_dirs(&dirs.machines()) {
         let id = dir
@@ -67,7 +71,50 @@ pub fn run(dirs: &Dirs, force: bool) -> Result<Report> {
             report.would_remove.push(what);
         }
     }
+    uploads(dirs, force, &mut report).await;
     Ok(report)
+}
+
+/// S3 publishes whose runner died, or lost the store, before cleaning up: abort their
+/// multipart uploads and delete their objects, then forget them.
+async fn uploads(dirs: &Dirs, force: bool, report: &mut Report) {
+    for (path, record) in journal::pending(&dirs.uploads()) {
+        let r = match record {
+            Ok(r) => r,
+            Err(e) => {
+                report.failed.push(format!("upload record: {e}"));
+                continue;
+            }
+        };
+        let what = format!(
+            "partial upload {} (runner pid {}{})",
+            r.describe(),
+            r.owner_pid,
+            if r.orphaned() { " gone" } else { "" }
+        );
+        if !r.orphaned() {
+            report.in_use.push(what);
+            continue;
+        }
+        if !force {
+            report.would_remove.push(what);
+            continue;
+        }
+        let url = S3Url {
+            bucket: r.bucket.clone(),
+            prefix: String::new(),
+        };
+        let store = S3Store::connect(url, &r.settings(), dirs).await;
+        match store.clean(&r.prefix, &[]).await {
+            Ok(()) => {
+                let _ = std::fs::remove_file(&path);
+                report.removed.push(what);
+            }
+            Err(e) => report
+                .failed
+                .push(format!("{what}: {}", crate::error::chain(&e))),
+        }
+    }
 }
 
 fn remove_machine(dir: &Path) {

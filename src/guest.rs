@@ -117,7 +117,7 @@ pub async fn collect(
     let list: Vec<u8> = wanted.iter().flat_map(|n| n.bytes().chain([0])).collect();
     let (w, r) = tokio::io::duplex(PIPE);
     let bridge = SyncIoBridge::new(r);
-    let (dest_owned, limits) = (dest.to_owned(), limits.clone());
+    let (dest_owned, limits) = (dest.to_owned(), *limits);
     let consumer =
         tokio::task::spawn_blocking(move || artifacts::unpack(bridge, &dest_owned, &limits));
     let cmd = format!("cd {OUT} && tar --null --no-recursion -T - -c -f -");

@@ -38,6 +38,12 @@ impl Dirs {
         self.state.join("machines")
     }
 
+    /// One record per S3 publish in flight, so `runner gc` can clean up after a runner that
+    /// died (or lost the server) mid-upload.
+    pub fn uploads(&self) -> PathBuf {
+        self.state.join("uploads")
+    }
+
     /// Console logs outlive their machines, for post-mortems.
     pub fn logs(&self) -> PathBuf {
         self.state.join("logs")

@@ -17,7 +17,7 @@ use crate::image::Recipe;
 use crate::launch::{self, Env, Lease};
 use crate::logs::{LogSink, tail};
 use crate::manifest::{self, ArtifactRecord, BuilderRecord, Inputs, Manifest, ScriptRecord};
-use crate::store::ArtifactStore;
+use crate::store::{ArtifactStore, Publishing};
 
 /// What every target of a run shares.
 pub struct Shared {
@@ -101,9 +101,10 @@ pub async fn run_target(shared: Arc<Shared>, target: Target) -> TargetResult {
                 r = &mut work => r,
                 _ = shared.env.shutdown.token.cancelled() => {
                     if tracker.phase() == Phase::Publish {
-                        // A publish either completes or removes what it uploaded; cut short, it
-                        // would leave a partial build or a dangling multipart upload behind.
-                        // (A second signal still forces an exit.)
+                        // The publish saw the same signal: it stops and removes what it
+                        // uploaded. Dropped instead, it would strand a partial build or a
+                        // dangling multipart upload. (A second signal still forces an exit;
+                        // `runner gc` then finds the upload's journal entry.)
                         (&mut work).await
                     } else {
                         Err(Error::Cancelled)
@@ -241,6 +242,8 @@ async fn stages(
     let (backend, base_image) = launch::backend(&env, &t.builder).await?;
 
     // The deadline covers the machine's life (boot to publish), not a one-time image bake.
+    // Ctrl-C reaches a publish through this token too (it is the shutdown token's child).
+    let publish_cancel = sh.env.shutdown.token.child_token();
     let timed = async {
         tr.enter(Phase::Boot);
         let mut spec = launch::spec(&t.builder, &t.name);
@@ -327,19 +330,57 @@ async fn stages(
                 })
                 .collect(),
         };
+        let total = files.iter().map(|f| f.size).sum::<u64>();
+        let how = Publishing {
+            cancel: publish_cancel.clone(),
+            sent: transfer_reporter(sh.emitter.clone(), t.name.clone(), total),
+        };
         store
-            .publish(&t.name, staging, &files, &manifest)
+            .publish(&t.name, staging, &files, &manifest, &how)
             .await
             .map(Done::Built)
     };
-    tokio::time::timeout(t.timeout, timed)
-        .await
-        .unwrap_or_else(|_| {
+    tokio::pin!(timed);
+    tokio::select! {
+        r = &mut timed => r,
+        _ = tokio::time::sleep(t.timeout) => {
+            if tr.phase() == Phase::Publish {
+                // Dropping a publish would strand what it uploaded: cancel it and let it
+                // clean up instead.
+                publish_cancel.cancel();
+                let _ = (&mut timed).await;
+            }
             Err(Error::other(format!(
                 "timed out after {}",
                 humantime::format_duration(t.timeout)
             )))
-        })
+        }
+    }
+}
+
+/// Turns "n more bytes stored" into [`Event::Transfer`]s: at most a few a second, and always
+/// the last one, so the progress line moves without flooding the event stream.
+fn transfer_reporter(
+    emitter: Emitter,
+    target: String,
+    total: u64,
+) -> Arc<dyn Fn(u64) + Send + Sync> {
+    let started = Instant::now();
+    let state = Mutex::new((0u64, None::<Instant>));
+    Arc::new(move |n| {
+        let mut st = state.lock().unwrap();
+        st.0 += n;
+        let due = st.1.is_none_or(|last| last.elapsed().as_millis() >= 250);
+        if due || st.0 >= total {
+            st.1 = Some(Instant::now());
+            emitter.send(Event::Transfer {
+                target: target.clone(),
+                bytes: st.0,
+                total,
+                seconds: started.elapsed().as_secs_f64(),
+            });
+        }
+    })
 }
 
 impl Shared {

@@ -44,9 +44,9 @@ impl FromStr for Size {
 
 impl fmt::Display for Size {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.0 % GIB == 0 {
+        if self.0.is_multiple_of(GIB) {
             write!(f, "{}G", self.0 / GIB)
-        } else if self.0 % MIB == 0 {
+        } else if self.0.is_multiple_of(MIB) {
             write!(f, "{}M", self.0 / MIB)
         } else {
             write!(f, "{}", self.0)

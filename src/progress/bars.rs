@@ -85,6 +85,15 @@ impl Bars {
                 let text = sanitize(line).trim_start().to_owned();
                 self.line(target).bar.set_message(text);
             }
+            Event::Transfer {
+                target,
+                bytes,
+                total,
+                seconds,
+            } => {
+                let text = super::transfer_text(*bytes, *total, *seconds);
+                self.line(target).bar.set_message(text);
+            }
             Event::Finished(result) => {
                 let (mark, style) = match result.outcome {
                     Outcome::Succeeded | Outcome::Cached => ("✓", self.styles.succeeded.clone()),

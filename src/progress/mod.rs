@@ -148,9 +148,35 @@ fn plain_line(event: &Event) -> Option<String> {
             fmt_seconds(*seconds)
         )),
         Event::Output { .. } => None,
+        // One line when done; the live view shows the running figures.
+        Event::Transfer {
+            target,
+            bytes,
+            total,
+            seconds,
+        } if bytes >= total => Some(format!(
+            "[{target}] {}",
+            transfer_text(*bytes, *total, *seconds)
+        )),
+        Event::Transfer { .. } => None,
         Event::Finished(result) => Some(format!("[{}] {}", result.target, finish_text(result))),
         Event::RunFinished { .. } => None,
     }
+}
+
+/// "uploaded 120.0 MiB of 300.0 MiB, 25.3 MiB/s": what a publish has done and how fast.
+fn transfer_text(bytes: u64, total: u64, seconds: f64) -> String {
+    const MIB: f64 = (1 << 20) as f64;
+    let rate = if seconds > 0.0 {
+        bytes as f64 / MIB / seconds
+    } else {
+        0.0
+    };
+    format!(
+        "uploaded {:.1} MiB of {:.1} MiB, {rate:.1} MiB/s",
+        bytes as f64 / MIB,
+        total as f64 / MIB
+    )
 }
 
 /// How a target ended, in one line; shared by the live and the plain view so they agree.
@@ -263,7 +289,7 @@ impl Tally {
                 self.see(&target);
                 self.phases.insert(target, (phase, seconds));
             }
-            Event::Output { .. } => {}
+            Event::Output { .. } | Event::Transfer { .. } => {}
             Event::Finished(result) => {
                 self.see(&result.target);
                 self.results.insert(result.target.clone(), result);

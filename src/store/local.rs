@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use async_trait::async_trait;
 use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
 
-use super::{ArtifactStore, SHA256SUMS};
+use super::{ArtifactStore, Publishing, SHA256SUMS};
 use crate::artifacts::{ArtifactFile, sha256sums};
-use crate::error::{Error, IoContext, Result};
+use crate::error::{IoContext, Result};
 use crate::manifest::{self, ArtifactRecord, Manifest};
 
 pub struct LocalStore {
@@ -45,16 +45,10 @@ impl ArtifactStore for LocalStore {
         staged: tempfile::TempDir,
         files: &[ArtifactFile],
         manifest: &Manifest,
+        _how: &Publishing,
     ) -> Result<Vec<PathBuf>> {
-        if files
-            .iter()
-            .any(|f| f.path == Path::new(SHA256SUMS) || f.path == Path::new(manifest::FILE))
-        {
-            return Err(Error::other(format!(
-                "target `{target}` produced an artifact named {SHA256SUMS} or {}, which runner writes itself",
-                manifest::FILE
-            )));
-        }
+        // A rename is too quick to cancel or to report progress on.
+        super::check_reserved(target, files)?;
         let sums = staged.path().join(SHA256SUMS);
         std::fs::write(&sums, sha256sums(files))
             .ctx(|| format!("cannot write `{}`", sums.display()))?;

@@ -6,12 +6,14 @@ pub mod local;
 pub mod s3;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use async_trait::async_trait;
+use tokio_util::sync::CancellationToken;
 
 use crate::artifacts::ArtifactFile;
 use crate::error::Result;
-use crate::manifest::{ArtifactRecord, Manifest};
+use crate::manifest::{self, ArtifactRecord, Manifest};
 
 /// The name of the checksum file published beside every target's artifacts.
 pub const SHA256SUMS: &str = "SHA256SUMS";
@@ -25,6 +27,41 @@ pub fn staging_in(root: &std::path::Path, target: &str) -> Result<tempfile::Temp
         .prefix(&format!(".staging-{target}-"))
         .tempdir_in(root)
         .ctx(|| format!("cannot create a staging directory in `{}`", root.display()))
+}
+
+/// What a publish is handed besides the files.
+#[derive(Clone)]
+pub struct Publishing {
+    /// Cancelled by Ctrl-C or the target's deadline: the store stops, removes whatever it
+    /// already stored, and returns [`Error::Cancelled`](crate::error::Error::Cancelled).
+    pub cancel: CancellationToken,
+    /// Told the number of bytes just stored, for the target's progress line.
+    pub sent: Arc<dyn Fn(u64) + Send + Sync>,
+}
+
+impl Publishing {
+    pub fn quiet(cancel: CancellationToken) -> Publishing {
+        Publishing {
+            cancel,
+            sent: Arc::new(|_| {}),
+        }
+    }
+}
+
+/// runner writes these two files itself; an artifact by either name would be overwritten or
+/// would forge the build's record.
+pub fn check_reserved(target: &str, files: &[ArtifactFile]) -> Result<()> {
+    use std::path::Path;
+    if files
+        .iter()
+        .any(|f| f.path == Path::new(SHA256SUMS) || f.path == Path::new(manifest::FILE))
+    {
+        return Err(crate::error::Error::other(format!(
+            "target `{target}` produced an artifact named {SHA256SUMS} or {}, which runner writes itself",
+            manifest::FILE
+        )));
+    }
+    Ok(())
 }
 
 #[async_trait]
@@ -46,6 +83,7 @@ pub trait ArtifactStore: Send + Sync {
         staged: tempfile::TempDir,
         files: &[ArtifactFile],
         manifest: &Manifest,
+        how: &Publishing,
     ) -> Result<Vec<PathBuf>>;
 
     /// A complete published build of `target` with these inputs, if the store has one (for a

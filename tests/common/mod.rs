@@ -107,7 +107,11 @@ impl World {
                 .to_string_lossy()
                 .into_owned();
             assert!(
-                !name.contains("key") && !name.ends_with(".sock") && !name.ends_with(".qcow2"),
+                !name.contains("key")
+                    && !name.ends_with(".sock")
+                    && !name.ends_with(".qcow2")
+                    && !name.starts_with("upload-")
+                    && !name.starts_with(".staging-"),
                 "leaked file {}",
                 entry.display()
             );

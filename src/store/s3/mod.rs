@@ -2,11 +2,14 @@
 //! the build id is `<first 16 hex of the inputs digest>-<start time>`. Files go first, then
 //! `SHA256SUMS`, then `manifest.json`: a manifest's presence means its build is complete.
 //!
-//! Uploads are streamed from the staging directory: large files as multipart uploads whose
-//! parts go up in parallel, each part read into memory only while it is sent, so memory is
-//! bounded by part size × parallelism. Every object and part carries a SHA-256 the server
-//! checks. A failed publish aborts its multipart upload and deletes what it already put, so
-//! no partial build and no dangling upload remain.
+//! How files go up is `upload`'s business. This module decides what a publish means: a
+//! journal entry first (so a runner that dies mid-upload leaves a trail `runner gc` follows),
+//! then the files, then the manifest; on failure, cancellation or timeout, every multipart
+//! upload is aborted and every object under the build's prefix deleted, so neither a partial
+//! build nor a dangling upload remains.
+
+pub mod journal;
+mod upload;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -14,15 +17,14 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use aws_sdk_s3::Client;
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata};
-use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart};
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
-use super::{ArtifactStore, SHA256SUMS};
+use self::upload::Uploader;
+use super::{ArtifactStore, Publishing, SHA256SUMS};
 use crate::artifacts::{ArtifactFile, sha256sums};
 use crate::error::{Error, IoContext, Result};
 use crate::manifest::{self, ArtifactRecord, Manifest};
+use crate::paths::Dirs;
 
 /// `s3://bucket/prefix`, parsed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,17 +63,13 @@ pub struct Settings {
 pub struct S3Store {
     client: Client,
     url: S3Url,
-    part_size: usize,
-    parallel_parts: usize,
+    settings: Settings,
     staging_root: PathBuf,
+    journal: PathBuf,
 }
 
-/// Files at least this large go up as multipart uploads (S3's minimum part is 5 MiB).
-const PART_SIZE: usize = 8 << 20;
-const PARALLEL_PARTS: usize = 4;
-
 impl S3Store {
-    pub async fn connect(url: S3Url, settings: &Settings, staging_root: &Path) -> S3Store {
+    pub async fn connect(url: S3Url, settings: &Settings, dirs: &Dirs) -> S3Store {
         let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
             .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(5));
         if let Some(region) = &settings.region {
@@ -88,13 +86,18 @@ impl S3Store {
             .request_checksum_calculation(
                 aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired,
             )
+            // Downloads are checked against the manifest's SHA-256 instead, which also works
+            // for multipart objects (whose checksum the SDK cannot validate, and warns about).
+            .response_checksum_validation(
+                aws_sdk_s3::config::ResponseChecksumValidation::WhenRequired,
+            )
             .build();
         S3Store {
             client: Client::from_conf(config),
             url,
-            part_size: PART_SIZE,
-            parallel_parts: PARALLEL_PARTS,
-            staging_root: staging_root.to_owned(),
+            settings: settings.clone(),
+            staging_root: dirs.state.join("staging"),
+            journal: dirs.uploads(),
         }
     }
 
@@ -125,6 +128,27 @@ impl S3Store {
             })
     }
 
+    /// Uploads one file to `key` the way a publish does (multipart from 8 MiB, parallel
+    /// parts, SHA-256 checked by the server), aborting it on failure; returns the bytes sent.
+    /// For benchmarks and tools; builds go through [`ArtifactStore::publish`].
+    pub async fn upload_file(&self, path: &Path, key: &str) -> Result<u64> {
+        let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counter = sent.clone();
+        let up = Uploader {
+            store: self,
+            sent: Arc::new(move |n| {
+                counter.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+            }),
+            open: Default::default(),
+        };
+        if let Err(e) = up.put_file(path, key).await {
+            let open = up.open.lock().unwrap().clone();
+            let _ = self.abort(open).await;
+            return Err(e);
+        }
+        Ok(sent.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
     fn build_prefix(&self, target: &str, build_id: &str) -> String {
         let mut p = String::new();
         if !self.url.prefix.is_empty() {
@@ -148,180 +172,6 @@ impl S3Store {
             self.url.bucket,
             brief(&e)
         ))
-    }
-
-    async fn put_file(&self, path: &Path, key: &str) -> Result<()> {
-        let size = tokio::fs::metadata(path)
-            .await
-            .ctx(|| format!("cannot stat `{}`", path.display()))?
-            .len() as usize;
-        if size >= self.part_size {
-            return self.put_multipart(path, key, size).await;
-        }
-        let bytes = tokio::fs::read(path)
-            .await
-            .ctx(|| format!("cannot read `{}`", path.display()))?;
-        self.put_bytes(bytes, key).await
-    }
-
-    async fn put_bytes(&self, bytes: Vec<u8>, key: &str) -> Result<()> {
-        let sum = b64_sha256(&bytes);
-        self.client
-            .put_object()
-            .bucket(&self.url.bucket)
-            .key(key)
-            .checksum_sha256(sum)
-            .body(ByteStream::from(bytes))
-            .send()
-            .await
-            .map_err(|e| self.fail("upload", key, e))?;
-        Ok(())
-    }
-
-    async fn put_multipart(&self, path: &Path, key: &str, size: usize) -> Result<()> {
-        let created = self
-            .client
-            .create_multipart_upload()
-            .bucket(&self.url.bucket)
-            .key(key)
-            .checksum_algorithm(ChecksumAlgorithm::Sha256)
-            .send()
-            .await
-            .map_err(|e| self.fail("multipart start", key, e))?;
-        let upload_id = created
-            .upload_id()
-            .ok_or_else(|| Error::other(format!("S3 returned no upload id for `{key}`")))?
-            .to_owned();
-        let result = self.upload_parts(path, key, size, &upload_id).await;
-        let completed = match result {
-            Ok(parts) => self
-                .client
-                .complete_multipart_upload()
-                .bucket(&self.url.bucket)
-                .key(key)
-                .upload_id(&upload_id)
-                .multipart_upload(
-                    CompletedMultipartUpload::builder()
-                        .set_parts(Some(parts))
-                        .build(),
-                )
-                .send()
-                .await
-                .map(|_| ())
-                .map_err(|e| self.fail("multipart completion", key, e)),
-            Err(e) => Err(e),
-        };
-        if completed.is_err() {
-            // Never leave a dangling upload: it is invisible in listings and billed.
-            let _ = self
-                .client
-                .abort_multipart_upload()
-                .bucket(&self.url.bucket)
-                .key(key)
-                .upload_id(&upload_id)
-                .send()
-                .await;
-        }
-        completed
-    }
-
-    async fn upload_parts(
-        &self,
-        path: &Path,
-        key: &str,
-        size: usize,
-        upload_id: &str,
-    ) -> Result<Vec<CompletedPart>> {
-        let count = size.div_ceil(self.part_size);
-        let limit = Arc::new(tokio::sync::Semaphore::new(self.parallel_parts));
-        let mut tasks = tokio::task::JoinSet::new();
-        for index in 0..count {
-            let permit = limit.clone().acquire_owned().await.expect("semaphore open");
-            let (client, bucket, key, upload_id, path) = (
-                self.client.clone(),
-                self.url.bucket.clone(),
-                key.to_owned(),
-                upload_id.to_owned(),
-                path.to_owned(),
-            );
-            let (offset, len) = (
-                index * self.part_size,
-                self.part_size.min(size - index * self.part_size),
-            );
-            tasks.spawn(async move {
-                let _permit = permit;
-                let mut f = tokio::fs::File::open(&path)
-                    .await
-                    .ctx(|| format!("cannot open `{}`", path.display()))?;
-                f.seek(std::io::SeekFrom::Start(offset as u64))
-                    .await
-                    .ctx(|| "cannot seek")?;
-                let mut buf = vec![0u8; len];
-                f.read_exact(&mut buf)
-                    .await
-                    .ctx(|| format!("cannot read `{}`", path.display()))?;
-                let sum = b64_sha256(&buf);
-                let number = index as i32 + 1;
-                let out = client
-                    .upload_part()
-                    .bucket(&bucket)
-                    .key(&key)
-                    .upload_id(&upload_id)
-                    .part_number(number)
-                    .checksum_sha256(&sum)
-                    .body(ByteStream::from(buf))
-                    .send()
-                    .await
-                    .map_err(|e| {
-                        Error::other(format!(
-                            "S3 upload of part {number} of `s3://{bucket}/{key}` failed: {}",
-                            DisplayErrorContext(e)
-                        ))
-                    })?;
-                Ok::<_, Error>(
-                    CompletedPart::builder()
-                        .part_number(number)
-                        .set_e_tag(out.e_tag().map(str::to_owned))
-                        .checksum_sha256(sum)
-                        .build(),
-                )
-            });
-        }
-        let mut parts = Vec::with_capacity(count);
-        while let Some(joined) = tasks.join_next().await {
-            match joined {
-                Ok(Ok(p)) => parts.push(p),
-                Ok(Err(e)) => return Err(e),
-                Err(e) => return Err(Error::other(format!("upload task failed: {e}"))),
-            }
-        }
-        parts.sort_by_key(|p| p.part_number());
-        Ok(parts)
-    }
-
-    /// Deletes every object under `prefix` (a failed publish's own build prefix).
-    async fn delete_prefix(&self, prefix: &str) {
-        let Ok(list) = self
-            .client
-            .list_objects_v2()
-            .bucket(&self.url.bucket)
-            .prefix(prefix)
-            .send()
-            .await
-        else {
-            return;
-        };
-        for o in list.contents() {
-            if let Some(k) = o.key() {
-                let _ = self
-                    .client
-                    .delete_object()
-                    .bucket(&self.url.bucket)
-                    .key(k)
-                    .send()
-                    .await;
-            }
-        }
     }
 
     /// The newest complete build of `target` whose build id starts with `id_prefix`.
@@ -394,10 +244,6 @@ where
     }
 }
 
-fn b64_sha256(bytes: &[u8]) -> String {
-    aws_smithy_types::base64::encode(Sha256::digest(bytes))
-}
-
 #[async_trait]
 impl ArtifactStore for S3Store {
     fn staging(&self, target: &str) -> Result<tempfile::TempDir> {
@@ -418,31 +264,60 @@ impl ArtifactStore for S3Store {
         staged: tempfile::TempDir,
         files: &[ArtifactFile],
         manifest: &Manifest,
+        how: &Publishing,
     ) -> Result<Vec<PathBuf>> {
+        super::check_reserved(target, files)?;
         let prefix = self.build_prefix(target, &build_id(manifest));
+        let entry =
+            journal::Entry::write(&self.journal, &self.url.bucket, &prefix, &self.settings)?;
+        let up = Uploader {
+            store: self,
+            sent: how.sent.clone(),
+            open: Default::default(),
+        };
         let upload = async {
             let mut out = Vec::new();
             for f in files {
                 let key = format!("{prefix}{}", f.path.display());
-                self.put_file(&staged.path().join(&f.path), &key).await?;
+                up.put_file(&staged.path().join(&f.path), &key).await?;
                 out.push(PathBuf::from(self.uri_of(&key)));
             }
+            // The manifest goes last: its presence is what says the build is complete.
             for (name, bytes) in [
                 (SHA256SUMS, sha256sums(files).into_bytes()),
                 (manifest::FILE, manifest.to_json()),
             ] {
                 let key = format!("{prefix}{name}");
-                self.put_bytes(bytes, &key).await?;
+                up.put_bytes(bytes, &key).await?;
                 out.push(PathBuf::from(self.uri_of(&key)));
             }
             Ok::<_, Error>(out)
         };
-        match upload.await {
-            Ok(out) => Ok(out),
-            Err(e) => {
-                self.delete_prefix(&prefix).await;
-                Err(e)
+        let result = tokio::select! {
+            r = upload => r,
+            _ = how.cancel.cancelled() => Err(Error::Cancelled),
+        };
+        if result.is_ok() {
+            entry.finish();
+            return result;
+        }
+        let open = up.open.lock().unwrap().clone();
+        match self.clean(&prefix, &open).await {
+            Ok(()) => {
+                entry.finish();
+                result
             }
+            Err(e) => Err(Error::other(format!(
+                "{}; cleaning up `s3://{}/{prefix}` also failed ({e}); it is recorded in `{}` and \
+                 `runner gc --force` finishes the cleanup once the store is reachable",
+                match result {
+                    Err(Error::Cancelled) => "cancelled".to_owned(),
+                    Err(e) => crate::error::chain(&e),
+                    Ok(_) => unreachable!(),
+                },
+                self.url.bucket,
+                entry.path().display()
+            ))),
         }
     }
 
@@ -509,6 +384,11 @@ impl ArtifactStore for S3Store {
                 .await
                 .ctx(|| format!("cannot write `{}`", dest.display()))?;
         }
+        // A tokio file hands writes to a background thread: without this the last chunk can
+        // still be in flight (or lost) when the caller reads the file.
+        file.sync_all()
+            .await
+            .ctx(|| format!("cannot write `{}`", dest.display()))?;
         Ok(hex::encode(h.finalize()))
     }
 }
