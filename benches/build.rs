@@ -61,7 +61,7 @@ fn main() {
     );
     let builder = Builder::find(proj.path(), "bookworm-amd64").unwrap();
     let image = Cache::new(&dirs)
-        .lookup(&Recipe::of(builder.qemu()).digest())
+        .lookup(&Recipe::of(builder.qemu().unwrap()).digest())
         .expect("baked image");
 
     let (mut ours, mut bare) = (vec![], vec![]);

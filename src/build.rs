@@ -4,7 +4,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::artifacts::Limits;
-use crate::config::{Builder, Project};
+use crate::config::{Backend, Builder, Project};
 use crate::error::{Error, Result};
 use crate::events::Emitter;
 use crate::launch::Env;
@@ -252,16 +252,25 @@ pub fn list(project_root: &Path) -> Result<i32> {
         "BUILDER", "BACKEND", "SUITE", "ARCH", "VCPUS", "MEMORY"
     );
     for b in Builder::all(project_root)? {
-        let q = b.qemu();
-        println!(
-            "{:<24} {:<8} {:<10} {:<6} {:>5} {:>7}",
-            b.name,
-            "qemu",
-            q.suite,
-            q.arch.debian(),
-            q.vcpus,
-            q.memory.to_string()
-        );
+        match &b.backend {
+            Backend::Qemu(q) => println!(
+                "{:<24} {:<8} {:<10} {:<6} {:>5} {:>7}",
+                b.name,
+                "qemu",
+                q.suite,
+                q.arch.debian(),
+                q.vcpus,
+                q.memory.to_string()
+            ),
+            Backend::Ec2(e) => println!(
+                "{:<24} {:<8} {:<10} {:<6} {}",
+                b.name,
+                "ec2",
+                "-",
+                e.arch.debian(),
+                e.instance_types.join(",")
+            ),
+        }
     }
     Ok(0)
 }

@@ -354,7 +354,7 @@ async fn image_rm(env: &Env, what: &[String]) -> Result<i32> {
 }
 
 async fn gc(env: &Env, force: bool) -> Result<i32> {
-    let r = crate::gc::run(&env.dirs, force).await?;
+    let r = crate::gc::run(&env.dirs, &env.project, force).await?;
     for w in &r.in_use {
         println!("keep    {w}");
     }

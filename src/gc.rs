@@ -6,7 +6,10 @@ use std::path::Path;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 
+use crate::config::{Backend, Builder};
 use crate::error::Result;
+use crate::machine::ec2;
+use crate::machine::state::CloudRecord;
 use crate::machine::state::{MachineRecord, machine_dirs, processes_mentioning};
 use crate::paths::Dirs;
 use crate::store::s3::journal;
@@ -21,8 +24,19 @@ pub struct Report {
     pub in_use: Vec<String>,
 }
 
-pub async fn run(dirs: &Dirs, force: bool) -> Result<Report> {
+/// `project` names the EC2 regions and endpoints to scan (those of its builders, besides
+/// those in local records).
+pub async fn run(dirs: &Dirs, project: &Path, force: bool) -> Result<Report> {
     let mut report = Report::default();
+    let mut clouds: Vec<(String, Option<String>)> = Builder::all(project)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|b| match b.backend {
+            Backend::Ec2(e) => Some((e.region.unwrap_or_default(), e.endpoint)),
+            Backend::Qemu(_) => None,
+        })
+        .collect();
+    let mut handled = vec![];
     for dir in machine_dirs(&dirs.machines()) {
         let id = dir
             .file_name()
@@ -53,8 +67,27 @@ pub async fn run(dirs: &Dirs, force: bool) -> Result<Report> {
                 format!("machine {id} (no record)"),
             ),
         };
+        let cloud = MachineRecord::read(&dir).ok().and_then(|r| r.cloud);
+        if let Some(c) = &cloud {
+            clouds.push((c.region.clone(), c.endpoint.clone()));
+            handled.extend(c.instance_id.clone());
+            handled.extend(c.security_group.clone());
+        }
         if !orphan {
             report.in_use.push(what);
+        } else if force && let Some(c) = cloud {
+            let client = ec2::client(Some(&c.region), c.endpoint.as_deref()).await;
+            match ec2::cleanup::destroy(&client, &c, None).await {
+                Ok(()) => {
+                    let _ = std::fs::remove_dir_all(&dir);
+                    report
+                        .removed
+                        .push(format!("{what}: terminated {}", describe_cloud(&c)));
+                }
+                Err(e) => report
+                    .failed
+                    .push(format!("{what}: {}", crate::error::chain(&e))),
+            }
         } else if force {
             remove_machine(&dir);
             report.removed.push(what);
@@ -72,7 +105,65 @@ pub async fn run(dirs: &Dirs, force: bool) -> Result<Report> {
         }
     }
     uploads(dirs, force, &mut report).await;
+    clouds.sort();
+    clouds.dedup();
+    for (region, endpoint) in clouds {
+        tagged(&region, endpoint.as_deref(), &handled, force, &mut report).await;
+    }
     Ok(report)
+}
+
+fn describe_cloud(c: &CloudRecord) -> String {
+    let mut parts: Vec<String> = c.instance_id.iter().cloned().collect();
+    parts.extend(
+        c.security_group
+            .iter()
+            .map(|g| format!("security group {g}")),
+    );
+    format!("{} in {}", parts.join(" and "), c.region)
+}
+
+/// Instances and security groups tagged by runner in one region whose run is gone or whose
+/// expiry passed, beyond those local records already covered (`handled`).
+async fn tagged(
+    region: &str,
+    endpoint: Option<&str>,
+    handled: &[String],
+    force: bool,
+    report: &mut Report,
+) {
+    let region = (!region.is_empty()).then_some(region);
+    let client = ec2::client(region, endpoint).await;
+    let found = match ec2::cleanup::scan(&client).await {
+        Ok(f) => f,
+        Err(e) => {
+            report.failed.push(format!(
+                "EC2 scan of {}: {}",
+                region.unwrap_or("the default region"),
+                crate::error::chain(&e)
+            ));
+            return;
+        }
+    };
+    let (dead, live): (Vec<_>, Vec<_>) = found
+        .iter()
+        .filter(|t| !handled.contains(&t.id))
+        .partition(|t| t.removable());
+    report.in_use.extend(live.iter().map(|t| t.describe()));
+    if !force {
+        report
+            .would_remove
+            .extend(dead.iter().map(|t| t.describe()));
+        return;
+    }
+    for (what, r) in ec2::cleanup::remove(&client, &dead).await {
+        match r {
+            Ok(()) => report.removed.push(what),
+            Err(e) => report
+                .failed
+                .push(format!("{what}: {}", crate::error::chain(&e))),
+        }
+    }
 }
 
 /// S3 publishes whose runner died, or lost the store, before cleaning up: abort their

@@ -3,11 +3,12 @@
 
 use std::path::PathBuf;
 
-use crate::config::Builder;
+use crate::config::{Backend as Backend_, Builder};
 use crate::error::{Error, Result};
 use crate::image::{Cache, bake};
 use crate::keys::GuestKeys;
 use crate::machine::accel::{self, AccelChoice};
+use crate::machine::ec2::Ec2Backend;
 use crate::machine::qemu::QemuBackend;
 use crate::machine::{Backend, Machine, MachineSpec};
 use crate::paths::Dirs;
@@ -39,9 +40,18 @@ pub async fn cancellable<T>(sd: &Shutdown, fut: impl Future<Output = Result<T>>)
     }
 }
 
-/// The backend for a builder, its image baked if needed, and the identity of that base
-/// image (its sha256) for manifests.
+/// The backend for a builder (its image baked if needed, or its AMI resolved), and the
+/// identity of that base image for manifests: a sha256 for baked images, an AMI id on EC2.
 pub async fn backend(env: &Env, builder: &Builder) -> Result<(Box<dyn Backend>, String)> {
+    if let Backend_::Ec2(e) = &builder.backend {
+        let backend = cancellable(
+            &env.shutdown,
+            Ec2Backend::connect(&builder.name, e, &env.dirs),
+        )
+        .await?;
+        let ami = backend.ami.clone();
+        return Ok((Box::new(backend), ami));
+    }
     let (image, _) = cancellable(
         &env.shutdown,
         Cache::new(&env.dirs).ensure(builder, &env.bake),
@@ -59,12 +69,13 @@ pub async fn backend(env: &Env, builder: &Builder) -> Result<(Box<dyn Backend>, 
 }
 
 pub fn spec(builder: &Builder, label: &str) -> MachineSpec {
-    let q = builder.qemu();
+    // An EC2 machine's size comes with its instance type; these only matter to QEMU.
+    let (vcpus, memory_mib) = builder.qemu().map_or((0, 0), |q| (q.vcpus, q.memory.mib()));
     MachineSpec {
         label: label.to_owned(),
-        vcpus: q.vcpus,
-        memory_mib: q.memory.mib(),
-        boot_timeout: q.boot_timeout,
+        vcpus,
+        memory_mib,
+        boot_timeout: builder.boot_timeout(),
     }
 }
 

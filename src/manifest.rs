@@ -46,8 +46,52 @@ pub struct Manifest {
 #[serde(deny_unknown_fields)]
 pub struct BuilderRecord {
     pub name: String,
-    pub recipe: Recipe,
+    pub recipe: Origin,
     pub recipe_digest: String,
+}
+
+/// Where a build's machine came from: a recipe runner bakes, or an EC2 image definition
+/// (whose resolved AMI id is the manifest's base image).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum Origin {
+    Image(Recipe),
+    Ec2(Ec2Origin),
+}
+
+/// What of an EC2 builder determines the build environment (not instance types or networks).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Ec2Origin {
+    pub backend: String,
+    pub ami: serde_json::Value,
+    pub arch: crate::config::Arch,
+}
+
+impl Origin {
+    pub fn of(builder: &crate::config::Builder) -> Origin {
+        match &builder.backend {
+            crate::config::Backend::Qemu(q) => Origin::Image(Recipe::of(q)),
+            crate::config::Backend::Ec2(e) => Origin::Ec2(Ec2Origin {
+                backend: "ec2".into(),
+                ami: serde_json::to_value(&e.ami).expect("AMI serializes"),
+                arch: e.arch,
+            }),
+        }
+    }
+
+    pub fn digest(&self) -> String {
+        match self {
+            Origin::Image(r) => r.digest(),
+            Origin::Ec2(e) => sha256_hex(
+                &[
+                    b"runner-ec2-v1\0".as_slice(),
+                    &serde_json::to_vec(e).expect("origin serializes"),
+                ]
+                .concat(),
+            ),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

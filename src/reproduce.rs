@@ -16,6 +16,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::events::{Emitter, Outcome};
 use crate::image::Recipe;
 use crate::launch::Env;
+use crate::manifest::Origin;
 use crate::manifest::{self, Manifest};
 use crate::orchestrator::{self, Options};
 use crate::pipeline::Shared;
@@ -60,6 +61,12 @@ pub async fn reproduce(env: &Env, args: Args) -> Result<i32> {
             m.context_digest
         )));
     }
+    let Origin::Image(recipe) = &m.builder.recipe else {
+        return Err(Error::other(format!(
+            "`{}` was built on EC2 (base image {}); reproducing EC2 builds is not supported yet",
+            m.target, m.base_image_sha256
+        )));
+    };
     let recipe_now = m.builder.recipe.digest();
     if recipe_now != m.builder.recipe_digest {
         eprintln!(
@@ -83,7 +90,7 @@ pub async fn reproduce(env: &Env, args: Args) -> Result<i32> {
         .ctx(|| format!("cannot write `{}`", script.display()))?;
     let target = Target {
         name: m.target.clone(),
-        builder: builder_from(&m.builder.name, &m.builder.recipe),
+        builder: builder_from(&m.builder.name, recipe),
         script,
         context: args.context.clone(),
         artifacts: m.artifact_globs.clone(),

@@ -97,6 +97,34 @@ const CASES: &[(&str, usize, &str, &str)] = &[
         "suite",
         "",
     ),
+    // EC2: a misspelt key (the singular of `instance_types`).
+    (
+        "backend = \"ec2\"\nami = \"ami-1\"\ninstance_type = \"t3.micro\"\n",
+        3,
+        "instance_type",
+        "unknown field",
+    ),
+    // EC2: something that is not an instance type.
+    (
+        "backend = \"ec2\"\nami = \"ami-1\"\nssh_cidr = \"127.0.0.1/32\"\ninstance_types = [\"large\"]\n",
+        4,
+        "instance_types",
+        "instance types like",
+    ),
+    // EC2: an SSH source that is not a CIDR.
+    (
+        "backend = \"ec2\"\nami = \"ami-1\"\ninstance_types = [\"t3.micro\"]\nssh_cidr = \"my laptop\"\n",
+        4,
+        "ssh_cidr",
+        "not an IPv4 CIDR",
+    ),
+    // EC2: a lifetime past the limit.
+    (
+        "backend = \"ec2\"\nami = \"ami-1\"\ninstance_types = [\"t3.micro\"]\nsecurity_group = \"sg-1\"\nmax_lifetime = \"3 days\"\n",
+        5,
+        "max_lifetime",
+        "between 1s and 1day",
+    ),
 ];
 
 #[test]

@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
+use super::ec2::{Ec2Builder, RawEc2};
 use super::size::{GIB, MIB};
 use super::{ConfigError, Size, Source};
 
@@ -54,6 +55,7 @@ pub struct Builder {
 #[derive(Debug, Clone)]
 pub enum Backend {
     Qemu(QemuBuilder),
+    Ec2(Ec2Builder),
 }
 
 /// A Debian image booted under QEMU.
@@ -117,11 +119,12 @@ impl Builder {
         let BackendOnly { backend } = src.parse()?;
         let backend = match backend.get_ref().as_str() {
             "qemu" => Backend::Qemu(QemuBuilder::from_raw(&src, src.parse()?)?),
+            "ec2" => Backend::Ec2(Ec2Builder::from_raw(&src, src.parse::<RawEc2>()?)?),
             other => {
                 return Err(src.error_at(
                     Some(backend.span()),
                     Some("backend".into()),
-                    format!("unknown backend `{other}` (expected `qemu`)"),
+                    format!("unknown backend `{other}` (expected `qemu` or `ec2`)"),
                 ));
             }
         };
@@ -146,9 +149,25 @@ impl Builder {
         paths.iter().map(|p| Builder::load(p)).collect()
     }
 
-    pub fn qemu(&self) -> &QemuBuilder {
+    /// The QEMU definition, for what only exists with QEMU (baked images).
+    pub fn qemu(&self) -> Option<&QemuBuilder> {
         match &self.backend {
-            Backend::Qemu(q) => q,
+            Backend::Qemu(q) => Some(q),
+            Backend::Ec2(_) => None,
+        }
+    }
+
+    pub fn arch(&self) -> Arch {
+        match &self.backend {
+            Backend::Qemu(q) => q.arch,
+            Backend::Ec2(e) => e.arch,
+        }
+    }
+
+    pub fn boot_timeout(&self) -> Duration {
+        match &self.backend {
+            Backend::Qemu(q) => q.boot_timeout,
+            Backend::Ec2(e) => e.boot_timeout,
         }
     }
 }

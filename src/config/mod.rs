@@ -2,6 +2,7 @@
 //! typo in a builder should cost the user seconds, not a VM boot.
 
 pub mod builder;
+pub mod ec2;
 pub mod project;
 pub mod size;
 
@@ -12,6 +13,7 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 
 pub use builder::{Arch, Backend, Builder, QemuBuilder};
+pub use ec2::{Address, Ami, Ec2Builder};
 pub use project::{Project, Target};
 pub use size::Size;
 

@@ -146,7 +146,13 @@ impl Cache {
         builder: &Builder,
         opts: &bake::Options,
     ) -> Result<(Image, Provenance)> {
-        let recipe = Recipe::of(builder.qemu());
+        let q = builder.qemu().ok_or_else(|| {
+            crate::error::Error::other(format!(
+                "builder `{}` runs on EC2: it has no image to bake",
+                builder.name
+            ))
+        })?;
+        let recipe = Recipe::of(q);
         let digest = recipe.digest();
         if !opts.force
             && let Some(img) = self.lookup(&digest)

@@ -3,6 +3,7 @@
 //! whether a hypervisor or a cloud is behind it.
 
 pub mod accel;
+pub mod ec2;
 pub mod qemu;
 pub mod qmp;
 pub mod registry;

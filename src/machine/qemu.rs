@@ -337,7 +337,7 @@ fn open_log(path: &Path) -> Result<std::fs::File> {
     std::fs::File::create(path).ctx(|| format!("cannot create `{}`", path.display()))
 }
 
-fn create_private_dir(dir: &Path) -> Result<()> {
+pub(super) fn create_private_dir(dir: &Path) -> Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     std::fs::DirBuilder::new()
         .mode(0o700)
@@ -345,7 +345,7 @@ fn create_private_dir(dir: &Path) -> Result<()> {
         .ctx(|| format!("cannot create machine directory `{}`", dir.display()))
 }
 
-fn new_id() -> String {
+pub(super) fn new_id() -> String {
     format!("{:08x}", rand::random::<u32>())
 }
 

@@ -26,6 +26,19 @@ pub struct MachineRecord {
     pub kept: bool,
     /// How to reach it, for `runner gc` listings and `--keep-failed` instructions.
     pub ssh_port: u16,
+    /// Cloud resources (EC2), each written here as soon as it exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cloud: Option<CloudRecord>,
+}
+
+/// What an EC2 machine owns in the cloud, and where.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CloudRecord {
+    pub region: String,
+    pub endpoint: Option<String>,
+    pub instance_id: Option<String>,
+    /// A temporary security group runner created for this machine alone.
+    pub security_group: Option<String>,
 }
 
 impl MachineRecord {
@@ -40,6 +53,7 @@ impl MachineRecord {
             created_unix: now_unix(),
             kept: false,
             ssh_port,
+            cloud: None,
         }
     }
 

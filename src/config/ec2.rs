@@ -1,0 +1,256 @@
+//! The `ec2` backend's builder files: where cloud machines come from, with explicit limits.
+//! A builder names no credentials: those come from the standard AWS chain at run time.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use toml::Spanned;
+
+use super::builder::Arch;
+use super::size::GIB;
+use super::{ConfigError, Size, Source};
+
+/// An EC2 machine definition.
+#[derive(Debug, Clone, Serialize)]
+pub struct Ec2Builder {
+    /// Else the AWS chain (`AWS_REGION`, profile).
+    pub region: Option<String>,
+    /// An EC2-compatible endpoint; else `AWS_ENDPOINT_URL`, else AWS.
+    pub endpoint: Option<String>,
+    pub ami: Ami,
+    pub arch: Arch,
+    /// Tried in order: a type without capacity falls through to the next.
+    pub instance_types: Vec<String>,
+    pub subnet: Option<String>,
+    /// An existing security group; without one, runner creates a temporary group that
+    /// allows SSH from `ssh_cidr` only and deletes it with the machine.
+    pub security_group: Option<String>,
+    pub ssh_cidr: Option<String>,
+    pub root_volume: Size,
+    pub spot: bool,
+    pub ssh_user: String,
+    /// Which address runner connects to.
+    pub address: Address,
+    /// The dead-man switch: the instance powers itself off (and so terminates) this long
+    /// after launch, whatever runner does.
+    pub max_lifetime: Duration,
+    pub boot_timeout: Duration,
+    /// At most this many instances of this builder at once, across a run's targets.
+    pub max_instances: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Ami {
+    Id(String),
+    /// The newest available image of `owner` whose name matches `name` (wildcards `*`, `?`).
+    Newest {
+        owner: String,
+        name: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Address {
+    Public,
+    Private,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawEc2 {
+    #[allow(dead_code)]
+    backend: String,
+    region: Option<String>,
+    endpoint: Option<String>,
+    ami: Option<Spanned<String>>,
+    ami_owner: Option<String>,
+    ami_name: Option<String>,
+    #[serde(default = "amd64")]
+    arch: Arch,
+    instance_types: Spanned<Vec<String>>,
+    subnet: Option<String>,
+    security_group: Option<String>,
+    ssh_cidr: Option<Spanned<String>>,
+    root_volume: Option<Spanned<Size>>,
+    #[serde(default)]
+    spot: bool,
+    ssh_user: Option<Spanned<String>>,
+    address: Option<Address>,
+    max_lifetime: Option<Spanned<String>>,
+    boot_timeout: Option<Spanned<String>>,
+    max_instances: Option<Spanned<u32>>,
+}
+
+fn amd64() -> Arch {
+    Arch::Amd64
+}
+
+const ROOT_VOLUME: (u64, u64) = (GIB, 16 * 1024 * GIB);
+const MAX_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+const MAX_BOOT_TIMEOUT: Duration = Duration::from_secs(3600);
+const MAX_INSTANCES: u32 = 1000;
+
+impl Ec2Builder {
+    pub(super) fn from_raw(src: &Source, raw: RawEc2) -> Result<Ec2Builder, ConfigError> {
+        let bad = |span, key: &str, msg: String| src.error_at(Some(span), Some(key.into()), msg);
+        let ami = match (raw.ami, raw.ami_owner, raw.ami_name) {
+            (Some(id), None, None) if id.get_ref().starts_with("ami-") => Ami::Id(id.into_inner()),
+            (Some(id), None, None) => {
+                return Err(bad(id.span(), "ami", "an AMI id starts with `ami-`".into()));
+            }
+            (None, Some(owner), Some(name)) => Ami::Newest { owner, name },
+            (Some(id), _, _) => {
+                return Err(bad(
+                    id.span(),
+                    "ami",
+                    "give either `ami` or `ami_owner` + `ami_name`, not both".into(),
+                ));
+            }
+            _ => {
+                return Err(src.error_at(
+                    None,
+                    Some("ami".into()),
+                    "missing: set `ami = \"ami-…\"`, or `ami_owner` and `ami_name` (newest match)"
+                        .to_owned(),
+                ));
+            }
+        };
+        let types = raw.instance_types.get_ref();
+        if types.is_empty() || types.len() > 20 || types.iter().any(|t| !is_instance_type(t)) {
+            return Err(bad(
+                raw.instance_types.span(),
+                "instance_types",
+                "a list of 1 to 20 instance types like \"c7a.large\"".into(),
+            ));
+        }
+        if raw.security_group.is_none() && raw.ssh_cidr.is_none() {
+            return Err(src.error_at(
+                None,
+                Some("ssh_cidr".into()),
+                "missing: without `security_group`, runner creates a temporary one that allows \
+                 SSH only from `ssh_cidr` (the address runner connects from, e.g. \"203.0.113.7/32\")"
+                    .to_owned(),
+            ));
+        }
+        if let Some(c) = &raw.ssh_cidr
+            && c.get_ref().parse::<ipnet_like::Cidr>().is_err()
+        {
+            return Err(bad(
+                c.span(),
+                "ssh_cidr",
+                format!(
+                    "`{}` is not an IPv4 CIDR like \"203.0.113.7/32\"",
+                    c.get_ref()
+                ),
+            ));
+        }
+        let root_volume = match raw.root_volume {
+            None => Size(20 * GIB),
+            Some(v) if (ROOT_VOLUME.0..=ROOT_VOLUME.1).contains(&v.get_ref().0) => *v.get_ref(),
+            Some(v) => {
+                return Err(bad(
+                    v.span(),
+                    "root_volume",
+                    format!("{} is outside 1G..=16384G", v.get_ref()),
+                ));
+            }
+        };
+        let ssh_user = match raw.ssh_user {
+            None => "root".to_owned(),
+            Some(u) if is_user_name(u.get_ref()) => u.into_inner(),
+            Some(u) => return Err(bad(u.span(), "ssh_user", "not a user name".into())),
+        };
+        let duration =
+            |v: Option<Spanned<String>>, key: &str, max: Duration, default: Duration| match v {
+                None => Ok(default),
+                Some(t) => {
+                    let d = humantime::parse_duration(t.get_ref())
+                        .map_err(|e| bad(t.span(), key, format!("{e} (e.g. \"2h\")")))?;
+                    if d.is_zero() || d > max {
+                        return Err(bad(
+                            t.span(),
+                            key,
+                            format!("must be between 1s and {}", humantime::format_duration(max)),
+                        ));
+                    }
+                    Ok(d)
+                }
+            };
+        let max_lifetime = duration(
+            raw.max_lifetime,
+            "max_lifetime",
+            MAX_LIFETIME,
+            Duration::from_secs(3 * 3600),
+        )?;
+        let boot_timeout = duration(
+            raw.boot_timeout,
+            "boot_timeout",
+            MAX_BOOT_TIMEOUT,
+            Duration::from_secs(600),
+        )?;
+        let max_instances = match raw.max_instances {
+            None => 20,
+            Some(n) if (1..=MAX_INSTANCES).contains(n.get_ref()) => n.into_inner(),
+            Some(n) => {
+                return Err(bad(
+                    n.span(),
+                    "max_instances",
+                    format!("must be between 1 and {MAX_INSTANCES}"),
+                ));
+            }
+        };
+        Ok(Ec2Builder {
+            region: raw.region,
+            endpoint: raw.endpoint,
+            ami,
+            arch: raw.arch,
+            instance_types: types.clone(),
+            subnet: raw.subnet,
+            security_group: raw.security_group,
+            ssh_cidr: raw.ssh_cidr.map(Spanned::into_inner),
+            root_volume,
+            spot: raw.spot,
+            ssh_user,
+            address: raw.address.unwrap_or(Address::Public),
+            max_lifetime,
+            boot_timeout,
+            max_instances,
+        })
+    }
+}
+
+fn is_instance_type(s: &str) -> bool {
+    s.len() <= 32
+        && s.split_once('.').is_some_and(|(a, b)| {
+            !a.is_empty()
+                && !b.is_empty()
+                && s.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '-')
+        })
+}
+
+fn is_user_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 32
+        && s.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "_-".contains(c))
+}
+
+/// An IPv4 CIDR, checked here so a typo fails at load rather than at the EC2 API.
+mod ipnet_like {
+    pub struct Cidr;
+    impl std::str::FromStr for Cidr {
+        type Err = ();
+        fn from_str(s: &str) -> Result<Cidr, ()> {
+            let (ip, len) = s.split_once('/').ok_or(())?;
+            ip.parse::<std::net::Ipv4Addr>().map_err(|_| ())?;
+            match len.parse::<u8>() {
+                Ok(0..=32) => Ok(Cidr),
+                _ => Err(()),
+            }
+        }
+    }
+}

@@ -1,0 +1,219 @@
+//! Removing EC2 resources: one machine's (its teardown, or `gc` from its record), and what a
+//! tag scan finds that no live run owns. Idempotent: what is already gone counts as removed.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use aws_sdk_ec2::Client;
+use aws_sdk_ec2::client::Waiters;
+use aws_sdk_ec2::config::interceptors::BeforeTransmitInterceptorContextRef;
+use aws_sdk_ec2::config::{ConfigBag, Intercept, RuntimeComponents};
+use aws_sdk_ec2::error::ProvideErrorMetadata;
+use aws_sdk_ec2::types::Filter;
+
+use super::{TAG_EXPIRES, TAG_RUN, api_error, hostname};
+use crate::error::{Error, Result};
+use crate::machine::state::{CloudRecord, now_unix, process_start};
+
+/// How long to wait for an instance to reach `terminated`.
+const TERMINATE_WAIT: Duration = Duration::from_secs(600);
+/// A group can still be in use for a while after its instance terminated.
+const GROUP_RETRY: Duration = Duration::from_secs(180);
+
+static API_CALLS: AtomicU64 = AtomicU64::new(0);
+
+/// Counts EC2 API requests (retries included), for the scale benchmark.
+#[derive(Debug)]
+pub struct CountCalls;
+
+impl Intercept for CountCalls {
+    fn name(&self) -> &'static str {
+        "CountCalls"
+    }
+
+    fn read_before_transmit(
+        &self,
+        _: &BeforeTransmitInterceptorContextRef<'_>,
+        _: &RuntimeComponents,
+        _: &mut ConfigBag,
+    ) -> std::result::Result<(), aws_sdk_ec2::error::BoxError> {
+        API_CALLS.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+pub fn api_calls() -> u64 {
+    API_CALLS.load(Ordering::Relaxed)
+}
+
+fn gone(code: Option<&str>) -> bool {
+    code.is_some_and(|c| c.starts_with("InvalidInstanceID") || c.starts_with("InvalidGroup"))
+}
+
+/// Terminates the instance (saving its console output first), waits until it is terminated,
+/// then deletes the temporary security group.
+pub async fn destroy(client: &Client, cloud: &CloudRecord, console: Option<&Path>) -> Result<()> {
+    if let Some(id) = &cloud.instance_id {
+        if let Some(path) = console
+            && let Ok(out) = client.get_console_output().instance_id(id).send().await
+            && let Some(text) = out.output()
+            && let Ok(bytes) = aws_smithy_types::base64::decode(text)
+        {
+            let _ = std::fs::write(path, bytes);
+        }
+        match client.terminate_instances().instance_ids(id).send().await {
+            Ok(_) => {}
+            Err(e) if gone(e.code()) => {}
+            Err(e) => return Err(api_error(&format!("TerminateInstances {id}"), &e)),
+        }
+        client
+            .wait_until_instance_terminated()
+            .instance_ids(id)
+            .wait(TERMINATE_WAIT)
+            .await
+            .map_err(|e| {
+                Error::other(format!(
+                    "{id} did not reach `terminated`: {}",
+                    aws_sdk_ec2::error::DisplayErrorContext(&e)
+                ))
+            })?;
+    }
+    if let Some(group) = &cloud.security_group {
+        delete_group(client, group).await?;
+    }
+    Ok(())
+}
+
+async fn delete_group(client: &Client, group: &str) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + GROUP_RETRY;
+    loop {
+        match client.delete_security_group().group_id(group).send().await {
+            Ok(_) => return Ok(()),
+            Err(e) if gone(e.code()) => return Ok(()),
+            Err(e)
+                if e.code() == Some("DependencyViolation")
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+            Err(e) => return Err(api_error(&format!("DeleteSecurityGroup {group}"), &e)),
+        }
+    }
+}
+
+/// What a tag scan found: resources some runner created, and whether their run is over.
+#[derive(Debug)]
+pub struct Tagged {
+    pub kind: &'static str,
+    pub id: String,
+    pub run: String,
+    pub expired: bool,
+    pub run_dead: bool,
+}
+
+impl Tagged {
+    pub fn removable(&self) -> bool {
+        self.expired || self.run_dead
+    }
+
+    pub fn describe(&self) -> String {
+        let why = match (self.run_dead, self.expired) {
+            (true, _) => "run gone",
+            (false, true) => "expired",
+            _ => "run live",
+        };
+        format!("{} {} (run {}, {why})", self.kind, self.id, self.run)
+    }
+}
+
+/// A run of this host whose process is gone; runs of other hosts are judged by expiry only.
+fn run_dead(run: &str) -> bool {
+    let mut parts = run.rsplitn(3, ':');
+    let (Some(start), Some(pid), Some(host)) = (parts.next(), parts.next(), parts.next()) else {
+        return false;
+    };
+    if host != hostname() {
+        return false;
+    }
+    match (pid.parse::<u32>(), start.parse::<u64>()) {
+        (Ok(pid), Ok(start)) => process_start(pid) != Some(start),
+        _ => false,
+    }
+}
+
+fn judge(kind: &'static str, id: &str, tags: &[aws_sdk_ec2::types::Tag]) -> Option<Tagged> {
+    let get = |k: &str| {
+        tags.iter()
+            .find(|t| t.key() == Some(k))
+            .and_then(|t| t.value())
+    };
+    let run = get(TAG_RUN)?.to_owned();
+    let expired = get(TAG_EXPIRES)
+        .and_then(|e| e.parse::<u64>().ok())
+        .is_some_and(|e| e <= now_unix());
+    Some(Tagged {
+        kind,
+        id: id.to_owned(),
+        run_dead: run_dead(&run),
+        run,
+        expired,
+    })
+}
+
+/// Every live instance and security group that carries runner's run tag.
+pub async fn scan(client: &Client) -> Result<Vec<Tagged>> {
+    let mut found = vec![];
+    let mut pages = client
+        .describe_instances()
+        .filters(Filter::builder().name("tag-key").values(TAG_RUN).build())
+        .filters(
+            Filter::builder()
+                .name("instance-state-name")
+                .values("pending")
+                .values("running")
+                .values("stopping")
+                .values("stopped")
+                .build(),
+        )
+        .into_paginator()
+        .send();
+    while let Some(page) = pages.next().await {
+        let page = page.map_err(|e| api_error("DescribeInstances", &e))?;
+        for i in page.reservations().iter().flat_map(|r| r.instances()) {
+            if let Some(t) = judge("instance", i.instance_id().unwrap_or_default(), i.tags()) {
+                found.push(t);
+            }
+        }
+    }
+    let groups = client
+        .describe_security_groups()
+        .filters(Filter::builder().name("tag-key").values(TAG_RUN).build())
+        .send()
+        .await
+        .map_err(|e| api_error("DescribeSecurityGroups", &e))?;
+    for g in groups.security_groups() {
+        if let Some(t) = judge("security group", g.group_id().unwrap_or_default(), g.tags()) {
+            found.push(t);
+        }
+    }
+    Ok(found)
+}
+
+/// Removes what [`scan`] found: instances first (a group in use cannot be deleted).
+pub async fn remove(client: &Client, items: &[&Tagged]) -> Vec<(String, Result<()>)> {
+    let mut out = vec![];
+    for t in items.iter().filter(|t| t.kind == "instance") {
+        let cloud = CloudRecord {
+            region: String::new(),
+            endpoint: None,
+            instance_id: Some(t.id.clone()),
+            security_group: None,
+        };
+        out.push((t.describe(), destroy(client, &cloud, None).await));
+    }
+    for t in items.iter().filter(|t| t.kind != "instance") {
+        out.push((t.describe(), delete_group(client, &t.id).await));
+    }
+    out
+}

@@ -1,0 +1,37 @@
+"""moto's EC2-compatible server for runner's tests, plus one fault moto cannot produce by
+itself: RunInstances refused with InsufficientInstanceCapacity for the instance types named
+in RUNNER_TEST_NO_CAPACITY (comma-separated), as AWS does when a zone runs out of a type.
+
+Usage: python moto-server.py -H 127.0.0.1 -p PORT
+"""
+
+import os
+import sys
+
+from moto.core.exceptions import ServiceException
+from moto.ec2.models.instances import InstanceBackend
+from moto.server import main
+
+NO_CAPACITY = {t for t in os.environ.get("RUNNER_TEST_NO_CAPACITY", "").split(",") if t}
+
+
+class InsufficientInstanceCapacity(ServiceException):
+    code = "InsufficientInstanceCapacity"
+
+
+_run_instances = InstanceBackend.run_instances
+
+
+def run_instances(self, image_id, count, user_data, security_group_names, **kwargs):
+    kind = kwargs.get("instance_type")
+    if kind in NO_CAPACITY:
+        raise InsufficientInstanceCapacity(
+            f"We currently do not have sufficient {kind} capacity in the Availability Zone you requested."
+        )
+    return _run_instances(self, image_id, count, user_data, security_group_names, **kwargs)
+
+
+InstanceBackend.run_instances = run_instances
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
