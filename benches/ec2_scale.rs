@@ -49,7 +49,8 @@ fn main() {
     // Baseline: the two calls a launch cannot do without, for n instances at once.
     let t = Instant::now();
     let bare_calls = rt.block_on(async {
-        let client = runner::machine::ec2::client(Some("us-east-1"), Some(&server.endpoint())).await;
+        let client =
+            runner::machine::ec2::client(Some("us-east-1"), Some(&server.endpoint())).await;
         let before = cleanup::api_calls();
         let ids: Vec<String> = futures_join(n, |_| {
             let (c, ami, subnet) = (client.clone(), server.ami.clone(), server.subnet.clone());
@@ -72,7 +73,11 @@ fn main() {
         futures_join(n, |i| {
             let (c, id) = (client.clone(), ids[i].clone());
             async move {
-                c.terminate_instances().instance_ids(id).send().await.unwrap();
+                c.terminate_instances()
+                    .instance_ids(id)
+                    .send()
+                    .await
+                    .unwrap();
             }
         })
         .await;

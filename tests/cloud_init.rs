@@ -16,7 +16,7 @@ use runner::keys::{GuestKeys, openssh_public};
 use runner::machine::ec2::userdata;
 
 /// Long enough to boot systemd + cloud-init under software emulation and log in.
-const LIFETIME: u64 = 240;
+const LIFETIME: u64 = 300;
 
 /// The image, baked once per version of its script (~3 minutes), under the test cache.
 fn cloud_image() -> PathBuf {
@@ -84,6 +84,7 @@ fn the_ec2_user_data_pins_both_keys_and_powers_the_machine_off_at_expiry() {
     let keys = GuestKeys::generate().unwrap();
     let expires = now() + LIFETIME;
     let user_data = userdata::cloud_config(&keys, "root", expires).unwrap();
+    eprintln!("user data:\n{user_data}");
     nocloud_seed(&work.path().join("seed.img"), &user_data);
     let overlay = work.path().join("overlay.qcow2");
     let made = Command::new("qemu-img")
@@ -182,7 +183,9 @@ fn the_ec2_user_data_pins_both_keys_and_powers_the_machine_off_at_expiry() {
             .unwrap()
     };
     let logged_in = loop {
-        let out = ssh("ls /etc/ssh; cat /etc/ssh/ssh_host_ed25519_key.pub");
+        let out = ssh(
+            "ls /etc/ssh; cat /etc/ssh/ssh_host_ed25519_key.pub; cloud-init schema --system 2>&1",
+        );
         if out.status.success() {
             break out;
         }
@@ -208,6 +211,10 @@ fn the_ec2_user_data_pins_both_keys_and_powers_the_machine_off_at_expiry() {
     assert!(
         listing.contains(&openssh_public(keys.host_public())[..80]),
         "{listing}"
+    );
+    assert!(
+        !listing.contains("schema errors"),
+        "cloud-init found the user data invalid: {listing}"
     );
     for other in ["ssh_host_rsa_key", "ssh_host_ecdsa_key"] {
         assert!(

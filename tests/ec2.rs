@@ -122,7 +122,7 @@ fn check_launch(moto: &Moto, i: &InstanceInfo, target: &str, runner_pid: u32) {
         ud.contains("ssh_authorized_keys:\n  - ssh-ed25519 "),
         "{ud}"
     );
-    assert!(ud.contains("ssh_deletekeys: true") && ud.contains("ssh_genkeytypes: []"));
+    assert!(ud.contains("ssh_deletekeys: true") && ud.contains("ssh_genkeytypes: [ed25519]"));
     let private: String = ud
         .split("ed25519_private: |\n")
         .nth(1)
@@ -138,8 +138,7 @@ fn check_launch(moto: &Moto, i: &InstanceInfo, target: &str, runner_pid: u32) {
         .unwrap();
     assert_eq!(key.public_key().to_openssh().unwrap(), public);
     assert!(
-        ud.contains(&format!("left=$(( {expires} - $(date +%s) ))"))
-            && ud.contains("systemctl poweroff"),
+        ud.contains(&format!("left=$(( {expires} - $(date +%s) ))")) && ud.contains("poweroff -f"),
         "dead-man switch missing or not at the expiry: {ud}"
     );
 

@@ -11,7 +11,7 @@ mmdebstrap --mode=root --variant=minbase --arch=amd64 \
   --include=systemd-sysv,linux-image-amd64,openssh-server,udev,ifupdown,isc-dhcp-client,iproute2,cloud-init \
   --aptopt='APT::Install-Recommends "false"' \
   --customize-hook='chroot "$1" systemctl enable ssh' \
-  --customize-hook='printf "auto lo\niface lo inet loopback\nallow-hotplug ens3 eth0 enp0s2\niface ens3 inet dhcp\niface eth0 inet dhcp\niface enp0s2 inet dhcp\n" > "$1/etc/network/interfaces"' \
+  --customize-hook='printf "auto lo\niface lo inet loopback\nallow-hotplug ens3\niface ens3 inet dhcp\n" > "$1/etc/network/interfaces"' \
   --customize-hook='echo "/dev/vda / ext4 defaults 0 1" > "$1/etc/fstab"' \
   --customize-hook='printf "datasource_list: [NoCloud, None]\nnetwork: {config: disabled}\n" > "$1/etc/cloud/cloud.cfg.d/99-runner-test.cfg"' \
   --customize-hook='rm -f "$1"/etc/ssh/ssh_host_*' \

@@ -16,8 +16,9 @@ pub fn cloud_config(keys: &GuestKeys, user: &str, expires_unix: u64) -> Result<S
     let mut y = String::new();
     y.push_str("#cloud-config\n");
     y.push_str("# runner: one disposable machine, its own SSH keys, and a dead-man switch.\n");
-    // Only runner's host key: delete the image's, generate none.
-    y.push_str("ssh_deletekeys: true\nssh_genkeytypes: []\nssh_pwauth: false\n");
+    // Only runner's host key: delete the image's; ed25519 is generated only if missing, and
+    // it is given below. (An empty list is what one would write, but the schema refuses it.)
+    y.push_str("ssh_deletekeys: true\nssh_genkeytypes: [ed25519]\nssh_pwauth: false\n");
     y.push_str("ssh_keys:\n  ed25519_private: |\n");
     for line in host_private.lines() {
         y.push_str(&format!("    {line}\n"));
@@ -44,15 +45,15 @@ pub fn cloud_config(keys: &GuestKeys, user: &str, expires_unix: u64) -> Result<S
     Ok(y)
 }
 
-/// Powers the machine off at `expires_unix`: a systemd timer when systemd runs, else a
-/// background sleep. `--force` skips an orderly stop, which could hang past the deadline.
+/// Powers the machine off at `expires_unix`: a detached `sleep` then an immediate power-off
+/// (no orderly stop, which could hang past the deadline). Not a systemd timer: bootcmd runs
+/// inside cloud-init.service, ordered before sysinit.target, and `systemd-run` blocks there
+/// (the boot hangs — seen under test). The sleeper outlives bootcmd because cloud-init.service
+/// remains active after it exits.
 pub fn deadman(expires_unix: u64) -> String {
     format!(
         "left=$(( {expires_unix} - $(date +%s) )); [ \"$left\" -gt 0 ] || left=1; \
-         if command -v systemd-run >/dev/null 2>&1; then \
-         systemd-run --unit=runner-deadman --on-active=\"${{left}}s\" \
-         --timer-property=AccuracySec=1s /bin/systemctl poweroff --force; \
-         else (sleep \"$left\"; poweroff -f) >/dev/null 2>&1 & fi"
+         setsid -f sh -c 'sleep \"$0\"; poweroff -f' \"$left\" </dev/null >/dev/null 2>&1"
     )
 }
 
