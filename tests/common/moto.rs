@@ -17,7 +17,7 @@ pub struct Moto {
     pub port: u16,
     rt: tokio::runtime::Runtime,
     pub client: Client,
-    /// A subnet in 127.0.0.0/24 and an AMI that exists.
+    /// A subnet in 127.0.0.0/20 (room for thousands of instances) and an AMI that exists.
     pub subnet: String,
     pub ami: String,
 }
@@ -86,7 +86,7 @@ impl Moto {
             let subnet = client
                 .create_subnet()
                 .vpc_id(vpc)
-                .cidr_block("127.0.0.0/24")
+                .cidr_block("127.0.0.0/20")
                 .send()
                 .await
                 .unwrap()

@@ -195,12 +195,9 @@ where
     E: std::error::Error + ProvideErrorMetadata + 'static,
     R: std::fmt::Debug,
 {
-    let why = match e.as_service_error() {
-        Some(se) => format!(
-            "{}: {}",
-            se.code().unwrap_or("error"),
-            se.message().unwrap_or_default()
-        ),
+    let why = match e.as_service_error().and_then(|se| Some((se.code()?, se.message()))) {
+        Some((code, message)) => format!("{code}: {}", message.unwrap_or_default()),
+        // No code: a transport failure or an answer that was not an EC2 error document.
         None => aws_sdk_ec2::error::DisplayErrorContext(e).to_string(),
     };
     Error::other(format!("{what} failed: {why}"))
