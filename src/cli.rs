@@ -190,6 +190,9 @@ pub fn main() -> ExitCode {
             }
         }
     });
+    // Teardowns started from `Drop` (cancelled EC2 launches) run on threads of their own;
+    // the process waits for them, or instances would outlive their runner.
+    crate::machine::ec2::join_teardowns();
     // Exit without waiting for blocking readers (a forwarded stdin) to notice.
     std::process::exit(code)
 }

@@ -39,6 +39,11 @@ pub struct CloudRecord {
     pub instance_id: Option<String>,
     /// A temporary security group runner created for this machine alone.
     pub security_group: Option<String>,
+    /// The `runner:machine` tag of everything made for this machine: if runner is stopped
+    /// while a create call's answer is in flight, the resource exists but its id was never
+    /// learned, and teardown finds it by this tag instead.
+    #[serde(default)]
+    pub machine_tag: Option<String>,
 }
 
 impl MachineRecord {

@@ -12,7 +12,7 @@ use aws_sdk_ec2::config::{ConfigBag, Intercept, RuntimeComponents};
 use aws_sdk_ec2::error::ProvideErrorMetadata;
 use aws_sdk_ec2::types::Filter;
 
-use super::{TAG_EXPIRES, TAG_RUN, api_error, hostname};
+use super::{TAG_EXPIRES, TAG_MACHINE, TAG_RUN, api_error, hostname};
 use crate::error::{Error, Result};
 use crate::machine::state::{CloudRecord, now_unix, process_start};
 
@@ -52,9 +52,21 @@ fn gone(code: Option<&str>) -> bool {
 }
 
 /// Terminates the instance (saving its console output first), waits until it is terminated,
-/// then deletes the temporary security group.
+/// then deletes the temporary security group. Resources whose ids were never recorded are
+/// found by the machine tag.
 pub async fn destroy(client: &Client, cloud: &CloudRecord, console: Option<&Path>) -> Result<()> {
-    if let Some(id) = &cloud.instance_id {
+    let mut instances: Vec<String> = cloud.instance_id.iter().cloned().collect();
+    let mut groups: Vec<String> = cloud.security_group.iter().cloned().collect();
+    if let Some(tag) = &cloud.machine_tag {
+        let (i, g) = by_machine_tag(client, tag).await?;
+        instances.extend(i);
+        groups.extend(g);
+    }
+    instances.sort();
+    instances.dedup();
+    groups.sort();
+    groups.dedup();
+    for id in &instances {
         if let Some(path) = console
             && let Ok(out) = client.get_console_output().instance_id(id).send().await
             && let Some(text) = out.output()
@@ -67,22 +79,68 @@ pub async fn destroy(client: &Client, cloud: &CloudRecord, console: Option<&Path
             Err(e) if gone(e.code()) => {}
             Err(e) => return Err(api_error(&format!("TerminateInstances {id}"), &e)),
         }
+    }
+    if !instances.is_empty() {
         client
             .wait_until_instance_terminated()
-            .instance_ids(id)
+            .set_instance_ids(Some(instances.clone()))
             .wait(TERMINATE_WAIT)
             .await
             .map_err(|e| {
                 Error::other(format!(
-                    "{id} did not reach `terminated`: {}",
+                    "{} did not reach `terminated`: {}",
+                    instances.join(", "),
                     aws_sdk_ec2::error::DisplayErrorContext(&e)
                 ))
             })?;
     }
-    if let Some(group) = &cloud.security_group {
+    for group in &groups {
         delete_group(client, group).await?;
     }
     Ok(())
+}
+
+/// Live instances and groups carrying this `runner:machine` tag.
+async fn by_machine_tag(client: &Client, tag: &str) -> Result<(Vec<String>, Vec<String>)> {
+    let by_tag = || {
+        Filter::builder()
+            .name(format!("tag:{TAG_MACHINE}"))
+            .values(tag)
+            .build()
+    };
+    let out = client
+        .describe_instances()
+        .filters(by_tag())
+        .filters(
+            Filter::builder()
+                .name("instance-state-name")
+                .values("pending")
+                .values("running")
+                .values("stopping")
+                .values("stopped")
+                .build(),
+        )
+        .send()
+        .await
+        .map_err(|e| api_error("DescribeInstances", &e))?;
+    let instances = out
+        .reservations()
+        .iter()
+        .flat_map(|r| r.instances())
+        .filter_map(|i| i.instance_id().map(str::to_owned))
+        .collect();
+    let out = client
+        .describe_security_groups()
+        .filters(by_tag())
+        .send()
+        .await
+        .map_err(|e| api_error("DescribeSecurityGroups", &e))?;
+    let groups = out
+        .security_groups()
+        .iter()
+        .filter_map(|g| g.group_id().map(str::to_owned))
+        .collect();
+    Ok((instances, groups))
 }
 
 async fn delete_group(client: &Client, group: &str) -> Result<()> {
@@ -209,6 +267,7 @@ pub async fn remove(client: &Client, items: &[&Tagged]) -> Vec<(String, Result<(
             endpoint: None,
             instance_id: Some(t.id.clone()),
             security_group: None,
+            machine_tag: None,
         };
         out.push((t.describe(), destroy(client, &cloud, None).await));
     }

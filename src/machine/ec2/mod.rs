@@ -195,7 +195,10 @@ where
     E: std::error::Error + ProvideErrorMetadata + 'static,
     R: std::fmt::Debug,
 {
-    let why = match e.as_service_error().and_then(|se| Some((se.code()?, se.message()))) {
+    let why = match e
+        .as_service_error()
+        .and_then(|se| Some((se.code()?, se.message())))
+    {
         Some((code, message)) => format!("{code}: {}", message.unwrap_or_default()),
         // No code: a transport failure or an answer that was not an EC2 error document.
         None => aws_sdk_ec2::error::DisplayErrorContext(e).to_string(),
@@ -224,6 +227,7 @@ impl Backend for Ec2Backend {
             endpoint: self.builder.endpoint.clone(),
             instance_id: None,
             security_group: None,
+            machine_tag: Some(id.clone()),
         });
         // The record goes first: from here on, `runner gc` can find whatever exists.
         record.write(&dir)?;
@@ -460,6 +464,19 @@ impl Ec2Backend {
     }
 }
 
+static TEARDOWNS: Mutex<Vec<std::thread::JoinHandle<()>>> = Mutex::new(Vec::new());
+
+/// Waits for every teardown started from `Drop`.
+pub fn join_teardowns() {
+    let pending = std::mem::take(&mut *TEARDOWNS.lock().unwrap());
+    if !pending.is_empty() {
+        eprintln!("runner: waiting for {} EC2 teardown(s)", pending.len());
+    }
+    for h in pending {
+        let _ = h.join();
+    }
+}
+
 /// A launched EC2 machine. Its record lists every resource that exists; teardown removes
 /// them in order (instance, then the group it uses) and only then the record.
 struct Ec2Instance {
@@ -491,42 +508,50 @@ impl Drop for Ec2Instance {
 #[async_trait]
 impl Instance for Ec2Instance {
     async fn terminate(&mut self, _force: bool) -> Result<()> {
-        let Some(cloud) = self.record.cloud.take() else {
+        // Cloned, not taken: if this future is dropped half-way (Ctrl-C cancels the task
+        // around it), `Drop` still knows what to remove.
+        let Some(cloud) = self.record.cloud.clone() else {
             return Ok(());
         };
-        let r = cleanup::destroy(&self.client, &cloud, Some(&self.console)).await;
-        match r {
-            Ok(()) => {
-                let _ = std::fs::remove_dir_all(&self.dir);
-                Ok(())
-            }
-            Err(e) => {
-                // The record stays for `runner gc`.
-                self.record.cloud = Some(cloud);
-                Err(e)
-            }
-        }
+        cleanup::destroy(&self.client, &cloud, Some(&self.console)).await?;
+        // Only a complete teardown forgets the resources; on error the record stays for gc.
+        self.record.cloud = None;
+        let _ = std::fs::remove_dir_all(&self.dir);
+        Ok(())
     }
 
-    /// From `Drop` (a cancelled launch, a panic): the same teardown on a thread of its own,
-    /// since no runtime can be borrowed here.
+    /// From `Drop` (a cancelled launch or task, a panic): the same teardown on a thread of
+    /// its own, since no runtime can be borrowed here. Not joined here — many targets
+    /// cancelled at once tear down in parallel — but before the process exits
+    /// ([`join_teardowns`]).
     fn terminate_now(&mut self) {
         let Some(cloud) = self.record.cloud.take() else {
             return;
         };
-        let (client, console, dir) = (self.client.clone(), self.console.clone(), self.dir.clone());
-        let done = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
+        let (console, dir) = (self.console.clone(), self.dir.clone());
+        let label = self.record.label.clone();
+        let handle = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
-                .ok()?;
-            rt.block_on(cleanup::destroy(&client, &cloud, Some(&console)))
-                .ok()
-        })
-        .join();
-        if matches!(done, Ok(Some(()))) {
-            let _ = std::fs::remove_dir_all(&dir);
-        }
+            else {
+                return;
+            };
+            // A client of this runtime's own: the launch's client pools connections that
+            // belong to the other runtime's reactor, and fails from here.
+            rt.block_on(async {
+                let client = client(Some(&cloud.region), cloud.endpoint.as_deref()).await;
+                match cleanup::destroy(&client, &cloud, Some(&console)).await {
+                    Ok(()) => {
+                        let _ = std::fs::remove_dir_all(&dir);
+                    }
+                    Err(e) => {
+                        eprintln!("runner: teardown of {label} failed: {e}; `runner gc` will retry")
+                    }
+                }
+            });
+        });
+        TEARDOWNS.lock().unwrap().push(handle);
     }
 
     fn exited(&mut self) -> Option<String> {
