@@ -44,6 +44,9 @@ pub struct CloudRecord {
     /// learned, and teardown finds it by this tag instead.
     #[serde(default)]
     pub machine_tag: Option<String>,
+    /// Whether runner makes a temporary group for this machine (so one may exist unrecorded).
+    #[serde(default)]
+    pub owns_group: bool,
 }
 
 impl MachineRecord {

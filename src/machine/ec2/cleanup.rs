@@ -57,10 +57,15 @@ fn gone(code: Option<&str>) -> bool {
 pub async fn destroy(client: &Client, cloud: &CloudRecord, console: Option<&Path>) -> Result<()> {
     let mut instances: Vec<String> = cloud.instance_id.iter().cloned().collect();
     let mut groups: Vec<String> = cloud.security_group.iter().cloned().collect();
+    // Only what may exist without a recorded id is searched for (a search is an API call).
     if let Some(tag) = &cloud.machine_tag {
-        let (i, g) = by_machine_tag(client, tag).await?;
-        instances.extend(i);
-        groups.extend(g);
+        let want_instances = instances.is_empty();
+        let want_groups = groups.is_empty() && cloud.owns_group;
+        if want_instances || want_groups {
+            let (i, g) = by_machine_tag(client, tag, want_instances, want_groups).await?;
+            instances.extend(i);
+            groups.extend(g);
+        }
     }
     instances.sort();
     instances.dedup();
@@ -101,13 +106,24 @@ pub async fn destroy(client: &Client, cloud: &CloudRecord, console: Option<&Path
 }
 
 /// Live instances and groups carrying this `runner:machine` tag.
-async fn by_machine_tag(client: &Client, tag: &str) -> Result<(Vec<String>, Vec<String>)> {
+async fn by_machine_tag(
+    client: &Client,
+    tag: &str,
+    want_instances: bool,
+    want_groups: bool,
+) -> Result<(Vec<String>, Vec<String>)> {
     let by_tag = || {
         Filter::builder()
             .name(format!("tag:{TAG_MACHINE}"))
             .values(tag)
             .build()
     };
+    let (mut instances, mut groups) = (vec![], vec![]);
+    if !want_instances {
+        return groups_by_tag(client, by_tag(), want_groups)
+            .await
+            .map(|g| (instances, g));
+    }
     let out = client
         .describe_instances()
         .filters(by_tag())
@@ -123,24 +139,31 @@ async fn by_machine_tag(client: &Client, tag: &str) -> Result<(Vec<String>, Vec<
         .send()
         .await
         .map_err(|e| api_error("DescribeInstances", &e))?;
-    let instances = out
-        .reservations()
-        .iter()
-        .flat_map(|r| r.instances())
-        .filter_map(|i| i.instance_id().map(str::to_owned))
-        .collect();
+    instances.extend(
+        out.reservations()
+            .iter()
+            .flat_map(|r| r.instances())
+            .filter_map(|i| i.instance_id().map(str::to_owned)),
+    );
+    groups.extend(groups_by_tag(client, by_tag(), want_groups).await?);
+    Ok((instances, groups))
+}
+
+async fn groups_by_tag(client: &Client, filter: Filter, wanted: bool) -> Result<Vec<String>> {
+    if !wanted {
+        return Ok(vec![]);
+    }
     let out = client
         .describe_security_groups()
-        .filters(by_tag())
+        .filters(filter)
         .send()
         .await
         .map_err(|e| api_error("DescribeSecurityGroups", &e))?;
-    let groups = out
+    Ok(out
         .security_groups()
         .iter()
         .filter_map(|g| g.group_id().map(str::to_owned))
-        .collect();
-    Ok((instances, groups))
+        .collect())
 }
 
 async fn delete_group(client: &Client, group: &str) -> Result<()> {
@@ -268,6 +291,7 @@ pub async fn remove(client: &Client, items: &[&Tagged]) -> Vec<(String, Result<(
             instance_id: Some(t.id.clone()),
             security_group: None,
             machine_tag: None,
+            owns_group: false,
         };
         out.push((t.describe(), destroy(client, &cloud, None).await));
     }

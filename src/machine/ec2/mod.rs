@@ -228,6 +228,7 @@ impl Backend for Ec2Backend {
             instance_id: None,
             security_group: None,
             machine_tag: Some(id.clone()),
+            owns_group: self.builder.security_group.is_none(),
         });
         // The record goes first: from here on, `runner gc` can find whatever exists.
         record.write(&dir)?;
