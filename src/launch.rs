@@ -8,9 +8,10 @@ use crate::error::{Error, Result};
 use crate::image::{Cache, bake};
 use crate::keys::GuestKeys;
 use crate::machine::accel::{self, AccelChoice};
-use crate::machine::ec2::Ec2Backend;
+use crate::machine::ec2::{self, Ec2Backend};
 use crate::machine::qemu::QemuBackend;
 use crate::machine::{Backend, Machine, MachineSpec};
+use crate::manifest::Origin;
 use crate::paths::Dirs;
 use crate::signals::Shutdown;
 use crate::ssh::{self, Session};
@@ -66,6 +67,20 @@ pub async fn backend(env: &Env, builder: &Builder) -> Result<(Box<dyn Backend>, 
         dirs: env.dirs.clone(),
     };
     Ok((Box::new(backend), base))
+}
+
+/// What a build's machine comes from, for its inputs digest and manifest. For EC2 this
+/// resolves the AMI (once per builder and process), so a newer AMI is a different input.
+pub async fn origin(env: &Env, builder: &Builder) -> Result<Origin> {
+    let image = match &builder.backend {
+        Backend_::Ec2(e) => Some(
+            cancellable(&env.shutdown, ec2::resolve(&builder.name, e))
+                .await?
+                .ami,
+        ),
+        Backend_::Qemu(_) => None,
+    };
+    Ok(Origin::of(builder, image.as_deref()))
 }
 
 pub fn spec(builder: &Builder, label: &str) -> MachineSpec {

@@ -64,17 +64,22 @@ pub enum Origin {
 #[serde(deny_unknown_fields)]
 pub struct Ec2Origin {
     pub backend: String,
+    /// As the builder asks for it (an id, or owner + name filter).
     pub ami: serde_json::Value,
+    /// What that resolved to for this build: a newer match is a different build environment.
+    pub image: String,
     pub arch: crate::config::Arch,
 }
 
 impl Origin {
-    pub fn of(builder: &crate::config::Builder) -> Origin {
+    /// `image`: the resolved AMI id, for EC2 builders (see `launch::origin`).
+    pub fn of(builder: &crate::config::Builder, image: Option<&str>) -> Origin {
         match &builder.backend {
             crate::config::Backend::Qemu(q) => Origin::Image(Recipe::of(q)),
             crate::config::Backend::Ec2(e) => Origin::Ec2(Ec2Origin {
                 backend: "ec2".into(),
                 ami: serde_json::to_value(&e.ami).expect("AMI serializes"),
+                image: image.unwrap_or_default().to_owned(),
                 arch: e.arch,
             }),
         }

@@ -15,9 +15,7 @@ use crate::events::{Emitter, Event, Outcome, Phase, TargetResult};
 use crate::guest;
 use crate::launch::{self, Env, Lease};
 use crate::logs::{LogSink, tail};
-use crate::manifest::{
-    self, ArtifactRecord, BuilderRecord, Inputs, Manifest, Origin, ScriptRecord,
-};
+use crate::manifest::{self, ArtifactRecord, BuilderRecord, Inputs, Manifest, ScriptRecord};
 use crate::store::{ArtifactStore, Publishing};
 
 /// What every target of a run shares.
@@ -212,7 +210,7 @@ async fn stages(
     let script =
         std::fs::read(&t.script).ctx(|| format!("cannot read script `{}`", t.script.display()))?;
     let script_sha256 = manifest::sha256_hex(&script);
-    let recipe = Origin::of(&t.builder);
+    let recipe = launch::origin(&sh.env, &t.builder).await?;
     let recipe_digest = recipe.digest();
     let inputs_digest = Inputs {
         recipe_digest: &recipe_digest,

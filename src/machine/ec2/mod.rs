@@ -108,56 +108,87 @@ pub struct Ec2Backend {
 impl Ec2Backend {
     /// Connects and resolves the AMI (the newest match, when the builder gives a filter).
     pub async fn connect(name: &str, b: &Ec2Builder, dirs: &Dirs) -> Result<Ec2Backend> {
-        let client = client(b.region.as_deref(), b.endpoint.as_deref()).await;
-        let region = client
-            .config()
-            .region()
-            .map(|r| r.to_string())
-            .ok_or_else(|| {
-                Error::other(format!(
-                    "builder `{name}`: no AWS region (set `region` in the builder, AWS_REGION, or a profile)"
-                ))
-            })?;
-        let mut q = client
-            .describe_images()
-            .filters(filter("state", "available"))
-            .filters(filter(
-                "architecture",
-                match b.arch {
-                    Arch::Amd64 => "x86_64",
-                    Arch::Arm64 => "arm64",
-                },
-            ));
-        q = match &b.ami {
-            Ami::Id(id) => q.image_ids(id),
-            Ami::Newest { owner, name } => q.owners(owner).filters(filter("name", name)),
-        };
-        let images = q
-            .send()
-            .await
-            .map_err(|e| api_error(&format!("builder `{name}`: DescribeImages"), &e))?;
-        let newest = images
-            .images()
-            .iter()
-            .max_by(|a, b| a.creation_date().cmp(&b.creation_date()))
-            .ok_or_else(|| {
-                Error::other(format!(
-                    "builder `{name}`: no available {} image matches {:?} in {region}",
-                    b.arch.debian(),
-                    b.ami
-                ))
-            })?;
+        let r = resolve(name, b).await?;
         Ok(Ec2Backend {
-            ami: newest.image_id().unwrap_or_default().to_owned(),
-            root_device: newest.root_device_name().unwrap_or("/dev/xvda").to_owned(),
+            ami: r.ami,
+            root_device: r.root_device,
             limit: builder_limit(name, b.max_instances),
             name: name.to_owned(),
             builder: b.clone(),
-            region,
-            client,
+            region: r.region,
+            client: r.client,
             dirs: dirs.clone(),
         })
     }
+}
+
+/// A builder's client and image, resolved once per process: every target of a run shares
+/// them (one DescribeImages, not one per target) and sees the same AMI.
+#[derive(Clone)]
+pub struct Resolved {
+    pub client: Client,
+    pub region: String,
+    pub ami: String,
+    root_device: String,
+}
+
+pub async fn resolve(name: &str, b: &Ec2Builder) -> Result<Resolved> {
+    static CACHE: tokio::sync::Mutex<Option<HashMap<String, Resolved>>> =
+        tokio::sync::Mutex::const_new(None);
+    let key = format!("{name}\0{b:?}");
+    let mut cache = CACHE.lock().await;
+    if let Some(r) = cache.as_ref().and_then(|c| c.get(&key)) {
+        return Ok(r.clone());
+    }
+    let client = client(b.region.as_deref(), b.endpoint.as_deref()).await;
+    let region = client
+        .config()
+        .region()
+        .map(|r| r.to_string())
+        .ok_or_else(|| {
+            Error::other(format!(
+                "builder `{name}`: no AWS region (set `region` in the builder, AWS_REGION, or a profile)"
+            ))
+        })?;
+    let mut q = client
+        .describe_images()
+        .filters(filter("state", "available"))
+        .filters(filter(
+            "architecture",
+            match b.arch {
+                Arch::Amd64 => "x86_64",
+                Arch::Arm64 => "arm64",
+            },
+        ));
+    q = match &b.ami {
+        Ami::Id(id) => q.image_ids(id),
+        Ami::Newest { owner, name } => q.owners(owner).filters(filter("name", name)),
+    };
+    let images = q
+        .send()
+        .await
+        .map_err(|e| api_error(&format!("builder `{name}`: DescribeImages"), &e))?;
+    let newest = images
+        .images()
+        .iter()
+        .max_by(|a, b| a.creation_date().cmp(&b.creation_date()))
+        .ok_or_else(|| {
+            Error::other(format!(
+                "builder `{name}`: no available {} image matches {:?} in {region}",
+                b.arch.debian(),
+                b.ami
+            ))
+        })?;
+    let r = Resolved {
+        ami: newest.image_id().unwrap_or_default().to_owned(),
+        root_device: newest.root_device_name().unwrap_or("/dev/xvda").to_owned(),
+        region,
+        client,
+    };
+    cache
+        .get_or_insert_with(HashMap::new)
+        .insert(key, r.clone());
+    Ok(r)
 }
 
 /// One semaphore per builder for the whole process: `max_instances` caps a run, not a target.
