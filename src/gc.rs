@@ -43,7 +43,9 @@ pub async fn run(dirs: &Dirs, project: &Path, force: bool) -> Result<Report> {
             .unwrap_or_default()
             .to_string_lossy()
             .into_owned();
-        let (orphan, what) = match MachineRecord::read(&dir) {
+        let record = MachineRecord::read(&dir);
+        let cloud = record.as_ref().ok().and_then(|r| r.cloud.clone());
+        let (orphan, what) = match record {
             Ok(r) if r.orphaned() => (
                 true,
                 format!(
@@ -67,7 +69,6 @@ pub async fn run(dirs: &Dirs, project: &Path, force: bool) -> Result<Report> {
                 format!("machine {id} (no record)"),
             ),
         };
-        let cloud = MachineRecord::read(&dir).ok().and_then(|r| r.cloud);
         if let Some(c) = &cloud {
             clouds.push((c.region.clone(), c.endpoint.clone()));
             handled.extend(c.instance_id.clone());

@@ -105,7 +105,8 @@ pub async fn destroy(client: &Client, cloud: &CloudRecord, console: Option<&Path
     Ok(())
 }
 
-/// Live instances and groups carrying this `runner:machine` tag.
+/// Live instances and groups carrying this `runner:machine` tag (only the kinds asked for:
+/// each search is an API call).
 async fn by_machine_tag(
     client: &Client,
     tag: &str,
@@ -118,52 +119,48 @@ async fn by_machine_tag(
             .values(tag)
             .build()
     };
-    let (mut instances, mut groups) = (vec![], vec![]);
-    if !want_instances {
-        return groups_by_tag(client, by_tag(), want_groups)
+    let mut instances = vec![];
+    if want_instances {
+        let out = client
+            .describe_instances()
+            .filters(by_tag())
+            .filters(not_terminated())
+            .send()
             .await
-            .map(|g| (instances, g));
+            .map_err(|e| api_error("DescribeInstances", &e))?;
+        instances.extend(
+            out.reservations()
+                .iter()
+                .flat_map(|r| r.instances())
+                .filter_map(|i| i.instance_id().map(str::to_owned)),
+        );
     }
-    let out = client
-        .describe_instances()
-        .filters(by_tag())
-        .filters(
-            Filter::builder()
-                .name("instance-state-name")
-                .values("pending")
-                .values("running")
-                .values("stopping")
-                .values("stopped")
-                .build(),
-        )
-        .send()
-        .await
-        .map_err(|e| api_error("DescribeInstances", &e))?;
-    instances.extend(
-        out.reservations()
-            .iter()
-            .flat_map(|r| r.instances())
-            .filter_map(|i| i.instance_id().map(str::to_owned)),
-    );
-    groups.extend(groups_by_tag(client, by_tag(), want_groups).await?);
+    let mut groups = vec![];
+    if want_groups {
+        let out = client
+            .describe_security_groups()
+            .filters(by_tag())
+            .send()
+            .await
+            .map_err(|e| api_error("DescribeSecurityGroups", &e))?;
+        groups.extend(
+            out.security_groups()
+                .iter()
+                .filter_map(|g| g.group_id().map(str::to_owned)),
+        );
+    }
     Ok((instances, groups))
 }
 
-async fn groups_by_tag(client: &Client, filter: Filter, wanted: bool) -> Result<Vec<String>> {
-    if !wanted {
-        return Ok(vec![]);
-    }
-    let out = client
-        .describe_security_groups()
-        .filters(filter)
-        .send()
-        .await
-        .map_err(|e| api_error("DescribeSecurityGroups", &e))?;
-    Ok(out
-        .security_groups()
-        .iter()
-        .filter_map(|g| g.group_id().map(str::to_owned))
-        .collect())
+/// Instances that still exist (or may come back: a stopped one can be started).
+fn not_terminated() -> Filter {
+    Filter::builder()
+        .name("instance-state-name")
+        .values("pending")
+        .values("running")
+        .values("stopping")
+        .values("stopped")
+        .build()
 }
 
 async fn delete_group(client: &Client, group: &str) -> Result<()> {
@@ -248,15 +245,7 @@ pub async fn scan(client: &Client) -> Result<Vec<Tagged>> {
     let mut pages = client
         .describe_instances()
         .filters(Filter::builder().name("tag-key").values(TAG_RUN).build())
-        .filters(
-            Filter::builder()
-                .name("instance-state-name")
-                .values("pending")
-                .values("running")
-                .values("stopping")
-                .values("stopped")
-                .build(),
-        )
+        .filters(not_terminated())
         .into_paginator()
         .send();
     while let Some(page) = pages.next().await {
