@@ -22,6 +22,8 @@ const SCRIPT: &str = "/build/provision";
 
 /// Sized so a blocking producer rarely waits on the SSH writer.
 const PIPE: usize = 1 << 20;
+/// At most this much is read after a tar's end marker (GNU tar pads to 10 KiB records).
+const TAR_TAIL: u64 = 1 << 20;
 
 /// Streams the build context into [`SRC`] (replacing anything there).
 pub async fn sync_context(
@@ -118,8 +120,21 @@ pub async fn collect(
     let (w, r) = tokio::io::duplex(PIPE);
     let bridge = SyncIoBridge::new(r);
     let (dest_owned, limits) = (dest.to_owned(), *limits);
-    let consumer =
-        tokio::task::spawn_blocking(move || artifacts::unpack(bridge, &dest_owned, &limits));
+    let consumer = tokio::task::spawn_blocking(move || {
+        let mut bridge = bridge;
+        let unpacked = artifacts::unpack(&mut bridge, &dest_owned, &limits);
+        // tar pads its archive past the end-of-archive blocks (to a whole 10 KiB record).
+        // Reading stops at the end marker, so read that tail too, or the guest's tar can meet
+        // a broken pipe (a flaky "cannot write remote command output"). Bounded: a guest
+        // that keeps sending after the end gets its broken pipe.
+        if unpacked.is_ok() {
+            let _ = std::io::copy(
+                &mut std::io::Read::take(&mut bridge, TAR_TAIL),
+                &mut std::io::sink(),
+            );
+        }
+        unpacked
+    });
     let cmd = format!("cd {OUT} && tar --null --no-recursion -T - -c -f -");
     let status = session
         .exec(&cmd, Some(Cursor::new(list)), w, log.clone())

@@ -297,23 +297,26 @@ impl ArtifactStore for S3Store {
             r = upload => r,
             _ = how.cancel.cancelled() => Err(Error::Cancelled),
         };
-        if result.is_ok() {
-            entry.finish();
-            return result;
-        }
+        let cause = match result {
+            Ok(out) => {
+                entry.finish();
+                return Ok(out);
+            }
+            Err(e) => e,
+        };
         let open = up.open.lock().unwrap().clone();
         match self.clean(&prefix, &open).await {
             Ok(()) => {
                 entry.finish();
-                result
+                Err(cause)
             }
+            // The journal entry stays: it is what `runner gc` finishes from.
             Err(e) => Err(Error::other(format!(
                 "{}; cleaning up `s3://{}/{prefix}` also failed ({e}); it is recorded in `{}` and \
                  `runner gc --force` finishes the cleanup once the store is reachable",
-                match result {
-                    Err(Error::Cancelled) => "cancelled".to_owned(),
-                    Err(e) => crate::error::chain(&e),
-                    Ok(_) => unreachable!(),
+                match &cause {
+                    Error::Cancelled => "cancelled".to_owned(),
+                    other => crate::error::chain(other),
                 },
                 self.url.bucket,
                 entry.path().display()
