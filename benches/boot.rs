@@ -9,10 +9,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use runner::config::Builder;
-use runner::launch::{self, Env};
-use runner::machine::accel::AccelChoice;
+use runner::machine::{self, AccelChoice, MachineSpec, Machines, Report, Settings};
 use runner::paths::Dirs;
-use runner::signals::Shutdown;
 
 fn main() {
     let runs: usize = std::env::var("BENCH_RUNS")
@@ -25,21 +23,23 @@ fn main() {
         .unwrap_or_else(|| std::env::temp_dir().join("runner-bench"));
     std::fs::create_dir_all(&bench_dir).unwrap();
     let state = tempfile::tempdir().unwrap();
-    let env = Env {
-        project: repo.clone(),
-        dirs: Dirs::resolve(
-            std::env::var_os("RUNNER_CACHE_DIR").map(PathBuf::from),
-            Some(state.path().into()),
-        ),
-        accel: AccelChoice::Tcg,
-        bake: Default::default(),
-        shutdown: Shutdown::never(),
-    };
+    let dirs = Dirs::resolve(
+        std::env::var_os("RUNNER_CACHE_DIR").map(PathBuf::from),
+        Some(state.path().into()),
+    );
+    let machines = Machines::new(
+        &dirs,
+        Settings {
+            accel: AccelChoice::Tcg,
+            ..Default::default()
+        },
+    );
     let rt = tokio::runtime::Runtime::new().unwrap();
     let builder = Builder::find(&repo, "bookworm-amd64").unwrap();
-    let (backend, _) = rt
-        .block_on(launch::backend(&env, &builder))
+    let backend = machines.backend(&builder);
+    rt.block_on(backend.prepare(&Report::Lines))
         .expect("runner image");
+    let cancel = Default::default();
     let stock = stock_image(&repo, &bench_dir);
 
     let mut ours = vec![];
@@ -48,10 +48,10 @@ fn main() {
         // Interleaved, so drift in machine load hits both sides alike.
         let t = Instant::now();
         let lease = rt
-            .block_on(launch::lease(
-                &env,
+            .block_on(machine::lease(
                 backend.as_ref(),
-                &launch::spec(&builder, "bench"),
+                &MachineSpec::of(&builder, "bench"),
+                &cancel,
             ))
             .expect("runner machine");
         let ready = t.elapsed();
@@ -94,8 +94,10 @@ fn stock_image(repo: &Path, bench: &Path) -> Stock {
     }
     if !dir.join("base.qcow2").exists() {
         eprintln!("baking the stock baseline image (once) ...");
-        let mirror =
-            runner::image::mirror::resolve(std::env::var("RUNNER_MIRROR").ok().as_deref()).unwrap();
+        let mirror = runner::machine::qemu::image::mirror::resolve(
+            std::env::var("RUNNER_MIRROR").ok().as_deref(),
+        )
+        .unwrap();
         run(Command::new("bash")
             .arg(repo.join("benches/stock-image.sh"))
             .arg(&mirror)

@@ -7,8 +7,9 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use runner::config::BackendConfig;
 use runner::config::Builder;
-use runner::image::{Cache, Recipe};
+use runner::machine::qemu::image::{Cache, Recipe};
 use runner::paths::Dirs;
 
 const SCRIPT: &str = "#!/bin/sh\nset -e\nls -R . > \"$RUNNER_OUT/listing.txt\"\necho built > \"$RUNNER_OUT/result.txt\"\n";
@@ -60,8 +61,11 @@ fn main() {
             .success()
     );
     let builder = Builder::find(proj.path(), "bookworm-amd64").unwrap();
+    let BackendConfig::Qemu(q) = &builder.backend else {
+        unreachable!("a QEMU builder")
+    };
     let image = Cache::new(&dirs)
-        .lookup(&Recipe::of(builder.qemu().unwrap()).digest())
+        .lookup(&Recipe::of(q).digest())
         .expect("baked image");
 
     let (mut ours, mut bare) = (vec![], vec![]);

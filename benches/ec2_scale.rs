@@ -13,9 +13,9 @@ mod moto;
 use std::time::{Duration, Instant};
 
 use runner::config::Builder;
-use runner::keys::GuestKeys;
-use runner::machine::ec2::{Ec2Backend, cleanup};
-use runner::machine::{Backend, MachineSpec};
+use runner::guest::GuestKeys;
+use runner::machine::ec2::cleanup;
+use runner::machine::{MachineSpec, Machines, Report, Settings};
 use runner::paths::Dirs;
 
 fn main() {
@@ -42,9 +42,7 @@ fn main() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let dirs = Dirs::resolve(None, Some(work.path().join("state")));
     let builder = Builder::find(work.path(), "scale").unwrap();
-    let runner::config::Backend::Ec2(ec2) = &builder.backend else {
-        unreachable!()
-    };
+    let machines = Machines::new(&dirs, Settings::default());
 
     // Baseline: the two calls a launch cannot do without, for n instances at once.
     let t = Instant::now();
@@ -87,18 +85,17 @@ fn main() {
 
     let t = Instant::now();
     let runner_calls = rt.block_on(async {
-        let backend = std::sync::Arc::new(Ec2Backend::connect("scale", ec2, &dirs).await.unwrap());
+        let backend = machines.backend(&builder);
+        backend.prepare(&Report::Lines).await.unwrap();
         let before = cleanup::api_calls();
         futures_join(n, |i| {
             let backend = backend.clone();
+            let spec = MachineSpec {
+                boot_timeout: Duration::from_secs(600),
+                ..MachineSpec::of(&builder, &format!("t{i:03}"))
+            };
             async move {
                 let keys = GuestKeys::generate().unwrap();
-                let spec = MachineSpec {
-                    label: format!("t{i:03}"),
-                    vcpus: 0,
-                    memory_mib: 0,
-                    boot_timeout: Duration::from_secs(600),
-                };
                 let mut m = backend.launch(&spec, &keys).await.unwrap();
                 m.teardown(false).await.unwrap();
             }

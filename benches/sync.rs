@@ -11,13 +11,10 @@ use std::time::Instant;
 
 use runner::config::Builder;
 use runner::context::{Context, ContextOptions};
-use runner::guest;
-use runner::keys::openssh_public;
-use runner::launch::{self, Env};
+use runner::guest::keys::openssh_public;
 use runner::logs::LogSink;
-use runner::machine::accel::AccelChoice;
+use runner::machine::{self, AccelChoice, MachineSpec, Machines, Report, Settings};
 use runner::paths::Dirs;
-use runner::signals::Shutdown;
 
 fn main() {
     let mib: usize = env_or("BENCH_MIB", 128);
@@ -37,24 +34,26 @@ fn main() {
     let tree = work.path().join("tree");
     source_tree(&tree, 4000);
 
-    let env = Env {
-        project: repo.clone(),
-        dirs: Dirs::resolve(
-            std::env::var_os("RUNNER_CACHE_DIR").map(PathBuf::from),
-            Some(work.path().join("state")),
-        ),
-        accel: AccelChoice::Tcg,
-        bake: Default::default(),
-        shutdown: Shutdown::never(),
-    };
+    let dirs = Dirs::resolve(
+        std::env::var_os("RUNNER_CACHE_DIR").map(PathBuf::from),
+        Some(work.path().join("state")),
+    );
+    let machines = Machines::new(
+        &dirs,
+        Settings {
+            accel: AccelChoice::Tcg,
+            ..Default::default()
+        },
+    );
     let rt = tokio::runtime::Runtime::new().unwrap();
     let builder = Builder::find(&repo, "bookworm-amd64").unwrap();
-    let (backend, _) = rt.block_on(launch::backend(&env, &builder)).unwrap();
+    let backend = machines.backend(&builder);
+    rt.block_on(backend.prepare(&Report::Lines)).unwrap();
     let lease = rt
-        .block_on(launch::lease(
-            &env,
+        .block_on(machine::lease(
             backend.as_ref(),
-            &launch::spec(&builder, "bench-sync"),
+            &MachineSpec::of(&builder, "bench-sync"),
+            &Default::default(),
         ))
         .unwrap();
 
@@ -98,8 +97,7 @@ fn main() {
         let (mut ours, mut theirs) = (f64::MAX, f64::MAX);
         for _ in 0..runs {
             let t = Instant::now();
-            rt.block_on(guest::sync_context(&lease.session, ctx.clone(), 0, &log))
-                .unwrap();
+            rt.block_on(lease.guest.sync(ctx.clone(), 0, &log)).unwrap();
             ours = ours.min(t.elapsed().as_secs_f64());
             let t = Instant::now();
             openssh_tar(dir, &key, &known, ep.port);

@@ -1,11 +1,15 @@
 //! The crate's error type. Every variant carries the context a user needs to act on it
-//! (which file, which machine, which log), and `main` prints the whole cause chain.
+//! (which file, which machine, which log), keeps the error underneath as its `source()`, and
+//! `main` prints the whole cause chain.
 
 use std::path::PathBuf;
 
 use crate::config::ConfigError;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// An error from another library, kept whole as a source.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -26,6 +30,47 @@ pub enum Error {
         source: russh::Error,
     },
 
+    /// An AWS API call failed. `code` is the service's error code when it answered one
+    /// (`NoSuchBucket`, `InsufficientInstanceCapacity`): callers classify by it, never by text.
+    #[error("{context} failed: {summary}")]
+    Aws {
+        context: String,
+        code: Option<String>,
+        /// One line: `code: message`, or the transport's account (connection refused, timeout).
+        summary: String,
+        #[source]
+        source: BoxError,
+    },
+
+    #[error("{context}")]
+    Key {
+        context: &'static str,
+        #[source]
+        source: russh::keys::ssh_key::Error,
+    },
+
+    /// A download from a store broke off mid-stream.
+    #[error("download of `{uri}` broke off")]
+    Download {
+        uri: String,
+        #[source]
+        source: BoxError,
+    },
+
+    /// A publish failed and so did removing what it had put; the journal entry stays.
+    #[error(
+        "{cause}; cleaning up `{location}` also failed; it is recorded in `{}` and \
+         `runner gc --force` finishes the cleanup once the store is reachable",
+        journal.display()
+    )]
+    CleanupFailed {
+        cause: String,
+        location: String,
+        journal: PathBuf,
+        #[source]
+        source: Box<Error>,
+    },
+
     /// The guest answered with a host key other than the one runner generated for it.
     /// Never retried: it means something else is listening on the machine's port.
     #[error(
@@ -37,6 +82,9 @@ pub enum Error {
         presented: String,
     },
 
+    #[error("{machine} refused runner's key for user `{user}`")]
+    HostRefusedKey { machine: String, user: String },
+
     #[error("{machine} did not accept SSH within {secs}s (console log: {})", console.display())]
     BootTimeout {
         machine: String,
@@ -44,9 +92,10 @@ pub enum Error {
         console: PathBuf,
     },
 
-    #[error("{machine} exited during boot ({status}); console log {}:\n{tail}", console.display())]
+    #[error("{machine} {status}; console log {}:\n{tail}", console.display())]
     MachineDied {
         machine: String,
+        /// What ended it, e.g. "exited during boot (exit status: 1)".
         status: String,
         console: PathBuf,
         tail: String,
@@ -59,6 +108,27 @@ pub enum Error {
         log: PathBuf,
     },
 
+    /// What the guest sent back was refused (hostile tar entry, over a limit, not asked for).
+    #[error("{0}")]
+    ArtifactRefused(String),
+
+    /// A remote command of the guest contract failed (unpacking the context, packing
+    /// artifacts): the guest is not in the state the contract promises.
+    #[error("{what} in the guest failed ({status})")]
+    Guest { what: String, status: String },
+
+    /// A file runner reads (a manifest, a record) is unreadable or not what it should be.
+    #[error("`{}`: {problem}", path.display())]
+    BadFile { path: PathBuf, problem: String },
+
+    /// A background task died (a panic in a blocking reader or writer).
+    #[error("{what} failed: {source}")]
+    Task {
+        what: &'static str,
+        #[source]
+        source: tokio::task::JoinError,
+    },
+
     #[error("cancelled")]
     Cancelled,
 
@@ -69,6 +139,14 @@ pub enum Error {
 impl Error {
     pub fn other(msg: impl Into<String>) -> Self {
         Error::Other(msg.into())
+    }
+
+    /// The AWS service error code, if this is an AWS error that carries one.
+    pub fn aws_code(&self) -> Option<&str> {
+        match self {
+            Error::Aws { code, .. } => code.as_deref(),
+            _ => None,
+        }
     }
 }
 
@@ -84,6 +162,11 @@ impl<T> IoContext<T> for std::result::Result<T, std::io::Error> {
             source,
         })
     }
+}
+
+/// Awaits a blocking task; a panic inside it becomes [`Error::Task`].
+pub async fn joined<T>(what: &'static str, task: tokio::task::JoinHandle<Result<T>>) -> Result<T> {
+    task.await.map_err(|source| Error::Task { what, source })?
 }
 
 /// Formats an error with every `source()` below it, one per line, as `main` prints it.

@@ -74,6 +74,27 @@ impl Outcome {
     }
 }
 
+/// Why a target failed (or was cancelled), as data: the summary and tooling read this
+/// instead of parsing the error text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureKind {
+    /// The provision script exited non-zero (see `exit_code`).
+    Script,
+    /// The target's deadline passed.
+    Timeout,
+    /// The machine stopped by itself (powered off, panicked, its hypervisor was killed).
+    MachineDied,
+    /// Ctrl-C / SIGTERM.
+    Cancelled,
+    /// What the guest sent back was refused (hostile, over a limit, not asked for).
+    ArtifactRefused,
+    /// A bug: the target's task panicked. Its machine was still torn down.
+    Panic,
+    /// Anything else: configuration, the store, the network, the host.
+    Error,
+}
+
 /// The final record of one target, shown in the summary and sent as the last event.
 #[derive(Debug, Clone, Serialize)]
 pub struct TargetResult {
@@ -87,6 +108,8 @@ pub struct TargetResult {
     pub log: PathBuf,
     /// The provision script's exit code, when it ran and failed.
     pub exit_code: Option<i32>,
+    /// Why it did not succeed; `None` when it did (or was skipped).
+    pub failure: Option<FailureKind>,
     /// What went wrong: target, phase, cause, exit code, log path, the log's last lines.
     pub error: Option<String>,
     /// sha256 digest of the build context as sent (see `context::Context::digest`).

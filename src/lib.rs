@@ -1,28 +1,30 @@
 //! runner: disposable build VMs. `main.rs` only calls [`cli::main`].
+//!
+//! Layout: `cli` parses and dispatches to `commands` (one module per subcommand); `run` is a
+//! run of many targets (dispatch, one target, its phases); `guest` is the contract with a
+//! build machine (SSH, keys, sync/provision/collect); `machine` is where machines come from
+//! (the backend trait, the factory, QEMU and EC2); `store`, `context`, `artifacts` and
+//! `manifest` are what goes in and comes out; `events` and `progress` report it.
 
 pub mod artifacts;
-pub mod build;
+mod aws;
 pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod context;
+pub mod digest;
 pub mod error;
 pub mod events;
-pub mod gc;
 pub mod guest;
-pub mod image;
-pub mod keys;
-pub mod launch;
+pub mod host;
+pub mod leftovers;
 pub mod logs;
 pub mod machine;
 pub mod manifest;
-pub mod orchestrator;
 pub mod paths;
-pub mod pipeline;
 pub mod progress;
-pub mod reproduce;
+pub mod run;
 pub mod signals;
-pub mod ssh;
 pub mod store;
-pub mod vm;
 
 pub use error::{Error, Result};

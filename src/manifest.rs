@@ -12,10 +12,10 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
+pub use crate::digest::sha256_hex;
 use crate::error::{Error, IoContext, Result};
-use crate::image::Recipe;
+use crate::machine::Origin;
 
 pub const SCHEMA: u32 = 1;
 pub const FILE: &str = "manifest.json";
@@ -48,55 +48,6 @@ pub struct BuilderRecord {
     pub name: String,
     pub recipe: Origin,
     pub recipe_digest: String,
-}
-
-/// Where a build's machine came from: a recipe runner bakes, or an EC2 image definition
-/// (whose resolved AMI id is the manifest's base image).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(untagged)]
-pub enum Origin {
-    Image(Recipe),
-    Ec2(Ec2Origin),
-}
-
-/// What of an EC2 builder determines the build environment (not instance types or networks).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct Ec2Origin {
-    pub backend: String,
-    /// As the builder asks for it (an id, or owner + name filter).
-    pub ami: serde_json::Value,
-    /// What that resolved to for this build: a newer match is a different build environment.
-    pub image: String,
-    pub arch: crate::config::Arch,
-}
-
-impl Origin {
-    /// `image`: the resolved AMI id, for EC2 builders (see `launch::origin`).
-    pub fn of(builder: &crate::config::Builder, image: Option<&str>) -> Origin {
-        match &builder.backend {
-            crate::config::Backend::Qemu(q) => Origin::Image(Recipe::of(q)),
-            crate::config::Backend::Ec2(e) => Origin::Ec2(Ec2Origin {
-                backend: "ec2".into(),
-                ami: serde_json::to_value(&e.ami).expect("AMI serializes"),
-                image: image.unwrap_or_default().to_owned(),
-                arch: e.arch,
-            }),
-        }
-    }
-
-    pub fn digest(&self) -> String {
-        match self {
-            Origin::Image(r) => r.digest(),
-            Origin::Ec2(e) => sha256_hex(
-                &[
-                    b"runner-ec2-v1\0".as_slice(),
-                    &serde_json::to_vec(e).expect("origin serializes"),
-                ]
-                .concat(),
-            ),
-        }
-    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -151,36 +102,91 @@ pub fn build_id(inputs_digest: &str, started_unix: u64) -> String {
     )
 }
 
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
+/// What a build is, known before any machine exists: everything a manifest records but
+/// its artifacts and its end.
+pub struct Build<'a> {
+    pub target: &'a str,
+    pub builder: &'a str,
+    pub origin: &'a Origin,
+    pub context_digest: &'a str,
+    pub context_excludes: &'a [String],
+    pub script_name: &'a str,
+    pub script: &'a [u8],
+    pub globs: &'a [String],
+    pub env: &'a BTreeMap<String, String>,
+    pub epoch: u64,
+    pub started_unix: u64,
+}
+
+impl Build<'_> {
+    /// The digest that decides cache hits: see [`Inputs`].
+    pub fn inputs_digest(&self) -> String {
+        Inputs {
+            recipe_digest: &self.origin.digest(),
+            context_digest: self.context_digest,
+            script_sha256: &sha256_hex(self.script),
+            env: self.env,
+            epoch: self.epoch,
+            globs: self.globs,
+        }
+        .digest()
+    }
 }
 
 impl Manifest {
+    /// The manifest of a finished build: `build`, the base image its machine booted (a sha256,
+    /// an AMI id), and the artifacts it produced.
+    pub fn new(build: &Build<'_>, base_image: &str, artifacts: Vec<ArtifactRecord>) -> Manifest {
+        let recipe_digest = build.origin.digest();
+        let sha256 = sha256_hex(build.script);
+        Manifest {
+            schema: SCHEMA,
+            runner_version: env!("CARGO_PKG_VERSION").to_owned(),
+            target: build.target.to_owned(),
+            builder: BuilderRecord {
+                name: build.builder.to_owned(),
+                recipe: build.origin.clone(),
+                recipe_digest: recipe_digest.clone(),
+            },
+            base_image_sha256: base_image.to_owned(),
+            context_digest: build.context_digest.to_owned(),
+            context_excludes: build.context_excludes.to_vec(),
+            inputs_digest: build.inputs_digest(),
+            script: ScriptRecord {
+                name: build.script_name.to_owned(),
+                sha256,
+                content: String::from_utf8_lossy(build.script).into_owned(),
+            },
+            artifact_globs: build.globs.to_vec(),
+            env: build.env.clone(),
+            source_date_epoch: build.epoch,
+            started_unix: build.started_unix,
+            finished_unix: crate::host::now_unix(),
+            artifacts,
+        }
+    }
+
     /// Reads a manifest, refusing schema versions this runner does not know before looking
     /// at anything else (a newer schema may mean something else by the same fields).
     pub fn read(path: &Path) -> Result<Manifest> {
         let bytes =
             std::fs::read(path).ctx(|| format!("cannot read manifest `{}`", path.display()))?;
-        let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
-            Error::other(format!("`{}` is not a JSON manifest: {e}", path.display()))
-        })?;
+        let bad = |problem: String| Error::BadFile {
+            path: path.to_owned(),
+            problem,
+        };
+        let value: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|e| bad(format!("not a JSON manifest: {e}")))?;
         match value.get("schema").and_then(|v| v.as_u64()) {
             Some(v) if v == SCHEMA as u64 => {}
             Some(v) => {
-                return Err(Error::other(format!(
-                    "manifest `{}` has schema version {v}; this runner reads version {SCHEMA}",
-                    path.display()
+                return Err(bad(format!(
+                    "manifest schema version {v}; this runner reads version {SCHEMA}"
                 )));
             }
-            None => {
-                return Err(Error::other(format!(
-                    "`{}` has no manifest schema version",
-                    path.display()
-                )));
-            }
+            None => return Err(bad("no manifest schema version".into())),
         }
-        serde_json::from_value(value)
-            .map_err(|e| Error::other(format!("invalid manifest `{}`: {e}", path.display())))
+        serde_json::from_value(value).map_err(|e| bad(format!("invalid manifest: {e}")))
     }
 
     pub fn to_json(&self) -> Vec<u8> {

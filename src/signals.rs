@@ -1,5 +1,6 @@
 //! Ctrl-C and SIGTERM, nextest-style: the first signal cancels gracefully (every machine is
-//! torn down in order); a second one forces: kill every machine's process group now and exit.
+//! torn down in order); a second one forces: every machine the run's registry knows is
+//! killed now, and the process exits.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI32, Ordering};
@@ -7,7 +8,7 @@ use std::sync::atomic::{AtomicI32, Ordering};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
-use crate::machine::registry;
+use crate::machine::Registry;
 
 #[derive(Clone)]
 pub struct Shutdown {
@@ -24,8 +25,9 @@ impl Shutdown {
         }
     }
 
-    /// Starts listening; must be called inside the runtime.
-    pub fn install() -> std::io::Result<Shutdown> {
+    /// Starts listening; must be called inside the runtime. `machines` is what a second
+    /// signal kills.
+    pub fn install(machines: Arc<Registry>) -> std::io::Result<Shutdown> {
         let me = Shutdown::never();
         let mut int = signal(SignalKind::interrupt())?;
         let mut term = signal(SignalKind::terminate())?;
@@ -45,9 +47,9 @@ impl Shutdown {
                 } else {
                     eprintln!(
                         "runner: forced exit, killing {} machine(s)",
-                        registry::count()
+                        machines.count()
                     );
-                    registry::kill_all();
+                    machines.kill_all();
                     std::process::exit(128 + n);
                 }
             }

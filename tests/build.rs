@@ -30,15 +30,13 @@ fn example(name: &str) -> (tempfile::TempDir, PathBuf) {
 
 /// A project using the repository's bookworm-amd64 builder, with `runner.toml` and scripts.
 fn project(toml: &str, scripts: &[(&str, &str)]) -> tempfile::TempDir {
-    let dir = project_with(&[(
-        "bookworm-amd64",
-        &std::fs::read_to_string(repo().join("builders/bookworm-amd64.toml")).unwrap(),
-    )]);
-    std::fs::write(dir.path().join("runner.toml"), toml).unwrap();
-    for (name, text) in scripts {
-        std::fs::write(dir.path().join(name), text).unwrap();
-    }
-    dir
+    scripts
+        .iter()
+        .fold(
+            Project::new().repo_builder("bookworm-amd64").toml(toml),
+            |p, (n, t)| p.file(n, t),
+        )
+        .done()
 }
 
 fn json_events(out: &std::process::Output) -> Vec<Value> {

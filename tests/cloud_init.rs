@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::*;
-use runner::keys::{GuestKeys, openssh_public};
+use runner::guest::keys::{GuestKeys, openssh_public};
 use runner::machine::ec2::userdata;
 
 /// Long enough to boot systemd + cloud-init under software emulation and log in.
@@ -28,8 +28,10 @@ fn cloud_image() -> PathBuf {
     let lock = std::fs::File::create(image_cache().join("cloud-image.lock")).unwrap();
     let _held = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive).unwrap();
     if !out.join("base.qcow2").exists() {
-        let mirror =
-            runner::image::mirror::resolve(std::env::var("RUNNER_MIRROR").ok().as_deref()).unwrap();
+        let mirror = runner::machine::qemu::image::mirror::resolve(
+            std::env::var("RUNNER_MIRROR").ok().as_deref(),
+        )
+        .unwrap();
         let status = Command::new(&script)
             .arg(&mirror)
             .arg(&out)

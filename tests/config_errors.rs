@@ -170,3 +170,36 @@ fn a_missing_builder_is_named() {
     );
     assert!(!world.machines().exists());
 }
+
+/// A target's `vcpus`/`memory` go through its builder's own checks; on an EC2 builder (whose
+/// instance type decides them) they are refused, never silently ignored.
+#[test]
+fn target_overrides_are_checked_by_their_builder() {
+    const EC2: &str = "backend = \"ec2\"\nami = \"ami-1\"\ninstance_types = [\"t3.micro\"]\nsecurity_group = \"sg-1\"\n";
+    let cases = [
+        ("good", "memory = \"64M\"", "memory", "outside 128M..=256G"),
+        ("good", "vcpus = 0", "vcpus", "between 1 and 64"),
+        ("cloud", "vcpus = 4", "vcpus", "runs on EC2"),
+        ("cloud", "memory = \"8G\"", "memory", "runs on EC2"),
+    ];
+    for (builder, line, key, fragment) in cases {
+        let project = Project::new()
+            .builder("good", GOOD)
+            .builder("cloud", EC2)
+            .file("build.sh", "#!/bin/sh\n")
+            .toml(&format!(
+                "[target.t]\nbuilder = \"{builder}\"\nscript = \"build.sh\"\n{line}\n"
+            ))
+            .done();
+        let world = World::with_project(project.path().to_owned());
+        let out = world.run(&["check"]);
+        let err = stderr(&out);
+        assert!(!out.status.success(), "{line} should be refused");
+        assert!(err.contains("runner.toml:4:"), "{line}: no line in {err}");
+        assert!(
+            err.contains(&format!("key `{key}`")),
+            "{line}: no key in {err}"
+        );
+        assert!(err.contains(fragment), "{line}: no `{fragment}` in {err}");
+    }
+}

@@ -21,16 +21,17 @@ fn project(
     targets: &[&str],
     target_extra: &str,
 ) -> tempfile::TempDir {
-    let dir = project_with(&[("cloud", &moto.builder(builder_extra))]);
-    std::fs::write(dir.path().join("build.sh"), "#!/bin/sh\ntrue\n").unwrap();
-    let mut toml = String::new();
-    for t in targets {
-        toml.push_str(&format!(
-            "[target.{t}]\nbuilder = \"cloud\"\nscript = \"build.sh\"\n{target_extra}\n"
-        ));
-    }
-    std::fs::write(dir.path().join("runner.toml"), toml).unwrap();
-    dir
+    let toml: String = targets
+        .iter()
+        .map(|t| {
+            format!("[target.{t}]\nbuilder = \"cloud\"\nscript = \"build.sh\"\n{target_extra}\n")
+        })
+        .collect();
+    Project::new()
+        .builder("cloud", &moto.builder(builder_extra))
+        .file("build.sh", "#!/bin/sh\ntrue\n")
+        .toml(&toml)
+        .done()
 }
 
 fn cmd(world: &World, moto: &Moto) -> Command {

@@ -6,36 +6,31 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
+use runner::Error;
 use runner::config::Builder;
-use runner::keys::GuestKeys;
-use runner::launch::{self, Env};
-use runner::machine::accel::AccelChoice;
+use runner::guest::ExitStatus;
+use runner::guest::keys::{GuestKeys, fingerprint};
+use runner::machine::{MachineSpec, Machines, Report, Settings};
 use runner::paths::Dirs;
-use runner::signals::Shutdown;
-use runner::{Error, ssh};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_guest_with_another_host_key_is_refused() {
     let world = World::new();
-    let env = Env {
-        project: repo(),
-        dirs: Dirs::resolve(Some(image_cache()), Some(world.state.path().to_owned())),
-        accel: AccelChoice::Auto,
-        bake: Default::default(),
-        shutdown: Shutdown::never(),
-    };
-    let builder = Builder::find(&env.project, "bookworm-amd64").unwrap();
-    let (backend, _) = launch::backend(&env, &builder).await.unwrap();
+    let dirs = Dirs::resolve(Some(image_cache()), Some(world.state.path().to_owned()));
+    let machines = Machines::new(&dirs, Settings::default());
+    let builder = Builder::find(&repo(), "bookworm-amd64").unwrap();
+    let backend = machines.backend(&builder);
+    backend.prepare(&Report::Lines).await.unwrap();
 
     // The guest is given one host key; the client pins another.
     let seeded = GuestKeys::generate().unwrap();
     let pinned = GuestKeys::generate().unwrap();
     let mut machine = backend
-        .launch(&launch::spec(&builder, "impostor"), &seeded)
+        .launch(&MachineSpec::of(&builder, "impostor"), &seeded)
         .await
         .unwrap();
     let started = Instant::now();
-    let result = ssh::wait_ready(&mut machine, &pinned).await;
+    let result = machine.connect(&pinned).await;
     machine.teardown(false).await.unwrap();
 
     match result {
@@ -45,8 +40,8 @@ async fn a_guest_with_another_host_key_is_refused() {
             ..
         }) => {
             assert_ne!(expected, presented);
-            assert_eq!(expected, runner::keys::fingerprint(pinned.host_public()));
-            assert_eq!(presented, runner::keys::fingerprint(seeded.host_public()));
+            assert_eq!(expected, fingerprint(pinned.host_public()));
+            assert_eq!(presented, fingerprint(seeded.host_public()));
         }
         Err(e) => panic!("expected a host key mismatch, got: {e}"),
         Ok(_) => panic!("connected to a guest with the wrong host key"),
@@ -58,14 +53,21 @@ async fn a_guest_with_another_host_key_is_refused() {
 
     // With the right pin the same kind of machine is reachable: the refusal above was the key.
     let mut machine = backend
-        .launch(&launch::spec(&builder, "genuine"), &seeded)
+        .launch(&MachineSpec::of(&builder, "genuine"), &seeded)
         .await
         .unwrap();
-    let session = ssh::wait_ready(&mut machine, &seeded)
+    let guest = machine.connect(&seeded).await.expect("pinned key accepted");
+    let status = guest
+        .exec(
+            "test \"$(echo ok)\" = ok",
+            None,
+            Box::new(tokio::io::sink()),
+            Box::new(tokio::io::sink()),
+        )
         .await
-        .expect("pinned key accepted");
-    assert_eq!(session.output("echo ok").await.unwrap(), b"ok\n");
-    session.close().await;
+        .unwrap();
+    assert_eq!(status, ExitStatus::Code(0));
+    guest.close().await;
     machine.teardown(false).await.unwrap();
     world.assert_clean();
 }

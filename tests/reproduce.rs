@@ -9,19 +9,12 @@ use serde_json::Value;
 
 /// A project with the repository's bookworm-amd64 builder, a context dir `src`, and a script.
 fn project(script: &str, extra_target_lines: &str) -> tempfile::TempDir {
-    let dir = project_with(&[(
-        "bookworm-amd64",
-        &std::fs::read_to_string(repo().join("builders/bookworm-amd64.toml")).unwrap(),
-    )]);
-    std::fs::create_dir_all(dir.path().join("src")).unwrap();
-    std::fs::write(dir.path().join("src/input.txt"), "hello\n").unwrap();
-    std::fs::write(dir.path().join("build.sh"), script).unwrap();
-    std::fs::write(
-        dir.path().join("runner.toml"),
-        format!("[target.t]\nbuilder = \"bookworm-amd64\"\nscript = \"build.sh\"\ncontext = \"src\"\n{extra_target_lines}"),
-    )
-    .unwrap();
-    dir
+    Project::new()
+        .repo_builder("bookworm-amd64")
+        .file("src/input.txt", "hello\n")
+        .file("build.sh", script)
+        .toml(&format!("[target.t]\nbuilder = \"bookworm-amd64\"\nscript = \"build.sh\"\ncontext = \"src\"\n{extra_target_lines}"))
+        .done()
 }
 
 const STABLE: &str = "#!/bin/sh\nset -e\ntr a-z A-Z < input.txt > \"$RUNNER_OUT/upper.txt\"\necho \"epoch $SOURCE_DATE_EPOCH\" > \"$RUNNER_OUT/epoch.txt\"\n";

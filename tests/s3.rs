@@ -18,20 +18,14 @@ use common::*;
 use garage::{BUCKET, Garage, KEY, SECRET};
 
 fn project(endpoint: &str, script: &str) -> tempfile::TempDir {
-    let dir = project_with(&[(
-        "bookworm-amd64",
-        &std::fs::read_to_string(repo().join("builders/bookworm-amd64.toml")).unwrap(),
-    )]);
-    std::fs::write(dir.path().join("build.sh"), script).unwrap();
-    std::fs::write(
-        dir.path().join("runner.toml"),
-        format!(
+    Project::new()
+        .repo_builder("bookworm-amd64")
+        .file("build.sh", script)
+        .toml(&format!(
             "[store]\nendpoint = \"{endpoint}\"\nregion = \"us-east-1\"\npath_style = true\n\n\
              [target.t]\nbuilder = \"bookworm-amd64\"\nscript = \"build.sh\"\n"
-        ),
-    )
-    .unwrap();
-    dir
+        ))
+        .done()
 }
 
 /// Credentials the AWS way (environment), and nothing from the host's own AWS setup.
@@ -241,6 +235,41 @@ fn upload_publishes_artifacts_then_manifest_and_a_rebuild_is_a_cache_hit() {
         server.get(&big_key.0)
     );
 
+    // More older builds of the same inputs than one listing page holds, all sorting before
+    // this one and none complete: `artifacts ls` and the cache hit below still find it.
+    let build = manifest_key.rsplit('/').nth(1).unwrap().to_owned();
+    let inputs = build.split('-').next().unwrap().to_owned();
+    server.block_on(async {
+        let limit = std::sync::Arc::new(tokio::sync::Semaphore::new(32));
+        let mut puts = tokio::task::JoinSet::new();
+        for n in 0..1100u64 {
+            let (c, permit) = (c.clone(), limit.clone().acquire_owned().await.unwrap());
+            let key = format!("releases/t/{inputs}-{}/manifest.json", 1_000_000_000 + n);
+            puts.spawn(async move {
+                let _permit = permit;
+                c.put_object()
+                    .bucket(BUCKET)
+                    .key(key)
+                    .body(aws_sdk_s3::primitives::ByteStream::from_static(b"{}"))
+                    .send()
+                    .await
+                    .unwrap();
+            });
+        }
+        while puts.join_next().await.is_some() {}
+    });
+    let ls = run_with(
+        &world,
+        SECRET,
+        &["artifacts", "ls", "t", "--upload", "s3://bucket/releases"],
+    );
+    assert_eq!(ls.status.code(), Some(0));
+    assert!(
+        stdout(&ls).contains(&format!("build {build}")),
+        "{}",
+        stdout(&ls)
+    );
+
     let again = run_with(&world, SECRET, &args);
     assert_eq!(again.status.code(), Some(0));
     assert!(
@@ -250,6 +279,46 @@ fn upload_publishes_artifacts_then_manifest_and_a_rebuild_is_a_cache_hit() {
     );
     assert_eq!(server.unfinished_uploads(), Vec::<String>::new());
     world.assert_clean();
+}
+
+/// Looking for a published build in a store that does not answer is the store's error, never
+/// "no published build" (which would also silently turn a cache hit into a rebuild).
+#[test]
+fn an_unreachable_store_is_an_error_when_looking_for_builds() {
+    use runner::store::ArtifactStore;
+    use runner::store::s3::{S3Store, S3Url, Settings};
+    // SAFETY: the first thing this test process does, before any other thread exists.
+    unsafe {
+        std::env::set_var("AWS_ACCESS_KEY_ID", KEY);
+        std::env::set_var("AWS_SECRET_ACCESS_KEY", SECRET);
+        std::env::set_var("AWS_EC2_METADATA_DISABLED", "true");
+        std::env::set_var("AWS_MAX_ATTEMPTS", "2");
+    }
+    let server = Garage::start();
+    let state = tempfile::tempdir().unwrap();
+    let dirs = runner::paths::Dirs::resolve(None, Some(state.path().to_owned()));
+    let settings = Settings {
+        endpoint: Some(server.endpoint()),
+        region: Some("us-east-1".into()),
+        path_style: true,
+    };
+    let url: S3Url = "s3://bucket/releases".parse().unwrap();
+    let store = server.block_on(S3Store::connect(url, &settings, &dirs));
+    assert!(
+        server.block_on(store.latest("t")).unwrap().is_none(),
+        "an empty bucket"
+    );
+    server.kill();
+    let err = server.block_on(store.latest("t")).unwrap_err().to_string();
+    assert!(
+        err.contains("listing") && err.contains("s3://bucket/releases/t/"),
+        "{err}"
+    );
+    assert!(
+        server
+            .block_on(store.published("t", &"0".repeat(64)))
+            .is_err()
+    );
 }
 
 #[test]

@@ -129,7 +129,7 @@ pub fn unpack<R: Read>(stream: R, dest: &Path, limits: &Limits) -> Result<Unpack
     // The tar crate treats EOF at an entry boundary as a clean end, so a transfer cut short
     // there (guest crash, dropped connection) would otherwise pass as a smaller artifact set.
     if hit_eof.get() {
-        return Err(Error::other(format!(
+        return Err(Error::ArtifactRefused(format!(
             "artifact tar stream cut short after {last}: no end-of-archive marker"
         )));
     }
@@ -299,7 +299,7 @@ fn describe(ty: EntryType) -> String {
 }
 
 fn reject<T>(name: &str, why: impl std::fmt::Display) -> Result<T> {
-    Err(Error::other(format!(
+    Err(Error::ArtifactRefused(format!(
         "artifact entry {name} rejected: {why}"
     )))
 }

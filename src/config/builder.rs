@@ -6,56 +6,35 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use toml::Spanned;
 
 use super::ec2::{Ec2Builder, RawEc2};
 use super::size::{GIB, MIB};
-use super::{ConfigError, Size, Source};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Arch {
-    Amd64,
-    Arm64,
-}
-
-impl Arch {
-    pub fn debian(self) -> &'static str {
-        match self {
-            Arch::Amd64 => "amd64",
-            Arch::Arm64 => "arm64",
-        }
-    }
-
-    /// What `uname -m` says inside a guest of this architecture.
-    pub fn uname(self) -> &'static str {
-        match self {
-            Arch::Amd64 => "x86_64",
-            Arch::Arm64 => "aarch64",
-        }
-    }
-
-    pub fn host() -> Option<Arch> {
-        match std::env::consts::ARCH {
-            "x86_64" => Some(Arch::Amd64),
-            "aarch64" => Some(Arch::Arm64),
-            _ => None,
-        }
-    }
-}
+use super::value::{self, BOOT_TIMEOUT, Example, Range};
+use super::{Arch, ConfigError, Size, Source};
 
 #[derive(Debug, Clone)]
 pub struct Builder {
     pub name: String,
     pub path: PathBuf,
-    pub backend: Backend,
+    pub backend: BackendConfig,
 }
 
+/// What the file says about the machines, per kind of backend. Only `machine/` (the factory
+/// and the backends) looks inside; the rest of runner asks the [`Builder`].
 #[derive(Debug, Clone)]
-pub enum Backend {
+pub enum BackendConfig {
     Qemu(QemuBuilder),
     Ec2(Ec2Builder),
+}
+
+/// How big a machine is, where the builder decides it (QEMU; an EC2 instance type decides
+/// its own).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shape {
+    pub vcpus: u32,
+    pub memory: Size,
 }
 
 /// A Debian image booted under QEMU.
@@ -65,8 +44,7 @@ pub struct QemuBuilder {
     pub arch: Arch,
     /// Extra Debian packages baked into the image, sorted and deduplicated.
     pub packages: Vec<String>,
-    pub vcpus: u32,
-    pub memory: Size,
+    pub shape: Shape,
     pub disk: Size,
     pub boot_timeout: Duration,
 }
@@ -92,11 +70,19 @@ struct RawQemu {
     boot_timeout: Option<Spanned<String>>,
 }
 
-/// Explicit limits, firecracker-style: a value outside them is a typo, not a wish.
-const MAX_VCPUS: u32 = 64;
-const MEMORY_RANGE: (u64, u64) = (128 * MIB, 256 * GIB);
-const DISK_RANGE: (u64, u64) = (GIB, 2048 * GIB);
-const MAX_BOOT_TIMEOUT: Duration = Duration::from_secs(3600);
+pub const VCPUS: Range<u32> = Range { min: 1, max: 64 };
+pub const MEMORY: Range<Size> = Range {
+    min: Size(128 * MIB),
+    max: Size(256 * GIB),
+};
+const DISK: Range<Size> = Range {
+    min: Size(GIB),
+    max: Size(2048 * GIB),
+};
+const DEFAULT_SHAPE: Shape = Shape {
+    vcpus: 2,
+    memory: Size(GIB),
+};
 
 impl Builder {
     /// Loads `builders/<name>.toml` below `project`, or `name` itself when it is a path.
@@ -118,8 +104,8 @@ impl Builder {
             .to_owned();
         let BackendOnly { backend } = src.parse()?;
         let backend = match backend.get_ref().as_str() {
-            "qemu" => Backend::Qemu(QemuBuilder::from_raw(&src, src.parse()?)?),
-            "ec2" => Backend::Ec2(Ec2Builder::from_raw(&src, src.parse::<RawEc2>()?)?),
+            "qemu" => BackendConfig::Qemu(QemuBuilder::from_raw(&src, src.parse()?)?),
+            "ec2" => BackendConfig::Ec2(Ec2Builder::from_raw(&src, src.parse::<RawEc2>()?)?),
             other => {
                 return Err(src.error_at(
                     Some(backend.span()),
@@ -149,25 +135,78 @@ impl Builder {
         paths.iter().map(|p| Builder::load(p)).collect()
     }
 
-    /// The QEMU definition, for what only exists with QEMU (baked images).
-    pub fn qemu(&self) -> Option<&QemuBuilder> {
-        match &self.backend {
-            Backend::Qemu(q) => Some(q),
-            Backend::Ec2(_) => None,
-        }
-    }
-
     pub fn arch(&self) -> Arch {
         match &self.backend {
-            Backend::Qemu(q) => q.arch,
-            Backend::Ec2(e) => e.arch,
+            BackendConfig::Qemu(q) => q.arch,
+            BackendConfig::Ec2(e) => e.arch,
         }
     }
 
     pub fn boot_timeout(&self) -> Duration {
         match &self.backend {
-            Backend::Qemu(q) => q.boot_timeout,
-            Backend::Ec2(e) => e.boot_timeout,
+            BackendConfig::Qemu(q) => q.boot_timeout,
+            BackendConfig::Ec2(e) => e.boot_timeout,
+        }
+    }
+
+    /// The machine size this builder gives, if it is the builder's to give.
+    pub fn shape(&self) -> Option<Shape> {
+        match &self.backend {
+            BackendConfig::Qemu(q) => Some(q.shape),
+            BackendConfig::Ec2(_) => None,
+        }
+    }
+
+    /// A target's `vcpus`/`memory` (in `src`, the file that sets them) applied to this
+    /// builder's shape, through the same checks as the builder's own values. A builder whose
+    /// machines size themselves (EC2: the instance type) refuses them, rather than ignore them.
+    pub fn shape_with(
+        &self,
+        src: &Source,
+        vcpus: Option<&Spanned<u32>>,
+        memory: Option<&Spanned<Size>>,
+    ) -> Result<Option<Shape>, ConfigError> {
+        let Some(base) = self.shape() else {
+            if let Some((span, key)) = vcpus
+                .map(|v| (v.span(), "vcpus"))
+                .or(memory.map(|m| (m.span(), "memory")))
+            {
+                return Err(src.error_at(
+                    Some(span),
+                    Some(key.into()),
+                    format!(
+                        "builder `{}` runs on EC2, where the instance type decides vCPUs and \
+                         memory: choose `instance_types` in {} instead",
+                        self.name,
+                        self.path.display()
+                    ),
+                ));
+            }
+            return Ok(None);
+        };
+        Ok(Some(Shape {
+            vcpus: value::count(src, vcpus, "vcpus", VCPUS, base.vcpus)?,
+            memory: value::size(src, memory, "memory", MEMORY, base.memory)?,
+        }))
+    }
+
+    /// One line for `runner list`: backend, what the machines are, arch, size.
+    pub fn summary(&self) -> [String; 5] {
+        match &self.backend {
+            BackendConfig::Qemu(q) => [
+                "qemu".into(),
+                q.suite.clone(),
+                q.arch.debian().into(),
+                q.shape.vcpus.to_string(),
+                q.shape.memory.to_string(),
+            ],
+            BackendConfig::Ec2(e) => [
+                "ec2".into(),
+                "-".into(),
+                e.arch.debian().into(),
+                e.instance_types.join(","),
+                String::new(),
+            ],
         }
     }
 }
@@ -208,69 +247,40 @@ impl QemuBuilder {
         packages.sort();
         packages.dedup();
 
-        let vcpus = match raw.vcpus {
-            Some(v) if !(1..=MAX_VCPUS).contains(v.get_ref()) => {
-                return Err(bad(
-                    v.span(),
-                    "vcpus",
-                    format!("must be between 1 and {MAX_VCPUS}"),
-                ));
-            }
-            Some(v) => v.into_inner(),
-            None => 2,
+        let shape = Shape {
+            vcpus: value::count(src, raw.vcpus.as_ref(), "vcpus", VCPUS, DEFAULT_SHAPE.vcpus)?,
+            memory: value::size(
+                src,
+                raw.memory.as_ref(),
+                "memory",
+                MEMORY,
+                DEFAULT_SHAPE.memory,
+            )?,
         };
-        let memory = in_range(src, raw.memory, "memory", MEMORY_RANGE, Size(GIB))?;
-        let disk = in_range(src, raw.disk, "disk", DISK_RANGE, Size(4 * GIB))?;
-        let boot_timeout = match raw.boot_timeout {
-            Some(t) => {
-                let d = humantime::parse_duration(t.get_ref())
-                    .map_err(|e| bad(t.span(), "boot_timeout", format!("{e} (e.g. \"90s\")")))?;
-                if d.is_zero() || d > MAX_BOOT_TIMEOUT {
-                    return Err(bad(
-                        t.span(),
-                        "boot_timeout",
-                        "must be between 1s and 1h".into(),
-                    ));
-                }
-                d
-            }
-            // Foreign architectures are fully emulated and boot several times slower.
-            None if Some(raw.arch) == Arch::host() => Duration::from_secs(120),
-            None => Duration::from_secs(300),
-        };
+        let disk = value::size(src, raw.disk.as_ref(), "disk", DISK, Size(4 * GIB))?;
+        // Foreign architectures are fully emulated and boot several times slower.
+        let default_boot = Duration::from_secs(if raw.arch.is_native() { 120 } else { 300 });
+        let boot_timeout = value::duration(
+            src,
+            raw.boot_timeout.as_ref(),
+            "boot_timeout",
+            (BOOT_TIMEOUT, Example("90s")),
+            default_boot,
+        )?;
         Ok(QemuBuilder {
             suite: suite.clone(),
             arch: raw.arch,
             packages,
-            vcpus,
-            memory,
+            shape,
             disk,
             boot_timeout,
         })
     }
 }
 
-fn in_range(
-    src: &Source,
-    value: Option<Spanned<Size>>,
-    key: &str,
-    (lo, hi): (u64, u64),
-    default: Size,
-) -> Result<Size, ConfigError> {
-    match value {
-        None => Ok(default),
-        Some(v) if (lo..=hi).contains(&v.get_ref().0) => Ok(*v.get_ref()),
-        Some(v) => Err(src.error_at(
-            Some(v.span()),
-            Some(key.into()),
-            format!("{} is outside {}..={}", v.get_ref(), Size(lo), Size(hi)),
-        )),
-    }
-}
-
 /// Debian package and suite names: lowercase alphanumerics and `+-.`, starting alphanumeric.
 /// Checked because these names end up as arguments to mmdebstrap.
-fn is_debian_name(s: &str) -> bool {
+pub fn is_debian_name(s: &str) -> bool {
     s.len() >= 2
         && s.len() <= 64
         && s.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())

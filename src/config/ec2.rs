@@ -6,9 +6,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
-use super::builder::Arch;
 use super::size::GIB;
-use super::{ConfigError, Size, Source};
+use super::value::{self, Example, Range};
+use super::{Arch, ConfigError, Size, Source};
 
 /// An EC2 machine definition.
 #[derive(Debug, Clone, Serialize)]
@@ -87,36 +87,25 @@ fn amd64() -> Arch {
     Arch::Amd64
 }
 
-const ROOT_VOLUME: (u64, u64) = (GIB, 16 * 1024 * GIB);
-const MAX_LIFETIME: Duration = Duration::from_secs(24 * 3600);
-const MAX_BOOT_TIMEOUT: Duration = Duration::from_secs(3600);
-const MAX_INSTANCES: u32 = 1000;
+const ROOT_VOLUME: Range<Size> = Range {
+    min: Size(GIB),
+    max: Size(16 * 1024 * GIB),
+};
+const LIFETIME: Range<Duration> = Range {
+    min: Duration::from_secs(1),
+    max: Duration::from_secs(24 * 3600),
+};
+const INSTANCES: Range<u32> = Range { min: 1, max: 1000 };
 
 impl Ec2Builder {
-    pub(super) fn from_raw(src: &Source, raw: RawEc2) -> Result<Ec2Builder, ConfigError> {
+    pub(super) fn from_raw(src: &Source, mut raw: RawEc2) -> Result<Ec2Builder, ConfigError> {
         let bad = |span, key: &str, msg: String| src.error_at(Some(span), Some(key.into()), msg);
-        let ami = match (raw.ami, raw.ami_owner, raw.ami_name) {
-            (Some(id), None, None) if id.get_ref().starts_with("ami-") => Ami::Id(id.into_inner()),
-            (Some(id), None, None) => {
-                return Err(bad(id.span(), "ami", "an AMI id starts with `ami-`".into()));
-            }
-            (None, Some(owner), Some(name)) => Ami::Newest { owner, name },
-            (Some(id), _, _) => {
-                return Err(bad(
-                    id.span(),
-                    "ami",
-                    "give either `ami` or `ami_owner` + `ami_name`, not both".into(),
-                ));
-            }
-            _ => {
-                return Err(src.error_at(
-                    None,
-                    Some("ami".into()),
-                    "missing: set `ami = \"ami-…\"`, or `ami_owner` and `ami_name` (newest match)"
-                        .to_owned(),
-                ));
-            }
-        };
+        let ami = ami(
+            src,
+            raw.ami.take(),
+            raw.ami_owner.take(),
+            raw.ami_name.take(),
+        )?;
         let types = raw.instance_types.get_ref();
         if types.is_empty() || types.len() > 20 || types.iter().any(|t| !is_instance_type(t)) {
             return Err(bad(
@@ -125,82 +114,40 @@ impl Ec2Builder {
                 "a list of 1 to 20 instance types like \"c7a.large\"".into(),
             ));
         }
-        if raw.security_group.is_none() && raw.ssh_cidr.is_none() {
-            return Err(src.error_at(
-                None,
-                Some("ssh_cidr".into()),
-                "missing: without `security_group`, runner creates a temporary one that allows \
-                 SSH only from `ssh_cidr` (the address runner connects from, e.g. \"203.0.113.7/32\")"
-                    .to_owned(),
-            ));
-        }
-        if let Some(c) = &raw.ssh_cidr
-            && c.get_ref().parse::<ipnet_like::Cidr>().is_err()
-        {
-            return Err(bad(
-                c.span(),
-                "ssh_cidr",
-                format!(
-                    "`{}` is not an IPv4 CIDR like \"203.0.113.7/32\"",
-                    c.get_ref()
-                ),
-            ));
-        }
-        let root_volume = match raw.root_volume {
-            None => Size(20 * GIB),
-            Some(v) if (ROOT_VOLUME.0..=ROOT_VOLUME.1).contains(&v.get_ref().0) => *v.get_ref(),
-            Some(v) => {
-                return Err(bad(
-                    v.span(),
-                    "root_volume",
-                    format!("{} is outside 1G..=16384G", v.get_ref()),
-                ));
-            }
-        };
+        ssh_source(src, &raw)?;
+        let root_volume = value::size(
+            src,
+            raw.root_volume.as_ref(),
+            "root_volume",
+            ROOT_VOLUME,
+            Size(20 * GIB),
+        )?;
         let ssh_user = match raw.ssh_user {
             None => "root".to_owned(),
             Some(u) if is_user_name(u.get_ref()) => u.into_inner(),
             Some(u) => return Err(bad(u.span(), "ssh_user", "not a user name".into())),
         };
-        let duration =
-            |v: Option<Spanned<String>>, key: &str, max: Duration, default: Duration| match v {
-                None => Ok(default),
-                Some(t) => {
-                    let d = humantime::parse_duration(t.get_ref())
-                        .map_err(|e| bad(t.span(), key, format!("{e} (e.g. \"2h\")")))?;
-                    if d.is_zero() || d > max {
-                        return Err(bad(
-                            t.span(),
-                            key,
-                            format!("must be between 1s and {}", humantime::format_duration(max)),
-                        ));
-                    }
-                    Ok(d)
-                }
-            };
-        let max_lifetime = duration(
-            raw.max_lifetime,
+        let max_lifetime = value::duration(
+            src,
+            raw.max_lifetime.as_ref(),
             "max_lifetime",
-            MAX_LIFETIME,
+            (LIFETIME, Example("2h")),
             Duration::from_secs(3 * 3600),
         )?;
-        let boot_timeout = duration(
-            raw.boot_timeout,
+        let boot_timeout = value::duration(
+            src,
+            raw.boot_timeout.as_ref(),
             "boot_timeout",
-            MAX_BOOT_TIMEOUT,
+            (value::BOOT_TIMEOUT, Example("10m")),
             Duration::from_secs(600),
         )?;
-        let max_instances = match raw.max_instances {
-            None => 20,
-            Some(n) if (1..=MAX_INSTANCES).contains(n.get_ref()) => n.into_inner(),
-            Some(n) => {
-                return Err(bad(
-                    n.span(),
-                    "max_instances",
-                    format!("must be between 1 and {MAX_INSTANCES}"),
-                ));
-            }
-        };
+        let max_instances = value::count(
+            src,
+            raw.max_instances.as_ref(),
+            "max_instances",
+            INSTANCES,
+            20,
+        )?;
         Ok(Ec2Builder {
             region: raw.region,
             endpoint: raw.endpoint,
@@ -218,6 +165,57 @@ impl Ec2Builder {
             boot_timeout,
             max_instances,
         })
+    }
+}
+
+/// Without `security_group`, runner makes a temporary one open to `ssh_cidr` only.
+fn ssh_source(src: &Source, raw: &RawEc2) -> Result<(), ConfigError> {
+    let bad = |span, key: &str, msg: String| src.error_at(Some(span), Some(key.into()), msg);
+    if raw.security_group.is_none() && raw.ssh_cidr.is_none() {
+        return Err(src.error_at(
+                None,
+                Some("ssh_cidr".into()),
+                "missing: without `security_group`, runner creates a temporary one that allows \
+                 SSH only from `ssh_cidr` (the address runner connects from, e.g. \"203.0.113.7/32\")"
+                    .to_owned(),
+            ));
+    }
+    if let Some(c) = &raw.ssh_cidr
+        && c.get_ref().parse::<ipnet_like::Cidr>().is_err()
+    {
+        return Err(bad(
+            c.span(),
+            "ssh_cidr",
+            format!(
+                "`{}` is not an IPv4 CIDR like \"203.0.113.7/32\"",
+                c.get_ref()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// `ami = "ami-…"`, or `ami_owner` + `ami_name` for the newest match.
+fn ami(
+    src: &Source,
+    id: Option<Spanned<String>>,
+    owner: Option<String>,
+    name: Option<String>,
+) -> Result<Ami, ConfigError> {
+    let bad = |span, msg: &str| src.error_at(Some(span), Some("ami".into()), msg.to_owned());
+    match (id, owner, name) {
+        (Some(id), None, None) if id.get_ref().starts_with("ami-") => Ok(Ami::Id(id.into_inner())),
+        (Some(id), None, None) => Err(bad(id.span(), "an AMI id starts with `ami-`")),
+        (None, Some(owner), Some(name)) => Ok(Ami::Newest { owner, name }),
+        (Some(id), _, _) => Err(bad(
+            id.span(),
+            "give either `ami` or `ami_owner` + `ami_name`, not both",
+        )),
+        _ => Err(src.error_at(
+            None,
+            Some("ami".into()),
+            "missing: set `ami = \"ami-…\"`, or `ami_owner` and `ami_name` (newest match)",
+        )),
     }
 }
 

@@ -1,10 +1,13 @@
 //! Loading configuration files. Every error names the file, the line and the key, because a
 //! typo in a builder should cost the user seconds, not a VM boot.
 
+mod arch;
 pub mod builder;
 pub mod ec2;
 pub mod project;
 pub mod size;
+mod url;
+pub mod value;
 
 use std::fmt;
 use std::ops::Range;
@@ -12,10 +15,12 @@ use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
 
-pub use builder::{Arch, Backend, Builder, QemuBuilder};
+pub use arch::Arch;
+pub use builder::{BackendConfig, Builder, QemuBuilder, Shape};
 pub use ec2::{Address, Ami, Ec2Builder};
 pub use project::{Project, Target};
 pub use size::Size;
+pub use url::S3Url;
 
 /// A configuration problem located in its source file.
 #[derive(Debug, Clone, PartialEq, Eq)]

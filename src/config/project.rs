@@ -9,8 +9,10 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::builder::Shape;
 use super::size::GIB;
-use super::{Builder, ConfigError, Size, Source};
+use super::value::{self, Example, Range};
+use super::{Builder, ConfigError, S3Url, Size, Source};
 
 pub const FILE: &str = "runner.toml";
 
@@ -60,8 +62,9 @@ pub struct Target {
     pub artifacts: Vec<String>,
     pub env: BTreeMap<String, String>,
     pub timeout: Duration,
-    pub vcpus: Option<u32>,
-    pub memory: Option<Size>,
+    /// The builder's machine size with the target's `vcpus`/`memory` applied (checked as the
+    /// builder's own are); `None` where the builder's machines size themselves (EC2).
+    pub shape: Option<Shape>,
     /// `s3://bucket/prefix` for this target, overriding `[store] upload`.
     pub upload: Option<String>,
 }
@@ -103,6 +106,10 @@ struct RawTarget {
 }
 
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+const TIMEOUT: Range<Duration> = Range {
+    min: Duration::from_secs(1),
+    max: Duration::from_secs(48 * 3600),
+};
 
 impl Project {
     /// Loads `<root>/runner.toml` and resolves every reference in it.
@@ -122,7 +129,7 @@ impl Project {
         let store = match raw.store {
             Some(st) => {
                 if let Some(u) = &st.get_ref().upload
-                    && let Err(e) = u.parse::<crate::store::s3::S3Url>()
+                    && let Err(e) = u.parse::<S3Url>()
                 {
                     return Err(src.error_at(Some(st.span()), Some("upload".into()), e));
                 }
@@ -198,40 +205,8 @@ fn resolve_target(
             format!("target name `{n}` may use only letters, digits, `.`, `_` and `-`"),
         ));
     }
-    let builder_path = root
-        .join("builders")
-        .join(format!("{}.toml", t.builder.get_ref()));
-    if !builder_path.is_file() {
-        return Err(bad(
-            t.builder.span(),
-            "builder",
-            format!(
-                "target `{n}`: no builder `{}` (looked for `{}`)",
-                t.builder.get_ref(),
-                builder_path.display()
-            ),
-        ));
-    }
-    // A broken builder file reports its own file and line.
-    let builder = Builder::load(&builder_path)?;
-
-    let script = [
-        root.join(t.script.get_ref()),
-        root.join("provision-scripts").join(t.script.get_ref()),
-    ]
-    .into_iter()
-    .find(|p| p.is_file())
-    .ok_or_else(|| {
-        bad(
-            t.script.span(),
-            "script",
-            format!(
-                "target `{n}`: script `{}` not found in the project or in provision-scripts/",
-                t.script.get_ref()
-            ),
-        )
-    })?;
-
+    let builder = load_builder(src, root, n, &t.builder)?;
+    let script = find_script(src, root, n, &t.script)?;
     let context = match &t.context {
         Some(c) => {
             let p = root.join(c.get_ref());
@@ -246,33 +221,112 @@ fn resolve_target(
         }
         None => root.to_owned(),
     };
+    let timeout = value::duration(
+        src,
+        t.timeout.as_ref(),
+        "timeout",
+        (TIMEOUT, Example("20m")),
+        DEFAULT_TIMEOUT,
+    )?;
+    let shape = builder.shape_with(src, t.vcpus.as_ref(), t.memory.as_ref())?;
+    if let Some(u) = &t.upload
+        && let Err(e) = u.get_ref().parse::<S3Url>()
+    {
+        return Err(bad(u.span(), "upload", e));
+    }
+    Ok(Target {
+        upload: t.upload.map(Spanned::into_inner),
+        name: n.clone(),
+        artifacts: artifact_globs(src, &t.artifacts)?,
+        env: env_vars(src, t.env)?,
+        builder,
+        script,
+        context,
+        timeout,
+        shape,
+    })
+}
 
+fn load_builder(
+    src: &Source,
+    root: &Path,
+    target: &str,
+    name: &Spanned<String>,
+) -> Result<Builder, ConfigError> {
+    let path = root
+        .join("builders")
+        .join(format!("{}.toml", name.get_ref()));
+    if !path.is_file() {
+        return Err(src.error_at(
+            Some(name.span()),
+            Some("builder".into()),
+            format!(
+                "target `{target}`: no builder `{}` (looked for `{}`)",
+                name.get_ref(),
+                path.display()
+            ),
+        ));
+    }
+    // A broken builder file reports its own file and line.
+    Builder::load(&path)
+}
+
+fn find_script(
+    src: &Source,
+    root: &Path,
+    target: &str,
+    script: &Spanned<String>,
+) -> Result<PathBuf, ConfigError> {
+    [
+        root.join(script.get_ref()),
+        root.join("provision-scripts").join(script.get_ref()),
+    ]
+    .into_iter()
+    .find(|p| p.is_file())
+    .ok_or_else(|| {
+        src.error_at(
+            Some(script.span()),
+            Some("script".into()),
+            format!(
+                "target `{target}`: script `{}` not found in the project or in provision-scripts/",
+                script.get_ref()
+            ),
+        )
+    })
+}
+
+fn artifact_globs(src: &Source, raw: &[Spanned<String>]) -> Result<Vec<String>, ConfigError> {
     let mut artifacts = Vec::new();
-    for a in &t.artifacts {
+    for a in raw {
         let g = a.get_ref();
+        let bad = |msg: String| src.error_at(Some(a.span()), Some("artifacts".into()), msg);
         if g.starts_with('/') || g.split('/').any(|c| c == "..") {
-            return Err(bad(
-                a.span(),
-                "artifacts",
-                format!("`{g}` must be relative to the output directory"),
-            ));
+            return Err(bad(format!(
+                "`{g}` must be relative to the output directory"
+            )));
         }
         globset::GlobBuilder::new(g)
             .literal_separator(true)
             .build()
-            .map_err(|e| bad(a.span(), "artifacts", format!("bad glob `{g}`: {e}")))?;
+            .map_err(|e| bad(format!("bad glob `{g}`: {e}")))?;
         artifacts.push(g.clone());
     }
+    Ok(artifacts)
+}
 
+fn env_vars(
+    src: &Source,
+    raw: BTreeMap<Spanned<String>, String>,
+) -> Result<BTreeMap<String, String>, ConfigError> {
     let mut env = BTreeMap::new();
-    for (k, v) in t.env {
+    for (k, v) in raw {
         let key = k.get_ref();
         let valid = key.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
             && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
         if !valid || key.starts_with("RUNNER_") || key == "SOURCE_DATE_EPOCH" {
-            return Err(bad(
-                k.span(),
-                "env",
+            return Err(src.error_at(
+                Some(k.span()),
+                Some("env".into()),
                 format!(
                     "`{key}` is not a usable variable name (letters, digits, `_`; RUNNER_* and SOURCE_DATE_EPOCH are set by runner)"
                 ),
@@ -280,49 +334,5 @@ fn resolve_target(
         }
         env.insert(key.clone(), v);
     }
-
-    let timeout = match &t.timeout {
-        Some(s) => {
-            let d = humantime::parse_duration(s.get_ref())
-                .map_err(|e| bad(s.span(), "timeout", format!("{e} (e.g. \"20m\")")))?;
-            if d.is_zero() || d > Duration::from_secs(48 * 3600) {
-                return Err(bad(
-                    s.span(),
-                    "timeout",
-                    "must be between 1s and 48h".into(),
-                ));
-            }
-            d
-        }
-        None => DEFAULT_TIMEOUT,
-    };
-    let vcpus = match t.vcpus {
-        Some(v) if !(1..=64).contains(v.get_ref()) => {
-            return Err(bad(v.span(), "vcpus", "must be between 1 and 64".into()));
-        }
-        v => v.map(Spanned::into_inner),
-    };
-    let memory = match t.memory {
-        Some(m) if m.get_ref().0 < 128 << 20 => {
-            return Err(bad(m.span(), "memory", "must be at least 128M".into()));
-        }
-        m => m.map(Spanned::into_inner),
-    };
-    if let Some(u) = &t.upload
-        && let Err(e) = u.get_ref().parse::<crate::store::s3::S3Url>()
-    {
-        return Err(bad(u.span(), "upload", e));
-    }
-    Ok(Target {
-        upload: t.upload.map(Spanned::into_inner),
-        name: n.clone(),
-        builder,
-        script,
-        context,
-        artifacts,
-        env,
-        timeout,
-        vcpus,
-        memory,
-    })
+    Ok(env)
 }

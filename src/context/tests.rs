@@ -1,6 +1,7 @@
 use std::os::unix::fs::symlink;
 
 use super::*;
+use tar::EntryType;
 
 fn put(root: &Path, rel: &str, body: &str) {
     let path = root.join(rel);

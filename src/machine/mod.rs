@@ -1,46 +1,108 @@
-//! Where machines come from. The pipeline sees only [`Backend`] and [`Machine`]: it launches,
-//! reaches the machine over SSH at its [`Endpoint`], and tears it down, without knowing
-//! whether a hypervisor or a cloud is behind it.
+//! Where machines come from. Everything outside this module sees only [`Backend`], [`Machine`]
+//! and [`Lease`], and gets backends from the [`Machines`] factory: it launches, reaches the
+//! machine through the guest contract, and tears it down, without knowing whether a
+//! hypervisor or a cloud is behind it. Each backend also owns finding what a dead runner left
+//! of its machines (see [`crate::leftovers`]).
 
-pub mod accel;
+pub mod dir;
 pub mod ec2;
+mod factory;
+#[cfg(test)]
+pub mod fake;
+mod origin;
 pub mod qemu;
-pub mod qmp;
-pub mod registry;
-pub mod state;
+pub mod record;
+mod registry;
+mod settings;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use tokio_util::sync::CancellationToken;
 
-use crate::error::Result;
-use crate::keys::GuestKeys;
+use crate::config::Shape;
+use crate::error::{Error, Result};
+use crate::guest::ssh::{self, Booting, Probe};
+use crate::guest::{Endpoint, Guest, GuestKeys};
+
+pub use factory::{CachedImage, DEFAULT_SHAPE, Machines, builder_for};
+pub use origin::{Ec2Origin, Origin};
+pub use registry::Registry;
+pub use settings::{AccelChoice, Settings};
 
 /// What the pipeline asks of a machine, whatever the backend.
 #[derive(Debug, Clone)]
 pub struct MachineSpec {
     /// A human label: the builder or target name; shows in logs and `runner gc`.
     pub label: String,
-    pub vcpus: u32,
-    pub memory_mib: u64,
+    /// vCPUs and memory, where the backend takes them from runner (QEMU).
+    pub shape: Option<Shape>,
     pub boot_timeout: Duration,
 }
 
-/// How to reach a machine over SSH.
-#[derive(Debug, Clone)]
-pub struct Endpoint {
-    pub host: String,
-    pub port: u16,
-    pub user: String,
+impl MachineSpec {
+    /// A machine as `builder` describes it, labelled `label`.
+    pub fn of(builder: &crate::config::Builder, label: &str) -> MachineSpec {
+        MachineSpec {
+            label: label.to_owned(),
+            shape: builder.shape(),
+            boot_timeout: builder.boot_timeout(),
+        }
+    }
 }
 
-/// Where machines come from.
+/// How preparing a backend (baking an image) reports its steps: to a spinner of its own
+/// (`runner image build` on a terminal), to plain lines on stderr, or to a caller that shows
+/// them its own way (a build's progress line).
+#[derive(Clone, Default)]
+pub enum Report {
+    Spinner,
+    #[default]
+    Lines,
+    To(Arc<dyn Fn(String) + Send + Sync>),
+}
+
+impl Report {
+    pub fn line(&self, text: String) {
+        match self {
+            Report::Spinner => {}
+            Report::Lines => eprintln!("{text}"),
+            Report::To(f) => f(text),
+        }
+    }
+}
+
+/// A backend ready to launch: what its machines boot from.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    /// The base image's identity for manifests: a sha256 for baked images, an AMI id on EC2.
+    pub base_image: String,
+    /// Made now (baked), rather than found ready.
+    pub fresh: bool,
+    /// Where it lives, for people: an image directory, a region.
+    pub location: String,
+}
+
+/// Where machines of one builder come from.
 #[async_trait]
 pub trait Backend: Send + Sync {
-    /// Starts a machine that will accept `keys.client` and present `keys.host`.
-    /// Returns once the machine is started, not once it is reachable.
+    /// What the machines come from, for manifests and the inputs digest — known without
+    /// preparing anything that costs a bake (EC2 resolves the AMI, once).
+    async fn origin(&self) -> Result<Origin>;
+
+    /// Makes launches possible: bakes or finds the image, resolves the AMI. The first call
+    /// does the work; later ones return its answer.
+    async fn prepare(&self, report: &Report) -> Result<Prepared>;
+
+    /// Starts a machine that will accept `keys.client` and present `keys.host`. Returns once
+    /// the machine is started, not once it is reachable.
     async fn launch(&self, spec: &MachineSpec, keys: &GuestKeys) -> Result<Machine>;
+
+    /// How many of this backend's machines may run at once by default (QEMU: host CPUs and
+    /// memory; EC2: `max_instances`).
+    fn capacity(&self) -> usize;
 }
 
 /// The backend-specific half of a running machine.
@@ -53,6 +115,10 @@ pub trait Instance: Send + Sync {
     fn terminate_now(&mut self);
     /// `Some(description)` once the machine has stopped by itself.
     fn exited(&mut self) -> Option<String>;
+    /// A guest reachable without SSH: only in-process test machines have one.
+    fn direct_guest(&mut self) -> Option<Box<dyn Guest>> {
+        None
+    }
 }
 
 /// A running machine. Teardown runs exactly once: through [`Machine::teardown`], or, if the
@@ -63,6 +129,8 @@ pub struct Machine {
     pub endpoint: Endpoint,
     /// The guest's serial console, kept after teardown for post-mortems.
     pub console_log: PathBuf,
+    /// The machine's private directory (keys for `--keep-failed` and `vm shell` go there).
+    pub dir: PathBuf,
     pub boot_timeout: Duration,
     /// A file and a line that appears in it once the guest's sshd listens. Before that a
     /// handshake attempt only stalls (QEMU's user network accepts TCP for the guest).
@@ -72,17 +140,18 @@ pub struct Machine {
 
 impl Machine {
     pub fn new(
-        id: String,
+        dir: &dir::MachineDir,
         spec: &MachineSpec,
         endpoint: Endpoint,
         console_log: PathBuf,
         instance: Box<dyn Instance>,
     ) -> Machine {
         Machine {
-            id,
+            id: dir.id.clone(),
             label: spec.label.clone(),
             endpoint,
             console_log,
+            dir: dir.path.clone(),
             boot_timeout: spec.boot_timeout,
             ready_hint: None,
             instance: Some(instance),
@@ -94,14 +163,6 @@ impl Machine {
         self
     }
 
-    /// False only while a ready hint exists and has not appeared yet.
-    pub fn looks_ready(&self) -> bool {
-        self.ready_hint.as_ref().is_none_or(|(file, marker)| {
-            std::fs::read(file)
-                .is_ok_and(|b| b.windows(marker.len()).any(|w| w == marker.as_bytes()))
-        })
-    }
-
     /// A name for messages: `bookworm-amd64 (machine 3f2a9c1e)`.
     pub fn describe(&self) -> String {
         format!("{} (machine {})", self.label, self.id)
@@ -109,6 +170,36 @@ impl Machine {
 
     pub fn exited(&mut self) -> Option<String> {
         self.instance.as_mut()?.exited()
+    }
+
+    /// Waits until the guest accepts SSH with the pinned host key (or the machine stops, or
+    /// the boot timeout passes).
+    pub async fn connect(&mut self, keys: &GuestKeys) -> Result<Box<dyn Guest>> {
+        if let Some(g) = self.instance.as_mut().and_then(|i| i.direct_guest()) {
+            return Ok(g);
+        }
+        let (endpoint, console) = (self.endpoint.clone(), self.console_log.clone());
+        let booting = Booting {
+            name: self.describe(),
+            endpoint: &endpoint,
+            boot_timeout: self.boot_timeout,
+            console: &console,
+        };
+        let session = ssh::wait_ready(booting, keys, || match self.exited() {
+            Some(status) => Probe::Exited(status),
+            None if self.looks_ready() => Probe::Ready,
+            None => Probe::NotYet,
+        })
+        .await?;
+        Ok(Box::new(session))
+    }
+
+    /// False only while a ready hint exists and has not appeared yet.
+    fn looks_ready(&self) -> bool {
+        self.ready_hint.as_ref().is_none_or(|(file, marker)| {
+            std::fs::read(file)
+                .is_ok_and(|b| b.windows(marker.len()).any(|w| w == marker.as_bytes()))
+        })
     }
 
     /// Idempotent: the second call does nothing.
@@ -120,12 +211,13 @@ impl Machine {
     }
 
     /// Leaves the machine running (for `--keep-failed`); `runner gc` removes it later.
-    pub fn keep(&mut self) {
+    pub fn keep(&mut self, registry: &Registry) {
         // Forgotten, not dropped: dropping would run the backend's kill-on-drop safety nets.
         if let Some(inst) = self.instance.take() {
             std::mem::forget(inst);
         }
-        registry::unregister(&self.id);
+        registry.unregister(&self.id);
+        let _ = record::mark_kept(&self.dir);
     }
 }
 
@@ -134,5 +226,60 @@ impl Drop for Machine {
         if let Some(mut inst) = self.instance.take() {
             inst.terminate_now();
         }
+    }
+}
+
+/// A machine, its guest and its keys, from launch until teardown.
+pub struct Lease {
+    pub machine: Machine,
+    pub guest: Box<dyn Guest>,
+    pub keys: GuestKeys,
+}
+
+/// Launches and waits for the guest. On any failure or cancellation the machine is already
+/// torn down when this returns.
+pub async fn lease(
+    backend: &dyn Backend,
+    spec: &MachineSpec,
+    cancel: &CancellationToken,
+) -> Result<Lease> {
+    let keys = GuestKeys::generate()?;
+    let mut machine = tokio::select! {
+        m = backend.launch(spec, &keys) => m?,
+        _ = cancel.cancelled() => return Err(Error::Cancelled),
+    };
+    let connected = tokio::select! {
+        g = machine.connect(&keys) => g,
+        _ = cancel.cancelled() => Err(Error::Cancelled),
+    };
+    match connected {
+        Ok(guest) => Ok(Lease {
+            machine,
+            guest,
+            keys,
+        }),
+        Err(e) => {
+            // Even when cancelled: the first signal means an orderly teardown (QMP quit, then
+            // kill); a second signal never gets here, it kills everything and exits.
+            machine.teardown(false).await?;
+            Err(e)
+        }
+    }
+}
+
+impl Lease {
+    /// Closes the guest connection and tears the machine down; a forced teardown skips
+    /// politeness.
+    pub async fn release(mut self, force: bool) -> Result<()> {
+        if !force {
+            self.guest.close().await;
+        }
+        self.machine.teardown(force).await
+    }
+
+    /// Writes a client key and a pinned `known_hosts` into `dir` (inside the machine's
+    /// directory, so they go with it) and returns the OpenSSH command line that uses them.
+    pub fn ssh_access(&self, dir: &std::path::Path) -> Result<dir::SshAccess> {
+        dir::SshAccess::write(dir, &self.keys, &self.machine.endpoint)
     }
 }

@@ -1,44 +1,62 @@
-//! The machines this process is running, so that a second Ctrl-C can kill them all at once
-//! without waiting for the tasks that own them.
+//! The machines of one run, so that a second Ctrl-C can kill them all at once without
+//! waiting for the tasks that own them, and the teardowns that had to leave their task
+//! (from `Drop`) are joined before the process exits. One per run, shared by its backends.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::Mutex;
+use std::thread::JoinHandle;
 
-use nix::sys::signal::{Signal, killpg};
-use nix::unistd::Pid;
+type Kill = Box<dyn Fn() + Send + Sync>;
 
-struct Live {
-    pgid: Option<i32>,
-    dir: PathBuf,
+#[derive(Default)]
+pub struct Registry {
+    live: Mutex<HashMap<String, Kill>>,
+    background: Mutex<Vec<JoinHandle<()>>>,
 }
 
-static LIVE: Mutex<Option<HashMap<String, Live>>> = Mutex::new(None);
-
-pub fn register(id: &str, pgid: Option<i32>, dir: PathBuf) {
-    LIVE.lock()
-        .unwrap()
-        .get_or_insert_with(HashMap::new)
-        .insert(id.to_owned(), Live { pgid, dir });
-}
-
-pub fn unregister(id: &str) {
-    if let Some(map) = LIVE.lock().unwrap().as_mut() {
-        map.remove(id);
+impl Registry {
+    /// `kill` must stop the machine now and remove what it left on the host, synchronously.
+    pub fn register(&self, id: &str, kill: impl Fn() + Send + Sync + 'static) {
+        self.live
+            .lock()
+            .unwrap()
+            .insert(id.to_owned(), Box::new(kill));
     }
-}
 
-/// Kills every registered machine's process group and removes its directory.
-pub fn kill_all() {
-    let live = LIVE.lock().unwrap().take().unwrap_or_default();
-    for (_, m) in live {
-        if let Some(pgid) = m.pgid {
-            let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+    pub fn unregister(&self, id: &str) {
+        self.live.lock().unwrap().remove(id);
+    }
+
+    /// The forced exit path: kills every registered machine. Machines that cannot be killed
+    /// from here (cloud instances) are left to their dead-man switch and `runner gc`.
+    pub fn kill_all(&self) -> usize {
+        let live = std::mem::take(&mut *self.live.lock().unwrap());
+        let n = live.len();
+        for kill in live.values() {
+            kill();
         }
-        let _ = std::fs::remove_dir_all(&m.dir);
+        n
     }
-}
 
-pub fn count() -> usize {
-    LIVE.lock().unwrap().as_ref().map_or(0, HashMap::len)
+    pub fn count(&self) -> usize {
+        self.live.lock().unwrap().len()
+    }
+
+    /// Runs a teardown on a thread of its own (from `Drop`, where no runtime can be
+    /// borrowed); [`Registry::join`] waits for it.
+    pub fn spawn_teardown(&self, f: impl FnOnce() + Send + 'static) {
+        let handle = std::thread::spawn(f);
+        self.background.lock().unwrap().push(handle);
+    }
+
+    /// Waits for every teardown started with [`Registry::spawn_teardown`].
+    pub fn join(&self) {
+        let pending = std::mem::take(&mut *self.background.lock().unwrap());
+        if !pending.is_empty() {
+            eprintln!("runner: waiting for {} machine teardown(s)", pending.len());
+        }
+        for h in pending {
+            let _ = h.join();
+        }
+    }
 }

@@ -344,6 +344,7 @@ impl Tally {
             artifacts: Vec::new(),
             log: PathBuf::new(),
             exit_code: None,
+            failure: Some(crate::events::FailureKind::Error),
             error: Some("the run ended without a result for this target".to_owned()),
             context_digest: None,
         }

@@ -15,6 +15,7 @@ fn result(target: &str, outcome: Outcome, phase: Phase, seconds: f64) -> TargetR
         artifacts: Vec::new(),
         log: PathBuf::from(format!("/logs/{target}.log")),
         exit_code: None,
+        failure: None,
         error: None,
         context_digest: None,
     }

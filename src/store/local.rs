@@ -9,6 +9,7 @@ use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
 
 use super::{ArtifactStore, Publishing, SHA256SUMS};
 use crate::artifacts::{ArtifactFile, sha256sums};
+use crate::digest::sha256_file;
 use crate::error::{IoContext, Result};
 use crate::manifest::{self, ArtifactRecord, Manifest};
 
@@ -87,11 +88,15 @@ impl ArtifactStore for LocalStore {
         &self,
         target: &str,
         inputs_digest: &str,
-    ) -> Option<(Manifest, Vec<PathBuf>)> {
+    ) -> Result<Option<(Manifest, Vec<PathBuf>)>> {
         let dir = self.target_dir(target);
-        let m = Manifest::read(&dir.join(manifest::FILE)).ok()?;
+        // A missing or unreadable manifest here means no usable build: the local store is
+        // rebuilt by the next publish, never trusted half-way.
+        let Ok(m) = Manifest::read(&dir.join(manifest::FILE)) else {
+            return Ok(None);
+        };
         if m.inputs_digest != inputs_digest {
-            return None;
+            return Ok(None);
         }
         let check = m.clone();
         let dir2 = dir.clone();
@@ -99,18 +104,18 @@ impl ArtifactStore for LocalStore {
             check.artifacts.iter().all(|a| {
                 let p = dir2.join(&a.path);
                 std::fs::metadata(&p).is_ok_and(|md| md.len() == a.size)
-                    && crate::image::bake::sha256_file(&p).is_ok_and(|h| h == a.sha256)
+                    && sha256_file(&p).is_ok_and(|h| h == a.sha256)
             })
         })
         .await
         .unwrap_or(false);
         if !intact {
-            return None;
+            return Ok(None);
         }
         let mut paths: Vec<PathBuf> = m.artifacts.iter().map(|a| dir.join(&a.path)).collect();
         paths.push(dir.join(SHA256SUMS));
         paths.push(dir.join(manifest::FILE));
-        Some((m, paths))
+        Ok(Some((m, paths)))
     }
 
     async fn latest(&self, target: &str) -> Result<Option<Manifest>> {
@@ -130,6 +135,6 @@ impl ArtifactStore for LocalStore {
     ) -> Result<String> {
         let src = self.target_dir(target).join(&artifact.path);
         std::fs::copy(&src, dest).ctx(|| format!("cannot copy `{}`", src.display()))?;
-        crate::image::bake::sha256_file(dest)
+        sha256_file(dest)
     }
 }

@@ -5,6 +5,11 @@
 pub mod local;
 pub mod s3;
 
+/// Finders of what unfinished publishes left (the S3 upload journal), for `runner gc`.
+pub fn sweepers(dirs: &crate::paths::Dirs) -> Vec<Box<dyn crate::leftovers::Sweeper>> {
+    vec![Box::new(s3::sweep::UploadSweeper { dirs: dirs.clone() })]
+}
+
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -56,7 +61,7 @@ pub fn check_reserved(target: &str, files: &[ArtifactFile]) -> Result<()> {
         .iter()
         .any(|f| f.path == Path::new(SHA256SUMS) || f.path == Path::new(manifest::FILE))
     {
-        return Err(crate::error::Error::other(format!(
+        return Err(crate::error::Error::ArtifactRefused(format!(
             "target `{target}` produced an artifact named {SHA256SUMS} or {}, which runner writes itself",
             manifest::FILE
         )));
@@ -88,11 +93,12 @@ pub trait ArtifactStore: Send + Sync {
 
     /// A complete published build of `target` with these inputs, if the store has one (for a
     /// local store: its artifacts still there with the recorded digests); with locations.
+    /// Errors are the store's (unreachable, refused), never a silent "no build".
     async fn published(
         &self,
         target: &str,
         inputs_digest: &str,
-    ) -> Option<(Manifest, Vec<PathBuf>)>;
+    ) -> Result<Option<(Manifest, Vec<PathBuf>)>>;
 
     /// The newest complete build of `target`, whatever its inputs (for `runner artifacts`).
     async fn latest(&self, target: &str) -> Result<Option<Manifest>>;

@@ -210,21 +210,55 @@ pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// A throwaway project directory, built up file by file: the one way tests make projects.
+pub struct Project {
+    dir: tempfile::TempDir,
+}
+
+impl Project {
+    pub fn new() -> Project {
+        let dir = tempfile::Builder::new()
+            .prefix("runner-test-project-")
+            .tempdir()
+            .unwrap();
+        std::fs::create_dir_all(dir.path().join("builders")).unwrap();
+        Project { dir }
+    }
+
+    /// `builders/<name>.toml` with `text`.
+    pub fn builder(self, name: &str, text: &str) -> Project {
+        self.file(&format!("builders/{name}.toml"), text)
+    }
+
+    /// A builder file of the repository's own `builders/`, under its name.
+    pub fn repo_builder(self, name: &str) -> Project {
+        let text = std::fs::read_to_string(repo().join(format!("builders/{name}.toml"))).unwrap();
+        self.builder(name, &text)
+    }
+
+    /// Any file, its directories made as needed.
+    pub fn file(self, rel: &str, text: &str) -> Project {
+        let path = self.dir.path().join(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+        self
+    }
+
+    pub fn toml(self, text: &str) -> Project {
+        self.file("runner.toml", text)
+    }
+
+    pub fn done(self) -> tempfile::TempDir {
+        self.dir
+    }
+}
+
 /// A project directory with the given builder files.
 pub fn project_with(builders: &[(&str, &str)]) -> tempfile::TempDir {
-    let dir = tempfile::Builder::new()
-        .prefix("runner-test-project-")
-        .tempdir()
-        .unwrap();
-    std::fs::create_dir_all(dir.path().join("builders")).unwrap();
-    for (name, text) in builders {
-        std::fs::write(
-            dir.path().join("builders").join(format!("{name}.toml")),
-            text,
-        )
-        .unwrap();
-    }
-    dir
+    builders
+        .iter()
+        .fold(Project::new(), |p, (name, text)| p.builder(name, text))
+        .done()
 }
 
 /// Copies a directory tree, leaving out any `artifacts/` directory (a build's output).

@@ -1,18 +1,16 @@
 //! The account side of EC2: clients configured the AWS way, the tags that name a run, AMI
 //! resolution, and API errors in one line. Shared by launches, teardowns and `runner gc`.
 
-use std::collections::HashMap;
 use std::sync::OnceLock;
-use std::time::Duration;
 
 use aws_sdk_ec2::Client;
-use aws_sdk_ec2::error::ProvideErrorMetadata;
 use aws_sdk_ec2::types::{Filter, ResourceType, Tag, TagSpecification};
 
 use super::cleanup;
+use crate::aws::{self, Retries};
 use crate::config::{Ami, Arch, Ec2Builder};
 use crate::error::{Error, Result};
-use crate::machine::state::process_start;
+use crate::host::{Owner, hostname};
 
 /// Tag keys runner puts on everything it creates.
 pub const TAG_RUN: &str = "runner:run-id";
@@ -38,15 +36,9 @@ pub(super) const CAPACITY_ERRORS: &[&str] = &[
 pub fn run_id() -> &'static str {
     static ID: OnceLock<String> = OnceLock::new();
     ID.get_or_init(|| {
-        let pid = std::process::id();
-        format!("{}:{pid}:{}", hostname(), process_start(pid).unwrap_or(0))
+        let me = Owner::me();
+        format!("{}:{}:{}", hostname(), me.pid, me.start)
     })
-}
-
-pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_else(|_| "unknown".into())
 }
 
 pub(super) fn owner() -> String {
@@ -56,20 +48,10 @@ pub(super) fn owner() -> String {
 }
 
 /// An EC2 client the AWS way (env, profile, SSO, web identity, instance metadata), with
-/// adaptive retries: throttling slows every caller of this process down instead of failing.
+/// adaptive retries unless the user chose others: throttling slows every caller of this
+/// process down instead of failing.
 pub async fn client(region: Option<&str>, endpoint: Option<&str>) -> Client {
-    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest()).retry_config(
-        aws_config::retry::RetryConfig::adaptive()
-            .with_max_attempts(8)
-            .with_initial_backoff(Duration::from_millis(200)),
-    );
-    if let Some(r) = region {
-        loader = loader.region(aws_config::Region::new(r.to_owned()));
-    }
-    if let Some(e) = endpoint {
-        loader = loader.endpoint_url(e);
-    }
-    let shared = loader.load().await;
+    let shared = aws::config(region, endpoint, Retries::Adaptive { attempts: 8 }).await;
     Client::from_conf(
         aws_sdk_ec2::config::Builder::from(&shared)
             .interceptor(cleanup::CountCalls)
@@ -77,8 +59,8 @@ pub async fn client(region: Option<&str>, endpoint: Option<&str>) -> Client {
     )
 }
 
-/// A builder's client and image, resolved once per process: every target of a run shares
-/// them (one DescribeImages, not one per target) and sees the same AMI.
+/// A builder's client and image, resolved once per run by its backend: every target of a run
+/// shares them (one DescribeImages, not one per target) and sees the same AMI.
 #[derive(Clone)]
 pub struct Resolved {
     pub client: Client,
@@ -88,13 +70,6 @@ pub struct Resolved {
 }
 
 pub async fn resolve(name: &str, b: &Ec2Builder) -> Result<Resolved> {
-    static CACHE: tokio::sync::Mutex<Option<HashMap<String, Resolved>>> =
-        tokio::sync::Mutex::const_new(None);
-    let key = format!("{name}\0{b:?}");
-    let mut cache = CACHE.lock().await;
-    if let Some(r) = cache.as_ref().and_then(|c| c.get(&key)) {
-        return Ok(r.clone());
-    }
     let client = client(b.region.as_deref(), b.endpoint.as_deref()).await;
     let region = client
         .config()
@@ -122,7 +97,7 @@ pub async fn resolve(name: &str, b: &Ec2Builder) -> Result<Resolved> {
     let images = q
         .send()
         .await
-        .map_err(|e| api_error(&format!("builder `{name}`: DescribeImages"), &e))?;
+        .map_err(|e| aws::error(format!("builder `{name}`: DescribeImages"), e))?;
     let newest = images
         .images()
         .iter()
@@ -134,16 +109,12 @@ pub async fn resolve(name: &str, b: &Ec2Builder) -> Result<Resolved> {
                 b.ami
             ))
         })?;
-    let r = Resolved {
+    Ok(Resolved {
         ami: newest.image_id().unwrap_or_default().to_owned(),
         root_device: newest.root_device_name().unwrap_or("/dev/xvda").to_owned(),
         region,
         client,
-    };
-    cache
-        .get_or_insert_with(HashMap::new)
-        .insert(key, r.clone());
-    Ok(r)
+    })
 }
 
 pub(super) fn filter(name: &str, value: &str) -> Filter {
@@ -166,21 +137,4 @@ pub(super) fn tags(
         .tags(tag(TAG_EXPIRES, &expires.to_string()))
         .tags(tag(TAG_MACHINE, machine))
         .build()
-}
-
-/// One line for an API failure: the service's code and message, or the transport's story.
-pub fn api_error<E, R>(what: &str, e: &aws_sdk_ec2::error::SdkError<E, R>) -> Error
-where
-    E: std::error::Error + ProvideErrorMetadata + 'static,
-    R: std::fmt::Debug,
-{
-    let why = match e
-        .as_service_error()
-        .and_then(|se| Some((se.code()?, se.message())))
-    {
-        Some((code, message)) => format!("{code}: {}", message.unwrap_or_default()),
-        // No code: a transport failure or an answer that was not an EC2 error document.
-        None => aws_sdk_ec2::error::DisplayErrorContext(e).to_string(),
-    };
-    Error::other(format!("{what} failed: {why}"))
 }

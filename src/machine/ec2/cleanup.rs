@@ -9,12 +9,13 @@ use aws_sdk_ec2::Client;
 use aws_sdk_ec2::client::Waiters;
 use aws_sdk_ec2::config::interceptors::BeforeTransmitInterceptorContextRef;
 use aws_sdk_ec2::config::{ConfigBag, Intercept, RuntimeComponents};
-use aws_sdk_ec2::error::ProvideErrorMetadata;
 use aws_sdk_ec2::types::Filter;
 
-use super::{TAG_EXPIRES, TAG_MACHINE, TAG_RUN, api_error, hostname};
+use super::{TAG_EXPIRES, TAG_MACHINE, TAG_RUN};
+use crate::aws;
 use crate::error::{Error, Result};
-use crate::machine::state::{CloudRecord, now_unix, process_start};
+use crate::host::{Owner, hostname, now_unix};
+use crate::machine::record::CloudRecord;
 
 /// How long to wait for an instance to reach `terminated`.
 const TERMINATE_WAIT: Duration = Duration::from_secs(600);
@@ -47,8 +48,10 @@ pub fn api_calls() -> u64 {
     API_CALLS.load(Ordering::Relaxed)
 }
 
-fn gone(code: Option<&str>) -> bool {
-    code.is_some_and(|c| c.starts_with("InvalidInstanceID") || c.starts_with("InvalidGroup"))
+/// Codes that mean "already gone": removing it again is done.
+fn gone(e: &Error) -> bool {
+    e.aws_code()
+        .is_some_and(|c| c.starts_with("InvalidInstanceID") || c.starts_with("InvalidGroup"))
 }
 
 /// Terminates the instance (saving its console output first), waits until it is terminated,
@@ -81,8 +84,10 @@ pub async fn destroy(client: &Client, cloud: &CloudRecord, console: Option<&Path
         }
         match client.terminate_instances().instance_ids(id).send().await {
             Ok(_) => {}
-            Err(e) if gone(e.code()) => {}
-            Err(e) => return Err(api_error(&format!("TerminateInstances {id}"), &e)),
+            Err(e) => match aws::error(format!("TerminateInstances {id}"), e) {
+                e if gone(&e) => {}
+                e => return Err(e),
+            },
         }
     }
     if !instances.is_empty() {
@@ -91,12 +96,11 @@ pub async fn destroy(client: &Client, cloud: &CloudRecord, console: Option<&Path
             .set_instance_ids(Some(instances.clone()))
             .wait(TERMINATE_WAIT)
             .await
-            .map_err(|e| {
-                Error::other(format!(
-                    "{} did not reach `terminated`: {}",
-                    instances.join(", "),
-                    aws_sdk_ec2::error::DisplayErrorContext(&e)
-                ))
+            .map_err(|e| Error::Aws {
+                context: format!("waiting for {} to terminate", instances.join(", ")),
+                code: None,
+                summary: aws_smithy_types::error::display::DisplayErrorContext(&e).to_string(),
+                source: Box::new(e),
             })?;
     }
     for group in &groups {
@@ -127,7 +131,7 @@ async fn by_machine_tag(
             .filters(not_terminated())
             .send()
             .await
-            .map_err(|e| api_error("DescribeInstances", &e))?;
+            .map_err(|e| aws::error("DescribeInstances", e))?;
         instances.extend(
             out.reservations()
                 .iter()
@@ -142,7 +146,7 @@ async fn by_machine_tag(
             .filters(by_tag())
             .send()
             .await
-            .map_err(|e| api_error("DescribeSecurityGroups", &e))?;
+            .map_err(|e| aws::error("DescribeSecurityGroups", e))?;
         groups.extend(
             out.security_groups()
                 .iter()
@@ -166,16 +170,17 @@ fn not_terminated() -> Filter {
 async fn delete_group(client: &Client, group: &str) -> Result<()> {
     let deadline = tokio::time::Instant::now() + GROUP_RETRY;
     loop {
-        match client.delete_security_group().group_id(group).send().await {
+        let e = match client.delete_security_group().group_id(group).send().await {
             Ok(_) => return Ok(()),
-            Err(e) if gone(e.code()) => return Ok(()),
-            Err(e)
-                if e.code() == Some("DependencyViolation")
-                    && tokio::time::Instant::now() < deadline =>
-            {
-                tokio::time::sleep(Duration::from_secs(5)).await;
-            }
-            Err(e) => return Err(api_error(&format!("DeleteSecurityGroup {group}"), &e)),
+            Err(e) => aws::error(format!("DeleteSecurityGroup {group}"), e),
+        };
+        let in_use = e.aws_code() == Some("DependencyViolation");
+        if gone(&e) {
+            return Ok(());
+        } else if in_use && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        } else {
+            return Err(e);
         }
     }
 }
@@ -215,7 +220,7 @@ fn run_dead(run: &str) -> bool {
         return false;
     }
     match (pid.parse::<u32>(), start.parse::<u64>()) {
-        (Ok(pid), Ok(start)) => process_start(pid) != Some(start),
+        (Ok(pid), Ok(start)) => !Owner { pid, start }.alive(),
         _ => false,
     }
 }
@@ -249,7 +254,7 @@ pub async fn scan(client: &Client) -> Result<Vec<Tagged>> {
         .into_paginator()
         .send();
     while let Some(page) = pages.next().await {
-        let page = page.map_err(|e| api_error("DescribeInstances", &e))?;
+        let page = page.map_err(|e| aws::error("DescribeInstances", e))?;
         for i in page.reservations().iter().flat_map(|r| r.instances()) {
             if let Some(t) = judge("instance", i.instance_id().unwrap_or_default(), i.tags()) {
                 found.push(t);
@@ -261,7 +266,7 @@ pub async fn scan(client: &Client) -> Result<Vec<Tagged>> {
         .filters(Filter::builder().name("tag-key").values(TAG_RUN).build())
         .send()
         .await
-        .map_err(|e| api_error("DescribeSecurityGroups", &e))?;
+        .map_err(|e| aws::error("DescribeSecurityGroups", e))?;
     for g in groups.security_groups() {
         if let Some(t) = judge("security group", g.group_id().unwrap_or_default(), g.tags()) {
             found.push(t);
@@ -270,10 +275,10 @@ pub async fn scan(client: &Client) -> Result<Vec<Tagged>> {
     Ok(found)
 }
 
-/// Removes what [`scan`] found: instances first (a group in use cannot be deleted).
-pub async fn remove(client: &Client, items: &[&Tagged]) -> Vec<(String, Result<()>)> {
-    let mut out = vec![];
-    for t in items.iter().filter(|t| t.kind == "instance") {
+/// Removes what [`scan`] found: an instance is terminated (and waited for), a group deleted.
+/// Callers remove instances first: a group in use cannot be deleted.
+pub async fn remove(client: &Client, t: &Tagged) -> Result<()> {
+    if t.kind == "instance" {
         let cloud = CloudRecord {
             region: String::new(),
             endpoint: None,
@@ -282,10 +287,8 @@ pub async fn remove(client: &Client, items: &[&Tagged]) -> Vec<(String, Result<(
             machine_tag: None,
             owns_group: false,
         };
-        out.push((t.describe(), destroy(client, &cloud, None).await));
+        destroy(client, &cloud, None).await
+    } else {
+        delete_group(client, &t.id).await
     }
-    for t in items.iter().filter(|t| t.kind != "instance") {
-        out.push((t.describe(), delete_group(client, &t.id).await));
-    }
-    out
 }

@@ -5,7 +5,7 @@
 //! with `InstanceInitiatedShutdownBehavior=terminate`, powering off ends the billing.
 
 use crate::error::Result;
-use crate::keys::{GuestKeys, openssh_public};
+use crate::guest::keys::{GuestKeys, openssh_public};
 
 /// The `#cloud-config` document for one machine. `expires_unix` is absolute, so a reboot
 /// re-arms the switch for the time that is left rather than a fresh lifetime.

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::Settings;
 use crate::error::{Error, IoContext, Result};
-use crate::machine::state::{now_unix, process_start};
+use crate::host::{Owner, now_unix};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -41,7 +41,11 @@ impl PendingUpload {
 
     /// True when the runner that started this publish is gone.
     pub fn orphaned(&self) -> bool {
-        process_start(self.owner_pid) != Some(self.owner_start)
+        !Owner {
+            pid: self.owner_pid,
+            start: self.owner_start,
+        }
+        .alive()
     }
 }
 
@@ -54,15 +58,15 @@ pub struct Entry {
 impl Entry {
     pub fn write(dir: &Path, bucket: &str, prefix: &str, settings: &Settings) -> Result<Entry> {
         std::fs::create_dir_all(dir).ctx(|| format!("cannot create `{}`", dir.display()))?;
-        let me = std::process::id();
+        let me = Owner::me();
         let record = PendingUpload {
             bucket: bucket.to_owned(),
             prefix: prefix.to_owned(),
             endpoint: settings.endpoint.clone(),
             region: settings.region.clone(),
             path_style: settings.path_style,
-            owner_pid: me,
-            owner_start: process_start(me).unwrap_or(0),
+            owner_pid: me.pid,
+            owner_start: me.start,
             created_unix: now_unix(),
         };
         let file = tempfile::Builder::new()
@@ -71,10 +75,12 @@ impl Entry {
             .tempfile_in(dir)
             .ctx(|| format!("cannot create an upload record in `{}`", dir.display()))?;
         serde_json::to_writer_pretty(file.as_file(), &record)
-            .map_err(|e| Error::other(format!("cannot write an upload record: {e}")))?;
+            .map_err(std::io::Error::from)
+            .ctx(|| format!("cannot write an upload record in `{}`", dir.display()))?;
         let (_, path) = file
             .keep()
-            .map_err(|e| Error::other(format!("cannot keep an upload record: {e}")))?;
+            .map_err(|e| e.error)
+            .ctx(|| format!("cannot keep an upload record in `{}`", dir.display()))?;
         Ok(Entry { path })
     }
 
@@ -99,8 +105,9 @@ pub fn pending(dir: &Path) -> Vec<(PathBuf, Result<PendingUpload>)> {
             let r = std::fs::read(&p)
                 .ctx(|| format!("cannot read `{}`", p.display()))
                 .and_then(|b| {
-                    serde_json::from_slice(&b).map_err(|e| {
-                        Error::other(format!("corrupt upload record `{}`: {e}", p.display()))
+                    serde_json::from_slice(&b).map_err(|e| Error::BadFile {
+                        path: p.clone(),
+                        problem: format!("corrupt upload record: {e}"),
                     })
                 });
             (p, r)

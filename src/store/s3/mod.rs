@@ -9,6 +9,7 @@
 //! build nor a dangling upload remains.
 
 pub mod journal;
+pub mod sweep;
 mod upload;
 
 use std::path::{Path, PathBuf};
@@ -16,39 +17,16 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use aws_sdk_s3::Client;
-use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata};
 use sha2::{Digest, Sha256};
 
 use self::upload::Uploader;
 use super::{ArtifactStore, Publishing, SHA256SUMS};
 use crate::artifacts::{ArtifactFile, sha256sums};
+use crate::aws::{self, Retries};
+pub use crate::config::S3Url;
 use crate::error::{Error, IoContext, Result};
 use crate::manifest::{self, ArtifactRecord, Manifest};
 use crate::paths::Dirs;
-
-/// `s3://bucket/prefix`, parsed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct S3Url {
-    pub bucket: String,
-    pub prefix: String,
-}
-
-impl std::str::FromStr for S3Url {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        let rest = s
-            .strip_prefix("s3://")
-            .ok_or_else(|| format!("`{s}` is not an s3:// URL"))?;
-        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-        if bucket.is_empty() {
-            return Err(format!("`{s}` names no bucket"));
-        }
-        Ok(S3Url {
-            bucket: bucket.to_owned(),
-            prefix: prefix.trim_matches('/').to_owned(),
-        })
-    }
-}
 
 /// How to reach the store, beyond the standard AWS configuration chain.
 #[derive(Debug, Clone, Default)]
@@ -70,15 +48,12 @@ pub struct S3Store {
 
 impl S3Store {
     pub async fn connect(url: S3Url, settings: &Settings, dirs: &Dirs) -> S3Store {
-        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(5));
-        if let Some(region) = &settings.region {
-            loader = loader.region(aws_config::Region::new(region.clone()));
-        }
-        if let Some(endpoint) = &settings.endpoint {
-            loader = loader.endpoint_url(endpoint);
-        }
-        let shared = loader.load().await;
+        let shared = aws::config(
+            settings.region.as_deref(),
+            settings.endpoint.as_deref(),
+            Retries::Standard { attempts: 5 },
+        )
+        .await;
         let config = aws_sdk_s3::config::Builder::from(&shared)
             .force_path_style(settings.path_style)
             // runner sends its own SHA-256 on every object and part; the SDK's default extra
@@ -104,28 +79,28 @@ impl S3Store {
     /// Fails fast, before any machine boots, when the bucket is missing or not ours to use:
     /// a typo in a bucket name should not cost a whole build.
     pub async fn preflight(&self) -> Result<()> {
-        self.client
+        let answer = self
+            .client
             .head_bucket()
             .bucket(&self.url.bucket)
             .send()
-            .await
-            .map(|_| ())
-            .map_err(|e| {
-                let why = match e.as_service_error() {
-                    Some(se) if se.is_not_found() => "NoSuchBucket: it does not exist".to_owned(),
-                    _ => match e.raw_response().map(|r| r.status().as_u16()) {
-                        Some(403) => {
-                            "access denied (check the credentials and the bucket policy)".to_owned()
-                        }
-                        Some(404) => "NoSuchBucket: it does not exist".to_owned(),
-                        _ => brief(&e),
-                    },
-                };
-                Error::other(format!(
-                    "cannot use bucket `s3://{}/{}`: {why}",
-                    self.url.bucket, self.url.prefix
-                ))
-            })
+            .await;
+        let Err(e) = answer else { return Ok(()) };
+        let missing = e.as_service_error().is_some_and(|se| se.is_not_found());
+        let why = match (missing, aws::status(&e)) {
+            (true, _) | (_, Some(404)) => "NoSuchBucket: it does not exist".to_owned(),
+            (_, Some(403)) => "access denied (check the credentials and the bucket policy)".into(),
+            _ => aws::summary(&e),
+        };
+        Err(Error::Aws {
+            context: format!("cannot use bucket `{}`", self.url),
+            code: e
+                .as_service_error()
+                .and_then(aws_smithy_types::error::metadata::ProvideErrorMetadata::code)
+                .map(str::to_owned),
+            summary: why,
+            source: Box::new(e),
+        })
     }
 
     /// Uploads one file to `key` the way a publish does (multipart from 8 MiB, parallel
@@ -162,20 +137,30 @@ impl S3Store {
         format!("s3://{}/{key}", self.url.bucket)
     }
 
-    fn fail<E, R>(&self, what: &str, key: &str, e: aws_sdk_s3::error::SdkError<E, R>) -> Error
+    fn fail<E>(
+        &self,
+        what: &str,
+        key: &str,
+        e: aws_sdk_s3::error::SdkError<E, aws::Response>,
+    ) -> Error
     where
-        E: std::error::Error + ProvideErrorMetadata + 'static,
-        R: std::fmt::Debug,
+        E: std::error::Error
+            + aws_smithy_types::error::metadata::ProvideErrorMetadata
+            + Send
+            + Sync
+            + 'static,
     {
-        Error::other(format!(
-            "S3 {what} of `s3://{}/{key}` failed: {}",
-            self.url.bucket,
-            brief(&e)
-        ))
+        aws::error(format!("S3 {what} of `s3://{}/{key}`", self.url.bucket), e)
     }
 
-    /// The newest complete build of `target` whose build id starts with `id_prefix`.
-    async fn find_manifest(&self, target: &str, id_prefix: &str) -> Option<(String, Manifest)> {
+    /// The newest complete build of `target` whose build id starts with `id_prefix`: build
+    /// directories are listed page by page, newest first by the start time that ends their
+    /// id, and the first with a manifest wins. Errors are the store's, never "no build".
+    async fn find_manifest(
+        &self,
+        target: &str,
+        id_prefix: &str,
+    ) -> Result<Option<(String, Manifest)>> {
         // `<prefix>/<target>/<id_prefix>`: with an empty id, the target's directory itself.
         let mut under = self
             .build_prefix(target, id_prefix)
@@ -184,64 +169,82 @@ impl S3Store {
         if id_prefix.is_empty() {
             under.push('/'); // `<target>/`, so that target `t` never matches `t2`
         }
-        let list = self
-            .client
-            .list_objects_v2()
-            .bucket(&self.url.bucket)
-            .prefix(under)
-            .send()
-            .await
-            .ok()?;
-        let mut keys: Vec<String> = list
-            .contents()
-            .iter()
-            .filter_map(|o| o.key())
-            .filter(|k| k.ends_with(&format!("/{}", manifest::FILE)))
-            .map(str::to_owned)
-            .collect();
+        let mut builds = self.build_dirs(&under).await?;
         // Build ids end in their start time: the newest sorts last by that number.
-        keys.sort_by_key(|k| {
-            let id = k.rsplit('/').nth(1).unwrap_or_default();
+        builds.sort_by_key(|d| {
+            let id = d
+                .trim_end_matches('/')
+                .rsplit('/')
+                .next()
+                .unwrap_or_default();
             id.rsplit('-')
                 .next()
                 .and_then(|t| t.parse::<u64>().ok())
                 .unwrap_or(0)
         });
-        let key = keys.pop()?;
-        let body = self
+        while let Some(dir) = builds.pop() {
+            let key = format!("{dir}{}", manifest::FILE);
+            if let Some(m) = self.read_manifest(&key).await? {
+                return Ok(Some((key, m)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Build directories (`…/<target>/<build id>/`) under `under`, across every page.
+    async fn build_dirs(&self, under: &str) -> Result<Vec<String>> {
+        let mut out = vec![];
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.url.bucket)
+            .prefix(under)
+            .delimiter("/")
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| self.fail("listing", under, e))?;
+            out.extend(
+                page.common_prefixes()
+                    .iter()
+                    .filter_map(|p| p.prefix().map(str::to_owned)),
+            );
+        }
+        Ok(out)
+    }
+
+    /// The manifest at `key`; `None` if there is none (a build still uploading, or cleaned).
+    async fn read_manifest(&self, key: &str) -> Result<Option<Manifest>> {
+        let got = self
             .client
             .get_object()
             .bucket(&self.url.bucket)
-            .key(&key)
+            .key(key)
             .send()
+            .await;
+        let body = match got {
+            Ok(o) => o.body,
+            Err(e) if e.as_service_error().is_some_and(|se| se.is_no_such_key()) => {
+                return Ok(None);
+            }
+            Err(e) => return Err(self.fail("download", key, e)),
+        };
+        let bytes = body
+            .collect()
             .await
-            .ok()?;
-        let bytes = body.body.collect().await.ok()?.into_bytes();
-        let tmp = tempfile::NamedTempFile::new().ok()?;
-        std::fs::write(tmp.path(), &bytes).ok()?;
-        Some((key, Manifest::read(tmp.path()).ok()?))
+            .map_err(|e| Error::Download {
+                uri: self.uri_of(key),
+                source: Box::new(e),
+            })?
+            .into_bytes();
+        let tmp = tempfile::NamedTempFile::new().ctx(|| "cannot create a temporary file")?;
+        std::fs::write(tmp.path(), &bytes).ctx(|| "cannot write a temporary file")?;
+        Manifest::read(tmp.path()).map(Some)
     }
 }
 
 pub fn build_id(m: &Manifest) -> String {
     manifest::build_id(&m.inputs_digest, m.started_unix)
-}
-
-/// An S3 error in one line: the service's code and message when it answered, else the
-/// transport's account (connection refused, timeout) — never the whole response dump.
-fn brief<E, R>(e: &aws_sdk_s3::error::SdkError<E, R>) -> String
-where
-    E: std::error::Error + ProvideErrorMetadata + 'static,
-    R: std::fmt::Debug,
-{
-    match e.as_service_error() {
-        Some(se) => match (se.code(), se.message()) {
-            (Some(code), Some(msg)) => format!("{code}: {msg}"),
-            (Some(code), None) => code.to_owned(),
-            _ => se.to_string(),
-        },
-        None => DisplayErrorContext(e).to_string(),
-    }
 }
 
 #[async_trait]
@@ -311,16 +314,15 @@ impl ArtifactStore for S3Store {
                 Err(cause)
             }
             // The journal entry stays: it is what `runner gc` finishes from.
-            Err(e) => Err(Error::other(format!(
-                "{}; cleaning up `s3://{}/{prefix}` also failed ({e}); it is recorded in `{}` and \
-                 `runner gc --force` finishes the cleanup once the store is reachable",
-                match &cause {
+            Err(e) => Err(Error::CleanupFailed {
+                cause: match &cause {
                     Error::Cancelled => "cancelled".to_owned(),
                     other => crate::error::chain(other),
                 },
-                self.url.bucket,
-                entry.path().display()
-            ))),
+                location: format!("s3://{}/{prefix}", self.url.bucket),
+                journal: entry.path().to_owned(),
+                source: Box::new(e),
+            }),
         }
     }
 
@@ -328,8 +330,10 @@ impl ArtifactStore for S3Store {
         &self,
         target: &str,
         inputs_digest: &str,
-    ) -> Option<(Manifest, Vec<PathBuf>)> {
-        let (key, m) = self.find_manifest(target, &inputs_digest[..16]).await?;
+    ) -> Result<Option<(Manifest, Vec<PathBuf>)>> {
+        let Some((key, m)) = self.find_manifest(target, &inputs_digest[..16]).await? else {
+            return Ok(None);
+        };
         let prefix = key.trim_end_matches(manifest::FILE);
         let mut uris: Vec<PathBuf> = m
             .artifacts
@@ -338,11 +342,11 @@ impl ArtifactStore for S3Store {
             .collect();
         uris.push(PathBuf::from(self.uri_of(&format!("{prefix}{SHA256SUMS}"))));
         uris.push(PathBuf::from(self.uri_of(&key)));
-        Some((m, uris))
+        Ok(Some((m, uris)))
     }
 
     async fn latest(&self, target: &str) -> Result<Option<Manifest>> {
-        Ok(self.find_manifest(target, "").await.map(|(_, m)| m))
+        Ok(self.find_manifest(target, "").await?.map(|(_, m)| m))
     }
 
     async fn fetch(
@@ -376,11 +380,9 @@ impl ArtifactStore for S3Store {
             .await
             .ctx(|| format!("cannot create `{}`", dest.display()))?;
         let mut h = Sha256::new();
-        while let Some(chunk) = body.try_next().await.map_err(|e| {
-            Error::other(format!(
-                "download of `s3://{}/{key}` broke off: {e}",
-                self.url.bucket
-            ))
+        while let Some(chunk) = body.try_next().await.map_err(|e| Error::Download {
+            uri: artifact.uri.clone(),
+            source: Box::new(e),
         })? {
             h.update(&chunk);
             tokio::io::AsyncWriteExt::write_all(&mut file, &chunk)
@@ -393,20 +395,5 @@ impl ArtifactStore for S3Store {
             .await
             .ctx(|| format!("cannot write `{}`", dest.display()))?;
         Ok(hex::encode(h.finalize()))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_s3_urls() {
-        let u: S3Url = "s3://bucket/a/b/".parse().unwrap();
-        assert_eq!((u.bucket.as_str(), u.prefix.as_str()), ("bucket", "a/b"));
-        let u: S3Url = "s3://bucket".parse().unwrap();
-        assert_eq!(u.prefix, "");
-        assert!("http://x".parse::<S3Url>().is_err());
-        assert!("s3:///x".parse::<S3Url>().is_err());
     }
 }

@@ -15,7 +15,8 @@ use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPa
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
-use super::{S3Store, brief};
+use super::S3Store;
+use crate::aws;
 use crate::error::{Error, IoContext, Result};
 
 /// Files at least this large go up as multipart uploads (S3's minimum part is 5 MiB).
@@ -130,7 +131,7 @@ impl Uploader<'_> {
                 tokio::select! {
                     biased;
                     Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
-                        parts.push(joined.map_err(|e| Error::other(format!("upload task failed: {e}")))??);
+                        parts.push(joined.map_err(|source| Error::Task { what: "an upload task", source })??);
                     }
                     p = limit.clone().acquire_owned() => break p.expect("semaphore open"),
                 }
@@ -152,7 +153,10 @@ impl Uploader<'_> {
             });
         }
         while let Some(joined) = tasks.join_next().await {
-            parts.push(joined.map_err(|e| Error::other(format!("upload task failed: {e}")))??);
+            parts.push(joined.map_err(|source| Error::Task {
+                what: "an upload task",
+                source,
+            })??);
         }
         parts.sort_by_key(|p| p.part_number());
         Ok(parts)
@@ -197,13 +201,13 @@ impl PartJob {
             .send()
             .await
             .map_err(|e| {
-                Error::other(format!(
-                    "S3 upload of part {} of `s3://{}/{}` failed: {}",
-                    self.number,
-                    self.bucket,
-                    self.key,
-                    brief(&e)
-                ))
+                aws::error(
+                    format!(
+                        "S3 upload of part {} of `s3://{}/{}`",
+                        self.number, self.bucket, self.key
+                    ),
+                    e,
+                )
             })?;
         (self.sent)(self.len as u64);
         Ok(CompletedPart::builder()
@@ -225,7 +229,7 @@ impl S3Store {
         match self.unfinished_uploads(prefix).await {
             Ok(found) => uploads.extend(found),
             // Some S3-compatible servers cannot list uploads; the known ones are still aborted.
-            Err(e) if !open.is_empty() && e.to_string().contains("NotImplemented") => {}
+            Err(e) if !open.is_empty() && e.aws_code() == Some("NotImplemented") => {}
             Err(e) => return Err(e),
         }
         self.abort(uploads).await?;
@@ -258,7 +262,7 @@ impl S3Store {
                 let gone = e
                     .as_service_error()
                     .is_some_and(|se| se.is_no_such_upload())
-                    || e.raw_response().is_some_and(|r| r.status().as_u16() == 404);
+                    || aws::status(&e) == Some(404);
                 if !gone {
                     return Err(self.fail("abort of the multipart upload", &key, e));
                 }

@@ -17,8 +17,10 @@ impl GuestKeys {
     pub fn generate() -> Result<GuestKeys> {
         let mut rng = rand::rng();
         let mut gen_key = || {
-            PrivateKey::random(&mut rng, Algorithm::Ed25519)
-                .map_err(|e| Error::other(format!("cannot generate an ed25519 key: {e}")))
+            PrivateKey::random(&mut rng, Algorithm::Ed25519).map_err(|source| Error::Key {
+                context: "cannot generate an ed25519 key",
+                source,
+            })
         };
         Ok(GuestKeys {
             client: gen_key()?,
@@ -56,5 +58,8 @@ pub fn fingerprint(key: &PublicKey) -> String {
 fn private_openssh(key: &PrivateKey) -> Result<String> {
     key.to_openssh(LineEnding::LF)
         .map(|s| s.to_string())
-        .map_err(|e| Error::other(format!("cannot encode a private key: {e}")))
+        .map_err(|source| Error::Key {
+            context: "cannot encode a private key",
+            source,
+        })
 }

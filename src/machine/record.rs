@@ -1,13 +1,13 @@
 //! The on-disk record of each machine, so that machines survive nothing but can always be
 //! found: if runner is SIGKILLed, `runner gc` reads these records, sees the owning process is
-//! gone, and removes what it left.
+//! gone, and the backend that made the machine removes what it left.
 
-use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, IoContext, Result};
+use crate::host::{Owner, now_unix};
 
 pub const RECORD: &str = "machine.json";
 
@@ -51,13 +51,13 @@ pub struct CloudRecord {
 
 impl MachineRecord {
     pub fn new(id: &str, backend: &str, label: &str, ssh_port: u16) -> MachineRecord {
-        let me = std::process::id();
+        let me = Owner::me();
         MachineRecord {
             id: id.to_owned(),
             backend: backend.to_owned(),
             label: label.to_owned(),
-            owner_pid: me,
-            owner_start: process_start(me).unwrap_or(0),
+            owner_pid: me.pid,
+            owner_start: me.start,
             created_unix: now_unix(),
             kept: false,
             ssh_port,
@@ -76,13 +76,38 @@ impl MachineRecord {
     pub fn read(dir: &Path) -> Result<MachineRecord> {
         let path = dir.join(RECORD);
         let bytes = std::fs::read(&path).ctx(|| format!("cannot read `{}`", path.display()))?;
-        serde_json::from_slice(&bytes)
-            .map_err(|e| Error::other(format!("corrupt machine record `{}`: {e}", path.display())))
+        serde_json::from_slice(&bytes).map_err(|e| Error::BadFile {
+            path,
+            problem: format!("corrupt machine record: {e}"),
+        })
     }
 
     /// True when the runner that launched this machine is gone (or the machine was kept).
     pub fn orphaned(&self) -> bool {
-        self.kept || process_start(self.owner_pid) != Some(self.owner_start)
+        let owner = Owner {
+            pid: self.owner_pid,
+            start: self.owner_start,
+        };
+        self.kept || !owner.alive()
+    }
+
+    /// How `gc` names it: `machine 3f2a9c1e (hello, qemu; owner pid 123 gone, kept)`.
+    pub fn describe(&self) -> String {
+        if self.orphaned() {
+            format!(
+                "machine {} ({}, {}; owner pid {} gone{})",
+                self.id,
+                self.label,
+                self.backend,
+                self.owner_pid,
+                if self.kept { ", kept" } else { "" }
+            )
+        } else {
+            format!(
+                "machine {} ({}) in use by runner pid {}",
+                self.id, self.label, self.owner_pid
+            )
+        }
     }
 }
 
@@ -92,47 +117,4 @@ pub fn mark_kept(dir: &Path) -> Result<()> {
     let mut r = MachineRecord::read(dir)?;
     r.kept = true;
     r.write(dir)
-}
-
-pub fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
-/// Field 22 of /proc/<pid>/stat: start time in clock ticks since boot.
-pub fn process_start(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may contain spaces and parentheses; fields resume after the last ')'.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    rest.split_whitespace().nth(19)?.parse().ok()
-}
-
-/// Every process whose command line mentions `needle` (a machine directory): how gc finds a
-/// QEMU even if runner died before recording its pid.
-pub fn processes_mentioning(needle: &Path) -> Vec<i32> {
-    let needle = needle.as_os_str().as_encoded_bytes();
-    let Ok(rd) = std::fs::read_dir("/proc") else {
-        return vec![];
-    };
-    rd.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| *pid as u32 != std::process::id())
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|c| c.windows(needle.len()).any(|w| w == needle))
-        })
-        .collect()
-}
-
-/// Machine directories under `machines`, sorted.
-pub fn machine_dirs(machines: &Path) -> Vec<PathBuf> {
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir(machines)
-        .map(|rd| {
-            rd.filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.is_dir())
-                .collect()
-        })
-        .unwrap_or_default();
-    dirs.sort();
-    dirs
 }

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::config::{Arch, Builder, QemuBuilder, Size};
+use crate::config::{Arch, QemuBuilder, Size};
 use crate::error::{Error, IoContext, Result};
 use crate::paths::Dirs;
 
@@ -85,8 +85,10 @@ impl Image {
     fn open(dir: &Path) -> Result<Image> {
         let path = dir.join("image.json");
         let bytes = std::fs::read(&path).ctx(|| format!("cannot read `{}`", path.display()))?;
-        let info: ImageInfo = serde_json::from_slice(&bytes)
-            .map_err(|e| Error::other(format!("corrupt `{}`: {e}", path.display())))?;
+        let info: ImageInfo = serde_json::from_slice(&bytes).map_err(|e| Error::BadFile {
+            path: path.clone(),
+            problem: format!("corrupt image record: {e}"),
+        })?;
         Ok(Image {
             digest: dir
                 .file_name()
@@ -140,19 +142,14 @@ impl Cache {
         Image::open(&self.root.join(digest)).ok()
     }
 
-    /// Returns the builder's image, baking it first if the cache does not have it.
+    /// Returns the recipe's image, baking it first (for builder `name`) if the cache does
+    /// not have it.
     pub async fn ensure(
         &self,
-        builder: &Builder,
+        name: &str,
+        recipe: &Recipe,
         opts: &bake::Options,
     ) -> Result<(Image, Provenance)> {
-        let q = builder.qemu().ok_or_else(|| {
-            crate::error::Error::other(format!(
-                "builder `{}` runs on EC2: it has no image to bake",
-                builder.name
-            ))
-        })?;
-        let recipe = Recipe::of(q);
         let digest = recipe.digest();
         if !opts.force
             && let Some(img) = self.lookup(&digest)
@@ -168,10 +165,12 @@ impl Cache {
         {
             return Ok((img, Provenance::Cached));
         }
-        bake::bake(&self.root, &builder.name, &recipe, &digest, opts).await?;
+        bake::bake(&self.root, name, recipe, &digest, opts).await?;
         Ok((
-            self.lookup(&digest)
-                .ok_or_else(|| Error::other("baked image vanished"))?,
+            self.lookup(&digest).ok_or_else(|| Error::BadFile {
+                path: self.root.join(&digest),
+                problem: "the image vanished right after its bake".into(),
+            })?,
             Provenance::Baked,
         ))
     }
@@ -209,11 +208,49 @@ impl Cache {
 /// An exclusive advisory lock, taken off the async threads because flock blocks.
 async fn lock(path: &Path) -> Result<nix::fcntl::Flock<File>> {
     let path = path.to_owned();
-    tokio::task::spawn_blocking(move || {
+    let task = tokio::task::spawn_blocking(move || {
         let f = File::create(&path).ctx(|| format!("cannot open lock `{}`", path.display()))?;
         nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
-            .map_err(|(_, e)| Error::other(format!("cannot lock `{}`: {e}", path.display())))
-    })
-    .await
-    .map_err(|e| Error::other(format!("lock task failed: {e}")))?
+            .map_err(|(_, e)| std::io::Error::from(e))
+            .ctx(|| format!("cannot lock `{}`", path.display()))
+    });
+    crate::error::joined("an image lock", task).await
+}
+
+/// Scratch directories of bakes whose lock nobody holds any more: what a killed bake left.
+pub fn stale_bakes(images: &Path) -> Vec<PathBuf> {
+    let Ok(rd) = std::fs::read_dir(images) else {
+        return vec![];
+    };
+    rd.filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            let name = p
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
+            let Some(rest) = name.strip_prefix(".bake-") else {
+                return false;
+            };
+            let short = rest.split('-').next().unwrap_or_default().to_owned();
+            // Any lock whose digest starts with this prefix and can be taken means no bake runs.
+            std::fs::read_dir(images)
+                .map(|rd| {
+                    rd.filter_map(|e| e.ok())
+                        .filter(|e| {
+                            e.file_name().to_string_lossy().starts_with(&short)
+                                && e.file_name().to_string_lossy().ends_with(".lock")
+                        })
+                        .all(|e| lock_free(&e.path()))
+                })
+                .unwrap_or(true)
+        })
+        .collect()
+}
+
+fn lock_free(path: &Path) -> bool {
+    let Ok(f) = std::fs::File::open(path) else {
+        return true;
+    };
+    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock).is_ok()
 }

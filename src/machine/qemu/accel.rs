@@ -5,54 +5,14 @@
 
 use std::path::Path;
 use std::process::Stdio;
-use std::str::FromStr;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::process::Command;
 
-use super::qemu::qemu_binary;
-use crate::config::Arch;
-use crate::image::Image;
-
-/// What the user asked for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum AccelChoice {
-    #[default]
-    Auto,
-    Kvm,
-    Tcg,
-}
-
-impl FromStr for AccelChoice {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "auto" => Ok(AccelChoice::Auto),
-            "kvm" => Ok(AccelChoice::Kvm),
-            "tcg" => Ok(AccelChoice::Tcg),
-            _ => Err(format!(
-                "unknown accelerator `{s}` (expected auto, kvm or tcg)"
-            )),
-        }
-    }
-}
-
-/// What QEMU will use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Accel {
-    Kvm,
-    Tcg,
-}
-
-impl Accel {
-    pub fn qemu_name(self) -> &'static str {
-        match self {
-            Accel::Kvm => "kvm",
-            Accel::Tcg => "tcg",
-        }
-    }
-}
+use super::command::{Accel, board, qemu_binary};
+use super::image::Image;
+use crate::machine::AccelChoice;
 
 /// A probe boot that has not printed its marker by then is treated as hung. A working KVM
 /// reaches the initrd in well under a second; TCG on these hosts takes 2-3 s.
@@ -60,7 +20,7 @@ const PROBE_DEADLINE: Duration = Duration::from_secs(8);
 pub const PROBE_MARKER: &str = "runner-probe-ok";
 
 pub async fn resolve(choice: AccelChoice, image: &Image, state_dir: &Path) -> Accel {
-    let native = Some(image.arch) == Arch::host();
+    let native = image.arch.is_native();
     match choice {
         AccelChoice::Tcg => Accel::Tcg,
         // An explicit request is honoured even if it will hang: that is what an override is for.
@@ -95,7 +55,7 @@ fn kvm_accessible() -> bool {
 }
 
 async fn probe_kvm(image: &Image) -> bool {
-    let board = super::qemu::board(image.arch, Accel::Kvm);
+    let board = board(image.arch, Accel::Kvm);
     let mut cmd = Command::new(qemu_binary(image.arch));
     cmd.args([
         "-machine",

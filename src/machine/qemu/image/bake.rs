@@ -13,12 +13,13 @@ use std::time::Instant;
 use indicatif::{ProgressBar, ProgressStyle};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
-use sha2::{Digest, Sha256};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Command;
 
 use super::{BAKE_SCRIPT, INITRD_INIT, ImageInfo, RUNNER_INIT, Recipe};
-use crate::error::{Error, IoContext, Result};
+use crate::digest::sha256_file;
+use crate::error::{Error, IoContext, Result, joined};
+use crate::machine::Report;
 
 #[derive(Clone, Default)]
 pub struct Options {
@@ -27,16 +28,6 @@ pub struct Options {
     pub force: bool,
     /// How bake steps are shown.
     pub report: Report,
-}
-
-/// Bake steps go to a spinner of their own (`runner image build` on a terminal), to plain
-/// lines on stderr, or to a caller that shows them its own way (a build's progress line).
-#[derive(Clone, Default)]
-pub enum Report {
-    Spinner,
-    #[default]
-    Lines,
-    To(std::sync::Arc<dyn Fn(String) + Send + Sync>),
 }
 
 /// Kills the whole process group on drop: a cancelled bake must not leave mmdebstrap running.
@@ -68,6 +59,50 @@ pub async fn bake(
                 images.display()
             )
         })?;
+    let out = scratch.path().join("out");
+    let log_path = scratch.path().join("bake.log");
+    let status = run_script(builder, recipe, &mirror, &out, &log_path, opts).await?;
+    if !status.success() {
+        let kept = images.join(format!("{digest}.failed.log"));
+        let _ = std::fs::copy(&log_path, &kept);
+        return Err(Error::Tool {
+            program: format!("bake of {builder}"),
+            status: format!("{status}; last lines:\n{}", crate::logs::tail(&kept, 15)),
+            log: kept,
+        });
+    }
+    let qcow2 = out.join("base.qcow2");
+    let base_sha256 = joined(
+        "hashing the image",
+        tokio::task::spawn_blocking(move || sha256_file(&qcow2)),
+    )
+    .await?;
+    let info = ImageInfo {
+        builder: builder.to_owned(),
+        recipe: recipe.clone(),
+        base_sha256,
+        created_unix: crate::host::now_unix(),
+        bake_seconds: started.elapsed().as_secs_f64(),
+    };
+    std::fs::write(
+        out.join("image.json"),
+        serde_json::to_vec_pretty(&info).expect("serializes"),
+    )
+    .ctx(|| "cannot write image.json")?;
+    std::fs::rename(&log_path, out.join("bake.log")).ctx(|| "cannot keep bake.log")?;
+    install(images, digest, &out)
+}
+
+/// Runs the embedded bake script into `out` in a private mount namespace, its output into
+/// `log_path` and its steps to `opts.report`.
+async fn run_script(
+    builder: &str,
+    recipe: &Recipe,
+    mirror: &str,
+    out: &Path,
+    log_path: &Path,
+    opts: &Options,
+) -> Result<std::process::ExitStatus> {
     let scripts = tempfile::tempdir().ctx(|| "cannot create a temporary directory")?;
     for (name, text) in [
         ("bake.sh", BAKE_SCRIPT),
@@ -76,17 +111,14 @@ pub async fn bake(
     ] {
         std::fs::write(scripts.path().join(name), text).ctx(|| format!("cannot write `{name}`"))?;
     }
-    let out = scratch.path().join("out");
-    let log_path = scratch.path().join("bake.log");
-    let mut log = tokio::fs::File::create(&log_path)
+    let mut log = tokio::fs::File::create(log_path)
         .await
         .ctx(|| format!("cannot create `{}`", log_path.display()))?;
-
     let mut cmd = Command::new("unshare");
     cmd.args(["--mount", "--propagation", "private", "bash"])
         .arg(scripts.path().join("bake.sh"))
-        .args([recipe.suite.as_str(), recipe.arch.debian(), &mirror])
-        .arg(&out)
+        .args([recipe.suite.as_str(), recipe.arch.debian(), mirror])
+        .arg(out)
         .args(&recipe.packages)
         .env("RUNNER_IMAGE_SIZE", recipe.disk.to_string())
         .stdin(Stdio::null())
@@ -98,7 +130,6 @@ pub async fn bake(
         .spawn()
         .ctx(|| "cannot start the bake (needs bash and util-linux `unshare`)")?;
     let _group = GroupGuard(child.id().map(|p| p as i32));
-
     let bar = progress(matches!(opts.report, Report::Spinner), builder);
     let stdout = child.stdout.take().expect("piped");
     let stderr = child.stderr.take().expect("piped");
@@ -107,50 +138,22 @@ pub async fn bake(
         log.write_all(format!("{line}\n").as_bytes()).await.ok();
         if let Some(step) = line.strip_prefix("== ").filter(|s| !s.ends_with(" s")) {
             bar.set_message(step.to_owned());
-            match &opts.report {
-                Report::Spinner => {}
-                Report::Lines => eprintln!("bake {builder}: {step}"),
-                Report::To(f) => f(format!("baking {builder}: {step}")),
-            }
+            opts.report.line(format!("baking {builder}: {step}"));
         }
     }
     let status = child.wait().await.ctx(|| "cannot wait for the bake")?;
     log.flush().await.ok();
     bar.finish_and_clear();
+    Ok(status)
+}
 
-    if !status.success() {
-        let kept = images.join(format!("{digest}.failed.log"));
-        let _ = std::fs::copy(&log_path, &kept);
-        return Err(Error::Tool {
-            program: format!("bake of {builder}"),
-            status: format!("{status}; last lines:\n{}", crate::logs::tail(&kept, 15)),
-            log: kept,
-        });
-    }
-
-    let qcow2 = out.join("base.qcow2");
-    let base_sha256 = tokio::task::spawn_blocking(move || sha256_file(&qcow2))
-        .await
-        .map_err(|e| Error::other(format!("hash task failed: {e}")))??;
-    let info = ImageInfo {
-        builder: builder.to_owned(),
-        recipe: recipe.clone(),
-        base_sha256,
-        created_unix: crate::machine::state::now_unix(),
-        bake_seconds: started.elapsed().as_secs_f64(),
-    };
-    std::fs::write(
-        out.join("image.json"),
-        serde_json::to_vec_pretty(&info).expect("serializes"),
-    )
-    .ctx(|| "cannot write image.json")?;
-    std::fs::rename(&log_path, out.join("bake.log")).ctx(|| "cannot keep bake.log")?;
+/// Moves a finished image into place under its digest, replacing an older one.
+fn install(images: &Path, digest: &str, out: &Path) -> Result<()> {
     let dest = images.join(digest);
     if dest.exists() {
         std::fs::remove_dir_all(&dest).ctx(|| format!("cannot replace `{}`", dest.display()))?;
     }
-    std::fs::rename(&out, &dest)
-        .ctx(|| format!("cannot move the image to `{}`", dest.display()))?;
+    std::fs::rename(out, &dest).ctx(|| format!("cannot move the image to `{}`", dest.display()))?;
     let _ = std::fs::remove_file(images.join(format!("{digest}.failed.log")));
     Ok(())
 }
@@ -189,18 +192,4 @@ fn futures_lines(
         }
     });
     rx
-}
-
-pub fn sha256_file(path: &Path) -> Result<String> {
-    let mut f = std::fs::File::open(path).ctx(|| format!("cannot open `{}`", path.display()))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = std::io::Read::read(&mut f, &mut buf)
-            .ctx(|| format!("cannot read `{}`", path.display()))?;
-        if n == 0 {
-            return Ok(hex::encode(h.finalize()));
-        }
-        h.update(&buf[..n]);
-    }
 }

@@ -9,18 +9,16 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::Env;
 use crate::artifacts::Limits;
-use crate::config::{Backend, Builder, QemuBuilder, Size, Target};
+use crate::config::Target;
 use crate::context::{Context, ContextOptions};
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, IoContext, Result, joined};
 use crate::events::{Emitter, Outcome};
-use crate::image::Recipe;
-use crate::launch::Env;
-use crate::manifest::Origin;
+use crate::machine::{self, Origin};
 use crate::manifest::{self, Manifest};
-use crate::orchestrator::{self, Options};
-use crate::pipeline::Shared;
 use crate::progress::{self, Format};
+use crate::run::{self, Options, Run};
 use crate::store::local::LocalStore;
 
 pub struct Args {
@@ -28,7 +26,6 @@ pub struct Args {
     pub context: PathBuf,
     pub out: Option<PathBuf>,
     pub timeout: Duration,
-    pub interactive: bool,
 }
 
 /// One artifact's verdict.
@@ -42,6 +39,23 @@ pub enum Verdict {
 
 pub async fn reproduce(env: &Env, args: Args) -> Result<i32> {
     let m = Manifest::read(&args.manifest)?;
+    check(&m, &args).await?;
+    let out = args.out.clone().unwrap_or_else(|| {
+        env.dirs
+            .state
+            .join("reproduce")
+            .join(format!("{}-{}", m.target, crate::host::now_unix()))
+    });
+    std::fs::create_dir_all(&out).ctx(|| format!("cannot create `{}`", out.display()))?;
+    let rebuilt_dir = rebuild(env, &m, &args, &out).await?;
+    let rebuilt = Manifest::read(&rebuilt_dir.join(manifest::FILE))?;
+    let all_same = report(&m, &rebuilt, &rebuilt_dir, &out);
+    Ok(if all_same { 0 } else { 1 })
+}
+
+/// Refuses what cannot be a reproduction: a script that is not the recorded one, a context
+/// other than the recorded one, a machine runner cannot make again.
+async fn check(m: &Manifest, args: &Args) -> Result<()> {
     if manifest::sha256_hex(m.script.content.as_bytes()) != m.script.sha256 {
         return Err(Error::other(
             "the manifest's script does not match its recorded sha256",
@@ -51,9 +65,11 @@ pub async fn reproduce(env: &Env, args: Args) -> Result<i32> {
         root: args.context.clone(),
         exclude: m.context_excludes.clone(),
     };
-    let digest = tokio::task::spawn_blocking(move || Context::scan(&opts)?.digest())
-        .await
-        .map_err(|e| Error::other(format!("context scan panicked: {e}")))??;
+    let digest = joined(
+        "the context scan",
+        tokio::task::spawn_blocking(move || Context::scan(&opts)?.digest()),
+    )
+    .await?;
     if digest != m.context_digest {
         return Err(Error::other(format!(
             "context `{}` has digest {digest}, but the manifest records {}: refusing to reproduce from different sources",
@@ -61,12 +77,12 @@ pub async fn reproduce(env: &Env, args: Args) -> Result<i32> {
             m.context_digest
         )));
     }
-    let Origin::Image(recipe) = &m.builder.recipe else {
+    if let Origin::Ec2(_) = &m.builder.recipe {
         return Err(Error::other(format!(
             "`{}` was built on EC2 (base image {}); reproducing EC2 builds is not supported yet",
             m.target, m.base_image_sha256
         )));
-    };
+    }
     let recipe_now = m.builder.recipe.digest();
     if recipe_now != m.builder.recipe_digest {
         eprintln!(
@@ -76,34 +92,31 @@ pub async fn reproduce(env: &Env, args: Args) -> Result<i32> {
             &m.builder.recipe_digest[..16]
         );
     }
+    Ok(())
+}
 
-    let out = args.out.clone().unwrap_or_else(|| {
-        env.dirs.state.join("reproduce").join(format!(
-            "{}-{}",
-            m.target,
-            crate::machine::state::now_unix()
-        ))
-    });
-    std::fs::create_dir_all(&out).ctx(|| format!("cannot create `{}`", out.display()))?;
+/// Builds the recorded target again, forced, into `out/artifacts`; returns where its
+/// artifacts and manifest are.
+async fn rebuild(env: &Env, m: &Manifest, args: &Args, out: &Path) -> Result<PathBuf> {
     let script = out.join(&m.script.name);
     std::fs::write(&script, &m.script.content)
         .ctx(|| format!("cannot write `{}`", script.display()))?;
     let target = Target {
         name: m.target.clone(),
-        builder: builder_from(&m.builder.name, recipe),
+        builder: machine::builder_for(&m.builder.name, &m.builder.recipe, machine::DEFAULT_SHAPE)?,
         script,
         context: args.context.clone(),
         artifacts: m.artifact_globs.clone(),
         env: m.env.clone(),
         timeout: args.timeout,
-        vcpus: None,
-        memory: None,
+        shape: Some(machine::DEFAULT_SHAPE),
         upload: None,
     };
     let store = out.join("artifacts");
     let (emitter, rx) = Emitter::channel();
-    let shared = Arc::new(Shared {
-        env: env.clone(),
+    let run = Arc::new(Run {
+        machines: env.machines.clone(),
+        cancel: env.shutdown.token.clone(),
         store: Arc::new(LocalStore::new(&store)),
         remote: Default::default(),
         limits: Limits::default(),
@@ -111,23 +124,20 @@ pub async fn reproduce(env: &Env, args: Args) -> Result<i32> {
         keep_failed: false,
         force: true,
         epoch: m.source_date_epoch,
-        logs: out.clone(),
+        logs: out.to_owned(),
         exclude: vec![],
         context_excludes: Some(m.context_excludes.clone()),
     });
-    let renderer = tokio::spawn(progress::run(rx, Format::Human, args.interactive));
-    let results = orchestrator::run(
-        shared,
-        vec![target],
-        &Options {
-            jobs: 1,
-            keep_going: false,
-        },
-    )
-    .await;
-    let summary = renderer
-        .await
-        .map_err(|e| Error::other(format!("progress display failed: {e}")))?;
+    let renderer = tokio::spawn(progress::run(rx, Format::Human, env.interactive));
+    let opts = Options {
+        jobs: Some(1),
+        keep_going: false,
+    };
+    let results = run::dispatch::run(run, vec![target], &opts).await;
+    let summary = renderer.await.map_err(|source| Error::Task {
+        what: "the progress display",
+        source,
+    })?;
     if results.iter().any(|r| r.outcome != Outcome::Succeeded) {
         progress::print_summary(&summary, &mut std::io::stderr());
         return Err(Error::other(format!(
@@ -135,8 +145,12 @@ pub async fn reproduce(env: &Env, args: Args) -> Result<i32> {
             m.target
         )));
     }
-    let rebuilt = Manifest::read(&store.join(&m.target).join(manifest::FILE))?;
+    Ok(store.join(&m.target))
+}
 
+/// Prints a verdict per artifact (and runs diffoscope on differences); true if every
+/// artifact is identical.
+fn report(m: &Manifest, rebuilt: &Manifest, rebuilt_dir: &Path, out: &Path) -> bool {
     if rebuilt.base_image_sha256 != m.base_image_sha256 {
         println!(
             "base image: differs from the recorded one (rebaked here: {} vs {}); same recipe",
@@ -146,25 +160,20 @@ pub async fn reproduce(env: &Env, args: Args) -> Result<i32> {
     } else {
         println!("base image: identical");
     }
-    let verdicts = compare(&m, &rebuilt);
     let mut all_same = true;
-    for (path, v) in &verdicts {
+    for (path, v) in &compare(m, rebuilt) {
+        all_same &= *v == Verdict::Identical;
         match v {
             Verdict::Identical => println!("identical  {path}"),
             Verdict::Different { recorded, rebuilt } => {
-                all_same = false;
                 println!(
                     "different  {path}\n           recorded sha256 {recorded}\n           rebuilt  sha256 {rebuilt}"
                 );
-                diffoscope(&m, &store.join(&m.target), path, &out);
+                diffoscope(m, rebuilt_dir, path, out);
             }
-            Verdict::Missing => {
-                all_same = false;
-                println!("missing    {path} (recorded, not rebuilt)");
-            }
+            Verdict::Missing => println!("missing    {path} (recorded, not rebuilt)"),
             Verdict::Extra { rebuilt } => {
-                all_same = false;
-                println!("extra      {path} (rebuilt, not recorded; sha256 {rebuilt})");
+                println!("extra      {path} (rebuilt, not recorded; sha256 {rebuilt})")
             }
         }
     }
@@ -176,9 +185,9 @@ pub async fn reproduce(env: &Env, args: Args) -> Result<i32> {
         } else {
             "NOT reproduced"
         },
-        store.join(&m.target).display()
+        rebuilt_dir.display()
     );
-    Ok(if all_same { 0 } else { 1 })
+    all_same
 }
 
 /// Per artifact path, sorted: the recorded build against the rebuild.
@@ -232,24 +241,5 @@ fn diffoscope(recorded: &Manifest, rebuilt_dir: &Path, path: &str, out: &Path) {
         .status();
     if ran.is_ok() {
         println!("           diffoscope report: {}", report.display());
-    }
-}
-
-/// A builder made from a recorded recipe: what the image contains comes from the manifest;
-/// machine size is not an input of the build.
-fn builder_from(name: &str, r: &Recipe) -> Builder {
-    let native = Some(r.arch) == crate::config::Arch::host();
-    Builder {
-        name: name.to_owned(),
-        path: PathBuf::from(format!("(manifest builder {name})")),
-        backend: Backend::Qemu(QemuBuilder {
-            suite: r.suite.clone(),
-            arch: r.arch,
-            packages: r.packages.clone(),
-            vcpus: 2,
-            memory: Size(1 << 30),
-            disk: r.disk,
-            boot_timeout: Duration::from_secs(if native { 120 } else { 300 }),
-        }),
     }
 }

@@ -11,9 +11,35 @@ use russh::keys::ssh_key::PublicKey;
 use russh::{ChannelMsg, Disconnect, client};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
+use super::keys::{GuestKeys, fingerprint};
 use crate::error::{Error, Result};
-use crate::keys::{GuestKeys, fingerprint};
-use crate::machine::{Endpoint, Machine};
+
+/// How to reach a machine over SSH.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+}
+
+/// A booting machine, as [`wait_ready`] sees it.
+pub struct Booting<'a> {
+    /// For messages: `bookworm-amd64 (machine 3f2a9c1e)`.
+    pub name: String,
+    pub endpoint: &'a Endpoint,
+    pub boot_timeout: Duration,
+    pub console: &'a std::path::Path,
+}
+
+/// What the machine's own signals say while it boots.
+pub enum Probe {
+    /// It stopped by itself: how.
+    Exited(String),
+    /// Its sshd has not said it listens yet; a handshake now would only stall.
+    NotYet,
+    /// Worth a handshake.
+    Ready,
+}
 
 /// How a remote command ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -121,53 +147,58 @@ pub async fn connect(
         .await
         .map_err(|e| ssh_err(format!("cannot authenticate to {machine}"), e))?;
     if !auth.success() {
-        return Err(Error::other(format!(
-            "{machine} refused runner's key for user `{}`",
-            endpoint.user
-        )));
+        return Err(Error::HostRefusedKey {
+            machine: machine.to_owned(),
+            user: endpoint.user.clone(),
+        });
     }
     Ok(Session { handle })
 }
 
-/// Connects, retrying while the guest boots, until the machine's boot timeout.
-/// Gives up early if the machine stops or presents the wrong host key.
-pub async fn wait_ready(machine: &mut Machine, keys: &GuestKeys) -> Result<Session> {
-    let deadline = Instant::now() + machine.boot_timeout;
-    let name = machine.describe();
+/// Connects, retrying while the guest boots, until the boot timeout. Gives up early if the
+/// machine stops (`probe` says so) or presents the wrong host key.
+pub async fn wait_ready(
+    m: Booting<'_>,
+    keys: &GuestKeys,
+    mut probe: impl FnMut() -> Probe,
+) -> Result<Session> {
+    let deadline = Instant::now() + m.boot_timeout;
     loop {
-        if let Some(status) = machine.exited() {
-            let tail = crate::logs::tail(&machine.console_log, 20);
-            return Err(Error::MachineDied {
-                machine: name,
-                status,
-                console: machine.console_log.clone(),
-                tail,
-            });
+        match probe() {
+            Probe::Exited(status) => {
+                return Err(Error::MachineDied {
+                    machine: m.name,
+                    status: format!("exited during boot ({status})"),
+                    console: m.console.to_owned(),
+                    tail: crate::logs::tail(m.console, 20),
+                });
+            }
+            Probe::NotYet | Probe::Ready if Instant::now() >= deadline => {
+                return Err(Error::BootTimeout {
+                    machine: m.name,
+                    secs: m.boot_timeout.as_secs(),
+                    console: m.console.to_owned(),
+                });
+            }
+            Probe::NotYet => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+            Probe::Ready => {}
         }
         let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(Error::BootTimeout {
-                machine: name,
-                secs: machine.boot_timeout.as_secs(),
-                console: machine.console_log.clone(),
-            });
-        }
-        if !machine.looks_ready() {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            continue;
-        }
         // QEMU's port forward accepts TCP before the guest listens, so only a full
         // handshake tells readiness; bound each attempt so a stuck one cannot eat the budget.
         let attempt = tokio::time::timeout(
             left.min(Duration::from_secs(20)),
-            connect(&machine.endpoint, &keys.client, keys.host_public(), &name),
+            connect(m.endpoint, &keys.client, keys.host_public(), &m.name),
         )
         .await;
         match attempt {
             Ok(Ok(session)) => return Ok(session),
             Ok(Err(e @ Error::HostKeyMismatch { .. })) => return Err(e),
-            Ok(Err(e)) => tracing::debug!("{name} not ready: {e}"),
-            Err(_) => tracing::debug!("{name}: SSH attempt timed out"),
+            Ok(Err(e)) => tracing::debug!("{} not ready: {e}", m.name),
+            Err(_) => tracing::debug!("{}: SSH attempt timed out", m.name),
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -232,10 +263,10 @@ impl Session {
             .exec(command, None::<tokio::io::Empty>, &mut out, &mut err)
             .await?;
         if !status.success() {
-            return Err(Error::other(format!(
-                "remote command `{command}` failed ({status}): {}",
-                String::from_utf8_lossy(&err).trim()
-            )));
+            return Err(Error::Guest {
+                what: format!("`{command}`"),
+                status: format!("{status}: {}", String::from_utf8_lossy(&err).trim()),
+            });
         }
         Ok(out)
     }

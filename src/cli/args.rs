@@ -1,0 +1,151 @@
+//! The command line, as clap definitions. Dispatch is in the parent module; each command's
+//! work is in `commands/`.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::machine::AccelChoice;
+
+#[derive(Parser)]
+#[command(
+    name = "runner",
+    version,
+    about = "Disposable build VMs: boot, build, collect, tear down"
+)]
+pub struct Cli {
+    /// Project directory (holds runner.toml, builders/, provision-scripts/).
+    #[arg(short = 'C', long, global = true, default_value = ".")]
+    pub project: PathBuf,
+    /// Image cache directory.
+    #[arg(long, global = true, env = "RUNNER_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// State directory (live machines, logs).
+    #[arg(long, global = true, env = "RUNNER_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Hardware acceleration: auto probes KVM and falls back to TCG if guests hang.
+    #[arg(long, global = true, env = "RUNNER_ACCEL", default_value = "auto")]
+    pub accel: AccelChoice,
+    /// Debian mirror to bake from (default: the host's apt configuration).
+    #[arg(long, global = true, env = "RUNNER_MIRROR")]
+    pub mirror: Option<String>,
+    /// More logging (repeat for more).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Build targets from runner.toml, each in a fresh machine.
+    Build {
+        /// Target names or globs (`hello-*`); all targets if none.
+        targets: Vec<String>,
+        /// Build every target.
+        #[arg(long)]
+        all: bool,
+        /// How many targets at once (default: by host CPUs and memory).
+        #[arg(short, long)]
+        jobs: Option<usize>,
+        /// Keep launching targets after one fails.
+        #[arg(long)]
+        keep_going: bool,
+        /// Leave a failed target's machine running and print how to ssh into it.
+        #[arg(long)]
+        keep_failed: bool,
+        /// Build even if a published build has the same inputs digest (no cache hit).
+        #[arg(long)]
+        force: bool,
+        /// Publish to S3 (`s3://bucket/prefix`) instead of the configured store.
+        #[arg(long)]
+        upload: Option<String>,
+        /// `human` (progress on stderr) or `json` (one event per line on stdout).
+        #[arg(long, default_value = "human", value_parser = ["human", "json"])]
+        message_format: String,
+    },
+    /// Rebuild from a manifest in a fresh machine and compare every artifact.
+    Reproduce {
+        /// The manifest.json of a published build.
+        manifest: PathBuf,
+        /// The build context to use; it must match the manifest's context digest.
+        #[arg(long)]
+        context: PathBuf,
+        /// Where the rebuild and reports go (default: under the state dir).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Deadline for the rebuild.
+        #[arg(long, default_value = "60m", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
+    /// Published artifacts of a target: list the newest build, or download and verify it.
+    #[command(subcommand)]
+    Artifacts(ArtifactsCmd),
+    /// Show targets and builders.
+    List,
+    /// Validate runner.toml and builders/ without starting anything.
+    Check,
+    /// Base images: bake, list, remove.
+    #[command(subcommand)]
+    Image(ImageCmd),
+    /// Disposable machines, used directly.
+    #[command(subcommand)]
+    Vm(VmCmd),
+    /// Find machines and bakes left by a runner that died; remove them with --force.
+    Gc {
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ArtifactsCmd {
+    /// Show the newest published build of a target: its artifacts, sizes, sha256 and URIs.
+    Ls {
+        target: String,
+        /// Look in this S3 location instead of the configured store.
+        #[arg(long)]
+        upload: Option<String>,
+    },
+    /// Download the newest published build of a target and verify every sha256.
+    Get {
+        target: String,
+        #[arg(long)]
+        upload: Option<String>,
+        /// Destination directory (default: ./<target>).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ImageCmd {
+    /// Bake the image of each builder (a cache hit if the recipe is unchanged).
+    Build {
+        #[arg(required = true)]
+        builders: Vec<String>,
+        /// Rebake even if cached.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Show cached images.
+    List,
+    /// Remove cached images by builder name or digest prefix.
+    Rm {
+        #[arg(required = true)]
+        what: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum VmCmd {
+    /// Boot a fresh machine, run a command with live output, tear down; exits with its status.
+    Run {
+        builder: String,
+        /// The command line, run by the guest's shell.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Boot a fresh machine and open an interactive shell in it; tear down on exit.
+    Shell { builder: String },
+}

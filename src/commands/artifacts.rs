@@ -1,0 +1,75 @@
+//! `runner artifacts ls|get`: the newest published build of a target, listed, or downloaded
+//! and verified against its manifest.
+
+use std::path::Path;
+
+use super::Env;
+use super::build::store_for;
+use crate::config::Project;
+use crate::error::{Error, Result};
+
+/// `runner artifacts ls`: the newest published build of a target.
+pub async fn ls(env: &Env, target: &str, upload: Option<&str>) -> Result<i32> {
+    let project = Project::load(&env.project)?;
+    let store = store_for(env, &project, target, upload).await?;
+    let Some(m) = store.latest(target).await? else {
+        eprintln!("runner: no published build of `{target}`");
+        return Ok(1);
+    };
+    println!(
+        "{} build {} (inputs {}), finished {}",
+        m.target,
+        crate::manifest::build_id(&m.inputs_digest, m.started_unix),
+        &m.inputs_digest[..16],
+        humantime::format_rfc3339_seconds(
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs(m.finished_unix)
+        )
+    );
+    for a in &m.artifacts {
+        println!("{:>12}  {}  {}  {}", a.size, a.sha256, a.path, a.uri);
+    }
+    Ok(0)
+}
+
+/// `runner artifacts get`: downloads the newest build's artifacts and checks each sha256
+/// against its manifest; a mismatching file is removed and the command fails.
+pub async fn get(env: &Env, target: &str, upload: Option<&str>, out: &Path) -> Result<i32> {
+    let project = Project::load(&env.project)?;
+    let store = store_for(env, &project, target, upload).await?;
+    let m = store
+        .latest(target)
+        .await?
+        .ok_or_else(|| Error::other(format!("no published build of `{target}`")))?;
+    let mut bad = 0;
+    for a in &m.artifacts {
+        // Manifest paths were checked when published; refuse anything that would escape anyway.
+        let rel = Path::new(&a.path);
+        if rel.is_absolute()
+            || rel
+                .components()
+                .any(|c| !matches!(c, std::path::Component::Normal(_)))
+        {
+            return Err(Error::other(format!(
+                "manifest lists an unsafe path `{}`",
+                a.path
+            )));
+        }
+        let dest = out.join(rel);
+        if let Some(dir) = dest.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| Error::other(format!("cannot create `{}`: {e}", dir.display())))?;
+        }
+        let got = store.fetch(target, &m, a, &dest).await?;
+        if got == a.sha256 {
+            println!("ok        {}", dest.display());
+        } else {
+            bad += 1;
+            let _ = std::fs::remove_file(&dest);
+            println!(
+                "MISMATCH  {} (manifest sha256 {}, downloaded {got})",
+                a.path, a.sha256
+            );
+        }
+    }
+    Ok(if bad == 0 { 0 } else { 1 })
+}

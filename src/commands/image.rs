@@ -1,0 +1,75 @@
+//! `runner image build|list|rm`: base images, prepared ahead of builds, listed, removed.
+
+use super::Env;
+use crate::config::Builder;
+use crate::error::Result;
+use crate::machine::Report;
+
+pub async fn build(env: &Env, names: &[String]) -> Result<i32> {
+    // Validate every builder before baking any: a typo should not cost a bake first.
+    let builders = names
+        .iter()
+        .map(|n| Builder::find(&env.project, n))
+        .collect::<Result<Vec<_>, _>>()?;
+    let report = if env.interactive {
+        Report::Spinner
+    } else {
+        Report::Lines
+    };
+    for b in &builders {
+        let started = std::time::Instant::now();
+        let backend = env.machines.backend(b);
+        let prepared = env.cancellable(backend.prepare(&report)).await?;
+        println!(
+            "{}\t{}\t{} in {:.1}s\t{}",
+            b.name,
+            &prepared.base_image[..16.min(prepared.base_image.len())],
+            if prepared.fresh { "baked" } else { "cached" },
+            started.elapsed().as_secs_f64(),
+            prepared.location
+        );
+    }
+    Ok(0)
+}
+
+pub fn list(env: &Env) -> Result<i32> {
+    println!(
+        "{:<24} {:<16} {:>10} {:>8}  IMAGE",
+        "BUILDER", "DIGEST", "SIZE", "AGE"
+    );
+    let now = crate::host::now_unix();
+    for i in env.machines.cached_images() {
+        let age = humantime::format_duration(std::time::Duration::from_secs(
+            now.saturating_sub(i.created_unix) / 60 * 60,
+        ))
+        .to_string();
+        println!(
+            "{:<24} {:<16} {:>9}M {:>8}  {}",
+            i.builder,
+            &i.digest[..16.min(i.digest.len())],
+            i.bytes >> 20,
+            if age.is_empty() { "0m".into() } else { age },
+            i.describe
+        );
+    }
+    Ok(0)
+}
+
+pub async fn rm(env: &Env, what: &[String]) -> Result<i32> {
+    let mut code = 0;
+    for w in what {
+        let removed = env.machines.remove_cached(w).await?;
+        if removed.is_empty() {
+            eprintln!("runner: no cached image matches `{w}`");
+            code = 1;
+        }
+        for i in removed {
+            println!(
+                "removed {} {}",
+                i.builder,
+                &i.digest[..16.min(i.digest.len())]
+            );
+        }
+    }
+    Ok(code)
+}

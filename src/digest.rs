@@ -1,0 +1,27 @@
+//! SHA-256 in the two shapes runner needs: of bytes in memory, and of a file streamed from disk.
+
+use std::path::Path;
+
+use sha2::{Digest, Sha256};
+
+use crate::error::{IoContext, Result};
+
+/// Lowercase hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// Lowercase hex of a file's contents, read in 1 MiB chunks. Blocking.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    let mut f = std::fs::File::open(path).ctx(|| format!("cannot open `{}`", path.display()))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = std::io::Read::read(&mut f, &mut buf)
+            .ctx(|| format!("cannot read `{}`", path.display()))?;
+        if n == 0 {
+            return Ok(hex::encode(h.finalize()));
+        }
+        h.update(&buf[..n]);
+    }
+}

@@ -1,0 +1,125 @@
+//! The guest contract: how runner reaches a machine (SSH with a per-machine client key and a
+//! pinned per-machine host key) and what it does there. The context is unpacked in [`SRC`],
+//! the script runs there with `RUNNER_OUT` = [`OUT`], and artifacts are taken from [`OUT`].
+//!
+//! The pipeline talks to a machine only through [`Guest`]; [`ssh::Session`] is the real one.
+
+mod collect;
+pub mod keys;
+mod provision;
+pub mod ssh;
+mod sync;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::artifacts::{ArtifactFile, Limits};
+use crate::context::{Context, TarSummary};
+use crate::error::Result;
+use crate::logs::LogSink;
+
+pub use keys::GuestKeys;
+pub use ssh::{Endpoint, ExitStatus, Session};
+
+pub const SRC: &str = "/build/src";
+pub const OUT: &str = "/build/out";
+
+pub type Input = Box<dyn AsyncRead + Unpin + Send>;
+pub type Output = Box<dyn AsyncWrite + Unpin + Send>;
+
+/// A reachable build machine, as the pipeline uses it: one method per step of the contract.
+#[async_trait]
+pub trait Guest: Send + Sync {
+    /// Streams the build context into [`SRC`] (replacing anything there).
+    async fn sync(&self, ctx: Arc<Context>, mtime: u64, log: &LogSink) -> Result<TarSummary>;
+
+    /// Uploads and runs the provision script in [`SRC`] with the target's environment,
+    /// output to `log`; returns how it ended.
+    async fn provision(
+        &self,
+        script: &[u8],
+        env: &[(String, String)],
+        log: &LogSink,
+    ) -> Result<ExitStatus>;
+
+    /// Pulls the artifacts matching `globs` (all files when empty) from [`OUT`] into `dest`,
+    /// treating everything the guest sends as hostile.
+    async fn collect(
+        &self,
+        globs: &[String],
+        dest: &Path,
+        limits: &Limits,
+        log: &LogSink,
+    ) -> Result<Vec<ArtifactFile>>;
+
+    /// Runs a command line with the caller's streams (`runner vm run`).
+    async fn exec(
+        &self,
+        command: &str,
+        stdin: Option<Input>,
+        stdout: Output,
+        stderr: Output,
+    ) -> Result<ExitStatus>;
+
+    /// Says goodbye, never waiting long for a guest that may already be gone.
+    async fn close(self: Box<Self>);
+}
+
+#[async_trait]
+impl Guest for Session {
+    async fn sync(&self, ctx: Arc<Context>, mtime: u64, log: &LogSink) -> Result<TarSummary> {
+        sync::sync_context(self, ctx, mtime, log).await
+    }
+
+    async fn provision(
+        &self,
+        script: &[u8],
+        env: &[(String, String)],
+        log: &LogSink,
+    ) -> Result<ExitStatus> {
+        provision::run_script(self, script, env, log).await
+    }
+
+    async fn collect(
+        &self,
+        globs: &[String],
+        dest: &Path,
+        limits: &Limits,
+        log: &LogSink,
+    ) -> Result<Vec<ArtifactFile>> {
+        collect::collect(self, globs, dest, limits, log).await
+    }
+
+    async fn exec(
+        &self,
+        command: &str,
+        stdin: Option<Input>,
+        stdout: Output,
+        stderr: Output,
+    ) -> Result<ExitStatus> {
+        Session::exec(self, command, stdin, stdout, stderr).await
+    }
+
+    async fn close(self: Box<Self>) {
+        Session::close(*self).await
+    }
+}
+
+/// Single-quotes a value for the guest's POSIX shell.
+pub fn quote(v: &str) -> String {
+    format!("'{}'", v.replace('\'', r"'\''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting_survives_quotes_and_spaces() {
+        assert_eq!(quote("a b"), "'a b'");
+        assert_eq!(quote("it's"), r"'it'\''s'");
+    }
+}

@@ -1,0 +1,236 @@
+//! The API calls of one launch, in order: a temporary security group (if the builder names
+//! none), RunInstances across the instance types until one has capacity, the wait for
+//! `running`, and the address to connect to.
+
+use std::time::Duration;
+
+use aws_sdk_ec2::Client;
+use aws_sdk_ec2::client::Waiters;
+use aws_sdk_ec2::types::{
+    BlockDeviceMapping, EbsBlockDevice, HttpTokensState, InstanceInterruptionBehavior,
+    InstanceMarketOptionsRequest, InstanceMetadataOptionsRequest, InstanceType, IpPermission,
+    IpRange, MarketType, ResourceType, ShutdownBehavior, SpotInstanceType, SpotMarketOptions,
+    VolumeType,
+};
+
+use super::Ec2Backend;
+use super::api::{CAPACITY_ERRORS, tags};
+use crate::aws;
+use crate::config::Address;
+use crate::error::{Error, Result};
+
+pub struct Launcher<'a> {
+    pub backend: &'a Ec2Backend,
+    pub client: &'a Client,
+    pub ami: &'a str,
+    pub root_device: &'a str,
+    /// The machine id, also its `runner:machine` tag.
+    pub id: &'a str,
+    pub label: &'a str,
+    pub expires: u64,
+}
+
+impl Launcher<'_> {
+    /// A group that allows SSH from `ssh_cidr` only, tagged at creation.
+    pub async fn temporary_group(&self) -> Result<String> {
+        let (b, id) = (&self.backend.builder, self.id);
+        let vpc = match &b.subnet {
+            Some(s) => self
+                .client
+                .describe_subnets()
+                .subnet_ids(s)
+                .send()
+                .await
+                .map_err(|e| aws::error(format!("DescribeSubnets {s}"), e))?
+                .subnets()
+                .first()
+                .and_then(|s| s.vpc_id().map(str::to_owned)),
+            None => None,
+        };
+        let group = self
+            .client
+            .create_security_group()
+            .group_name(format!("runner-{id}"))
+            .description(format!("runner: SSH to machine {id} ({}) only", self.label))
+            .set_vpc_id(vpc)
+            .tag_specifications(self.tags(ResourceType::SecurityGroup))
+            .send()
+            .await
+            .map_err(|e| aws::error("CreateSecurityGroup", e))?
+            .group_id()
+            .ok_or_else(|| Error::other("CreateSecurityGroup returned no group id"))?
+            .to_owned();
+        let rule = IpPermission::builder()
+            .ip_protocol("tcp")
+            .from_port(22)
+            .to_port(22)
+            .ip_ranges(
+                IpRange::builder()
+                    .cidr_ip(b.ssh_cidr.clone().unwrap_or_default())
+                    .description("runner")
+                    .build(),
+            )
+            .build();
+        let authorized = self
+            .client
+            .authorize_security_group_ingress()
+            .group_id(&group)
+            .ip_permissions(rule)
+            .send()
+            .await;
+        if let Err(e) = authorized {
+            let _ = self
+                .client
+                .delete_security_group()
+                .group_id(&group)
+                .send()
+                .await;
+            return Err(aws::error("AuthorizeSecurityGroupIngress", e));
+        }
+        Ok(group)
+    }
+
+    /// RunInstances with each instance type in turn until one has capacity; returns the
+    /// instance id and its type.
+    pub async fn run_instance(
+        &self,
+        group: Option<String>,
+        user_data: &str,
+    ) -> Result<(String, String)> {
+        let b = &self.backend.builder;
+        let group = b.security_group.clone().or(group);
+        let mut refused = vec![];
+        for (n, ty) in b.instance_types.iter().enumerate() {
+            let req = self
+                .client
+                .run_instances()
+                .image_id(self.ami)
+                .instance_type(InstanceType::from(ty.as_str()))
+                .min_count(1)
+                .max_count(1)
+                // Idempotent per attempt: a retried request never starts a second machine.
+                .client_token(format!("runner-{}-{n}", self.id))
+                .set_subnet_id(b.subnet.clone())
+                .set_security_group_ids(group.clone().map(|g| vec![g]))
+                .user_data(aws_smithy_types::base64::encode(user_data))
+                .instance_initiated_shutdown_behavior(ShutdownBehavior::Terminate)
+                .metadata_options(
+                    InstanceMetadataOptionsRequest::builder()
+                        .http_tokens(HttpTokensState::Required)
+                        .build(),
+                )
+                .block_device_mappings(self.root_volume())
+                .tag_specifications(self.tags(ResourceType::Instance))
+                .tag_specifications(self.tags(ResourceType::Volume))
+                .set_instance_market_options(b.spot.then(spot));
+            let err = match req.send().await {
+                Ok(out) => {
+                    let iid = out
+                        .instances()
+                        .first()
+                        .and_then(|i| i.instance_id())
+                        .ok_or_else(|| Error::other("RunInstances returned no instance"))?;
+                    if !refused.is_empty() {
+                        tracing::warn!("{}: no capacity for {refused:?}; using {ty}", self.label);
+                    }
+                    return Ok((iid.to_owned(), ty.clone()));
+                }
+                Err(e) => aws::error(
+                    format!("builder `{}`: RunInstances ({ty})", self.backend.name),
+                    e,
+                ),
+            };
+            match err.aws_code() {
+                Some(code) if CAPACITY_ERRORS.contains(&code) => {
+                    refused.push(format!("{ty}: {code}"))
+                }
+                _ => return Err(err),
+            }
+        }
+        Err(Error::other(format!(
+            "builder `{}`: no capacity for any instance type: {}",
+            self.backend.name,
+            refused.join("; ")
+        )))
+    }
+
+    pub async fn wait_running(&self, instance_id: &str, timeout: Duration) -> Result<()> {
+        self.client
+            .wait_until_instance_running()
+            .instance_ids(instance_id)
+            .wait(timeout)
+            .await
+            .map(|_| ())
+            .map_err(|e| Error::Aws {
+                context: format!("waiting for {instance_id} ({}) to run", self.label),
+                code: None,
+                summary: format!(
+                    "not `running` within {}s: {}",
+                    timeout.as_secs(),
+                    aws_smithy_types::error::display::DisplayErrorContext(&e)
+                ),
+                source: Box::new(e),
+            })
+    }
+
+    pub async fn address(&self, instance_id: &str) -> Result<String> {
+        let out = self
+            .client
+            .describe_instances()
+            .instance_ids(instance_id)
+            .send()
+            .await
+            .map_err(|e| aws::error(format!("DescribeInstances {instance_id}"), e))?;
+        let i = out
+            .reservations()
+            .iter()
+            .flat_map(|r| r.instances())
+            .next()
+            .ok_or_else(|| Error::other(format!("{instance_id} vanished")))?;
+        let address = self.backend.builder.address;
+        let ip = match address {
+            Address::Public => i.public_ip_address(),
+            Address::Private => i.private_ip_address(),
+        };
+        ip.map(str::to_owned).ok_or_else(|| {
+            Error::other(format!(
+                "{instance_id} has no {} address (set `address` in builder `{}`)",
+                match address {
+                    Address::Public => "public",
+                    Address::Private => "private",
+                },
+                self.backend.name
+            ))
+        })
+    }
+
+    fn tags(&self, kind: ResourceType) -> aws_sdk_ec2::types::TagSpecification {
+        tags(kind, self.label, self.id, self.expires)
+    }
+
+    fn root_volume(&self) -> BlockDeviceMapping {
+        BlockDeviceMapping::builder()
+            .device_name(self.root_device)
+            .ebs(
+                EbsBlockDevice::builder()
+                    .volume_size((self.backend.builder.root_volume.0 >> 30) as i32)
+                    .volume_type(VolumeType::Gp3)
+                    .delete_on_termination(true)
+                    .build(),
+            )
+            .build()
+    }
+}
+
+/// One-time spot, terminated (never stopped) on interruption.
+fn spot() -> InstanceMarketOptionsRequest {
+    InstanceMarketOptionsRequest::builder()
+        .market_type(MarketType::Spot)
+        .spot_options(
+            SpotMarketOptions::builder()
+                .spot_instance_type(SpotInstanceType::OneTime)
+                .instance_interruption_behavior(InstanceInterruptionBehavior::Terminate)
+                .build(),
+        )
+        .build()
+}

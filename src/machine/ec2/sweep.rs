@@ -1,0 +1,105 @@
+//! What dead runners left in EC2: machines recorded in the state dir whose owner is gone,
+//! and — for records lost with a state dir — instances and groups found by runner's tags in
+//! the regions of the project's EC2 builders, whose run is gone or whose expiry passed.
+//! Untagged resources are never listed.
+
+use async_trait::async_trait;
+
+use super::{cleanup, client};
+use crate::error::chain;
+use crate::leftovers::{Finding, Leftover, Sweeper};
+use crate::machine::dir;
+use crate::machine::record::{CloudRecord, MachineRecord};
+use crate::paths::Dirs;
+
+pub struct Ec2Sweeper {
+    pub dirs: Dirs,
+    /// (region, endpoint) of the project's EC2 builders; records add their own.
+    pub clouds: Vec<(String, Option<String>)>,
+}
+
+#[async_trait]
+impl Sweeper for Ec2Sweeper {
+    async fn find(&self) -> Vec<Finding> {
+        let mut found = vec![];
+        let mut clouds = self.clouds.clone();
+        // Ids the records cover: the tag scan leaves those to the record's removal.
+        let mut handled = vec![];
+        for path in dir::all(&self.dirs.machines()) {
+            let Ok(r) = MachineRecord::read(&path) else {
+                continue;
+            };
+            let Some(cloud) = r.cloud.clone().filter(|_| r.backend == "ec2") else {
+                continue;
+            };
+            clouds.push((cloud.region.clone(), cloud.endpoint.clone()));
+            handled.extend(cloud.instance_id.clone());
+            handled.extend(cloud.security_group.clone());
+            found.push(Finding::Found(if r.orphaned() {
+                Leftover::orphan(r.describe(), destroy_recorded(cloud, path))
+            } else {
+                Leftover::in_use(r.describe())
+            }));
+        }
+        clouds.sort();
+        clouds.dedup();
+        for (region, endpoint) in clouds {
+            found.extend(tagged(&region, endpoint.as_deref(), &handled).await);
+        }
+        found
+    }
+}
+
+async fn destroy_recorded(
+    cloud: CloudRecord,
+    dir: std::path::PathBuf,
+) -> crate::error::Result<String> {
+    let client = client(Some(&cloud.region), cloud.endpoint.as_deref()).await;
+    cleanup::destroy(&client, &cloud, None).await?;
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut parts: Vec<String> = cloud.instance_id.iter().cloned().collect();
+    parts.extend(
+        cloud
+            .security_group
+            .iter()
+            .map(|g| format!("security group {g}")),
+    );
+    Ok(format!(
+        ": terminated {} in {}",
+        parts.join(" and "),
+        cloud.region
+    ))
+}
+
+/// Instances and security groups tagged by runner in one region, beyond those local records
+/// already cover (`handled`).
+async fn tagged(region: &str, endpoint: Option<&str>, handled: &[String]) -> Vec<Finding> {
+    let region = (!region.is_empty()).then_some(region);
+    let client = client(region, endpoint).await;
+    let found = match cleanup::scan(&client).await {
+        Ok(f) => f,
+        Err(e) => {
+            return vec![Finding::Failed(format!(
+                "EC2 scan of {}: {}",
+                region.unwrap_or("the default region"),
+                chain(&e)
+            ))];
+        }
+    };
+    found
+        .into_iter()
+        .filter(|t| !handled.contains(&t.id))
+        .map(|t| {
+            let what = t.describe();
+            Finding::Found(if t.removable() {
+                let client = client.clone();
+                Leftover::orphan(what, async move {
+                    cleanup::remove(&client, &t).await?;
+                    Ok(String::new())
+                })
+            } else {
+                Leftover::in_use(what)
+            })
+        })
+        .collect()
+}

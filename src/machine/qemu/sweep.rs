@@ -1,0 +1,60 @@
+//! What dead runners left of local machines: machine directories whose owner is gone (or
+//! that never got a record), with any QEMU still naming them; and unfinished bakes.
+
+use std::path::PathBuf;
+
+use async_trait::async_trait;
+
+use crate::host::{kill_processes_mentioning, processes_mentioning};
+use crate::leftovers::{Finding, Leftover, Sweeper};
+use crate::machine::dir;
+use crate::machine::record::MachineRecord;
+use crate::paths::Dirs;
+
+pub struct QemuSweeper {
+    pub dirs: Dirs,
+}
+
+#[async_trait]
+impl Sweeper for QemuSweeper {
+    async fn find(&self) -> Vec<Finding> {
+        let mut found = vec![];
+        for path in dir::all(&self.dirs.machines()) {
+            let id = path
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
+            let leftover = match MachineRecord::read(&path) {
+                Ok(r) if r.backend != "qemu" => continue,
+                Ok(r) if r.orphaned() => Leftover::orphan(r.describe(), remove(path)),
+                Ok(r) => Leftover::in_use(r.describe()),
+                // No readable record: a launch that died before writing it, whatever its
+                // backend (none made anything but the directory yet), unless a process
+                // still uses it.
+                Err(_) if processes_mentioning(&path).is_empty() => {
+                    Leftover::orphan(format!("machine {id} (no record)"), remove(path))
+                }
+                Err(_) => Leftover::in_use(format!("machine {id} (no record, in use)")),
+            };
+            found.push(Finding::Found(leftover));
+        }
+        let images = self.dirs.images();
+        for scratch in super::image::stale_bakes(&images) {
+            let what = format!("unfinished bake {}", scratch.display());
+            found.push(Finding::Found(Leftover::orphan(what, async move {
+                let _ = std::fs::remove_dir_all(&scratch);
+                Ok(String::new())
+            })));
+        }
+        found
+    }
+}
+
+/// Kills whatever still names the directory (QEMU leads its own process group), then
+/// removes it.
+async fn remove(path: PathBuf) -> crate::error::Result<String> {
+    kill_processes_mentioning(&path);
+    let _ = std::fs::remove_dir_all(&path);
+    Ok(String::new())
+}

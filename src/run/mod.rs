@@ -1,0 +1,73 @@
+//! A run: many targets, each in a fresh machine. [`dispatch`] starts targets while slots are
+//! free; [`target`] takes one target from start to finish and turns how it ended into a
+//! result; [`phases`] is the pipeline itself, one function per phase.
+
+pub mod dispatch;
+mod failure;
+mod phases;
+mod target;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::artifacts::Limits;
+use crate::events::Emitter;
+use crate::machine::Machines;
+use crate::store::ArtifactStore;
+
+pub use dispatch::Options;
+pub use failure::Failure;
+
+/// Everything the targets of one run share: passed to every task as one value.
+pub struct Run {
+    pub machines: Arc<Machines>,
+    /// The default store (the local artifact directory).
+    pub store: Arc<dyn ArtifactStore>,
+    /// Remote stores by `s3://` URL, for targets that upload.
+    pub remote: HashMap<String, Arc<dyn ArtifactStore>>,
+    pub limits: Limits,
+    pub emitter: Emitter,
+    /// Cancelled by the first Ctrl-C / SIGTERM: every target tears down in order.
+    pub cancel: CancellationToken,
+    /// Leave a failed target's machine running for inspection.
+    pub keep_failed: bool,
+    /// Build even when a published build has the same inputs.
+    pub force: bool,
+    /// SOURCE_DATE_EPOCH for every target, and the mtime of every context entry.
+    pub epoch: u64,
+    /// Where target logs go.
+    pub logs: PathBuf,
+    /// Paths (relative to a context root) never sent to the guest, e.g. the artifact dir.
+    pub exclude: Vec<(PathBuf, String)>,
+    /// Exact context exclude patterns to use instead (a reproduction uses the recorded ones).
+    pub context_excludes: Option<Vec<String>>,
+}
+
+impl Run {
+    /// Excludes that fall inside this context root, made relative to it.
+    fn exclude_for(&self, root: &Path) -> Vec<String> {
+        if let Some(exact) = &self.context_excludes {
+            return exact.clone();
+        }
+        self.exclude
+            .iter()
+            .filter_map(|(base, pattern)| {
+                let rel = base.strip_prefix(root).ok()?;
+                Some(if rel.as_os_str().is_empty() {
+                    pattern.clone()
+                } else {
+                    format!("{}/{pattern}", rel.display())
+                })
+            })
+            .collect()
+    }
+
+    fn log_path(&self, target: &str) -> PathBuf {
+        self.logs.join(format!("{target}.log"))
+    }
+}

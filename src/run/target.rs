@@ -1,0 +1,273 @@
+//! One target, start to finish: [`run_target`] wraps [`run_target_inner`], which runs the
+//! phases under the target's deadline and the run's cancellation and returns a typed
+//! [`Failure`]; the outer tears the machine down (or keeps it), and turns the outcome into
+//! the [`TargetResult`] the summary and the events carry.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::Instant;
+
+use tokio_util::sync::CancellationToken;
+
+use super::phases::{self, Inputs};
+use super::{Failure, Run};
+use crate::config::Target;
+use crate::error::{Error, chain};
+use crate::events::{Event, Outcome, Phase, TargetResult};
+use crate::logs::{LogSink, tail};
+use crate::machine::{Lease, Prepared};
+
+/// How a target's work ended when it did not fail.
+enum Done {
+    Built(Vec<PathBuf>),
+    Cached(Vec<PathBuf>),
+}
+
+/// The phase a target is in, readable while its work runs (the deadline and Ctrl-C look at
+/// it to decide whether a publish is in flight), and announced as an event on entry.
+struct Tracker<'a> {
+    run: &'a Run,
+    target: &'a str,
+    started: Instant,
+    phase: AtomicU8,
+}
+
+const PHASES: [Phase; 8] = [
+    Phase::Queued,
+    Phase::Image,
+    Phase::Boot,
+    Phase::Sync,
+    Phase::Provision,
+    Phase::Collect,
+    Phase::Publish,
+    Phase::Teardown,
+];
+
+impl Tracker<'_> {
+    fn enter(&self, phase: Phase) {
+        let n = PHASES.iter().position(|p| *p == phase).unwrap_or(0);
+        self.phase.store(n as u8, Ordering::SeqCst);
+        self.run.emitter.send(Event::Phase {
+            target: self.target.to_owned(),
+            phase,
+            seconds: self.started.elapsed().as_secs_f64(),
+        });
+    }
+
+    fn phase(&self) -> Phase {
+        PHASES[self.phase.load(Ordering::SeqCst) as usize]
+    }
+}
+
+/// What outlives the work future: the machine (for the teardown the outer runs) and the
+/// context digest (for the result).
+#[derive(Default)]
+struct Leftover {
+    lease: Option<Lease>,
+    context_digest: Option<String>,
+}
+
+pub async fn run_target(run: Arc<Run>, target: Target) -> TargetResult {
+    let started = Instant::now();
+    let log_path = run.log_path(&target.name);
+    let _ = std::fs::remove_file(&log_path);
+    let tracker = Tracker {
+        run: &run,
+        target: &target.name,
+        started,
+        phase: AtomicU8::new(0),
+    };
+    let (emitter, name) = (run.emitter.clone(), target.name.clone());
+    let sink = LogSink::create(&log_path, move |line| {
+        emitter.send(Event::Output {
+            target: name.clone(),
+            line,
+        })
+    });
+    let mut left = Leftover::default();
+    let result = match &sink {
+        Err(e) => Err(Failure::Error(Error::Io {
+            context: format!("cannot create log `{}`", log_path.display()),
+            source: std::io::Error::new(e.kind(), e.to_string()),
+        })),
+        Ok(log) => {
+            let job = Job {
+                run: &run,
+                t: &target,
+                log,
+                tracker: &tracker,
+            };
+            run_target_inner(&job, &mut left).await
+        }
+    };
+    let phase = tracker.phase();
+    let note = match left.lease.take() {
+        Some(lease) => finish_machine(&run, &tracker, lease, &result, sink.as_ref().ok()).await,
+        None => String::new(),
+    };
+    let mut r = TargetResult {
+        target: target.name.clone(),
+        outcome: Outcome::Succeeded,
+        phase,
+        seconds: started.elapsed().as_secs_f64(),
+        artifacts: vec![],
+        log: log_path,
+        exit_code: None,
+        failure: None,
+        error: None,
+        context_digest: left.context_digest,
+    };
+    match result {
+        Ok(Done::Built(paths)) => r.artifacts = paths,
+        Ok(Done::Cached(paths)) => (r.outcome, r.artifacts) = (Outcome::Cached, paths),
+        Err(f) => fail(&mut r, f, sink.as_ref().ok(), &note),
+    }
+    r
+}
+
+/// Records a failure in the result (and the log): outcome, kind, exit code and the message
+/// that names target, phase, cause, exit code and log.
+fn fail(r: &mut TargetResult, f: Failure, sink: Option<&LogSink>, note: &str) {
+    r.failure = Some(f.kind());
+    r.exit_code = f.exit_code();
+    if let Failure::Cancelled = f {
+        r.outcome = Outcome::Cancelled;
+        r.error = Some(format!("{} cancelled in {}", r.target, r.phase.as_str()));
+        return;
+    }
+    r.outcome = Outcome::Failed;
+    if let Some(s) = sink {
+        s.note(&format!("failed in {}: {}", r.phase.as_str(), chain(&f)));
+    }
+    r.error = Some(describe_failure(r, &f) + note);
+}
+
+/// Tears the machine down, or keeps it (`--keep-failed`) and says how to get in.
+async fn finish_machine(
+    run: &Run,
+    tracker: &Tracker<'_>,
+    mut lease: Lease,
+    result: &Result<Done, Failure>,
+    sink: Option<&LogSink>,
+) -> String {
+    let failed = matches!(result, Err(f) if !matches!(f, Failure::Cancelled));
+    if failed && run.keep_failed {
+        let note = match lease.ssh_access(&lease.machine.dir) {
+            Ok(access) => format!(
+                "\n  machine kept: {}  (remove with `runner gc --force`)",
+                access.command_line()
+            ),
+            Err(e) => format!("\n  could not keep the machine: {e}"),
+        };
+        lease.machine.keep(run.machines.registry());
+        return note;
+    }
+    tracker.enter(Phase::Teardown);
+    if let Err(e) = lease.release(false).await
+        && let Some(s) = sink
+    {
+        s.note(&format!("teardown: {e}"));
+    }
+    String::new()
+}
+
+/// What every phase of one target is handed.
+struct Job<'a> {
+    run: &'a Run,
+    t: &'a Target,
+    log: &'a LogSink,
+    tracker: &'a Tracker<'a>,
+}
+
+/// The phases under the run's cancellation. A publish in flight is not dropped on Ctrl-C: it
+/// saw the same signal, stops and removes what it uploaded (dropped, it would strand a
+/// partial build or a dangling multipart upload; a second signal still forces an exit and
+/// `runner gc` finds the upload's journal entry).
+async fn run_target_inner(job: &Job<'_>, left: &mut Leftover) -> Result<Done, Failure> {
+    let work = phases_of(job, left);
+    tokio::pin!(work);
+    tokio::select! {
+        r = &mut work => r,
+        _ = job.run.cancel.cancelled() => {
+            if job.tracker.phase() == Phase::Publish {
+                (&mut work).await
+            } else {
+                Err(Failure::Cancelled)
+            }
+        }
+    }
+}
+
+async fn phases_of(job: &Job<'_>, left: &mut Leftover) -> Result<Done, Failure> {
+    let Job { run, t, log, .. } = *job;
+    job.tracker.enter(Phase::Image);
+    let inputs = phases::inputs(run, t, log).await?;
+    left.context_digest = Some(inputs.context_digest.clone());
+    if let Some(paths) = phases::cached(run, t, &inputs, log).await? {
+        return Ok(Done::Cached(paths));
+    }
+    let prepared = phases::prepare(run, t, &inputs).await?;
+    // The deadline covers the machine's life (boot to publish), not a one-time image bake.
+    // Ctrl-C reaches a publish through this token too (it is the run token's child).
+    let publish_cancel = run.cancel.child_token();
+    let machine_life = machine_phases(job, &inputs, &prepared, left, &publish_cancel);
+    tokio::pin!(machine_life);
+    tokio::select! {
+        r = &mut machine_life => r.map(Done::Built),
+        _ = tokio::time::sleep(t.timeout) => {
+            if job.tracker.phase() == Phase::Publish {
+                // Dropping a publish would strand what it uploaded: cancel it and let it
+                // clean up instead.
+                publish_cancel.cancel();
+                let _ = (&mut machine_life).await;
+            }
+            Err(Failure::TimedOut { after: t.timeout })
+        }
+    }
+}
+
+async fn machine_phases(
+    job: &Job<'_>,
+    inputs: &Inputs,
+    prepared: &Prepared,
+    left: &mut Leftover,
+    publish_cancel: &CancellationToken,
+) -> Result<Vec<PathBuf>, Failure> {
+    let Job {
+        run,
+        t,
+        log,
+        tracker,
+    } = *job;
+    tracker.enter(Phase::Boot);
+    let lease = left.lease.insert(phases::boot(run, t, inputs, log).await?);
+    let guest = lease.guest.as_ref();
+    tracker.enter(Phase::Sync);
+    phases::sync(run, guest, inputs, log).await?;
+    tracker.enter(Phase::Provision);
+    phases::provision(run, guest, t, inputs, log).await?;
+    tracker.enter(Phase::Collect);
+    let collected = phases::collect(run, guest, t, inputs, log).await?;
+    tracker.enter(Phase::Publish);
+    let published = phases::publish(run, t, inputs, prepared, collected, publish_cancel.clone());
+    Ok(published.await?)
+}
+
+/// `<target> failed in <phase>: <what> (exit code N); log: <path>` and the log's last lines.
+fn describe_failure(r: &TargetResult, f: &Failure) -> String {
+    let mut s = format!("{} failed in {}: {f}", r.target, r.phase.as_str());
+    if let Some(c) = r.exit_code {
+        s.push_str(&format!(" (exit code {c})"));
+    }
+    s.push_str(&format!("; log: {}", r.log.display()));
+    let last = tail(&r.log, 10);
+    if !last.trim().is_empty() {
+        s.push_str("\n  last lines of the log:");
+        for l in last.lines() {
+            s.push_str("\n    ");
+            s.push_str(&crate::progress::sanitize(l));
+        }
+    }
+    s
+}

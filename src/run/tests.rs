@@ -1,0 +1,302 @@
+//! The dispatcher and the per-target pipeline against the in-process fake backend: limits,
+//! keep-going, cancellation, timeouts, keep-failed, panics and teardown ordering, in
+//! milliseconds.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{Options, Run};
+use crate::artifacts::Limits;
+use crate::config::{BackendConfig, Builder, QemuBuilder, Shape, Size, Target};
+use crate::events::{Emitter, FailureKind, Outcome, TargetResult};
+use crate::machine::fake::{Behaviour, FakeBackend, Shared};
+use crate::machine::{Machines, record::MachineRecord};
+use crate::paths::Dirs;
+use crate::store::local::LocalStore;
+
+struct World {
+    tmp: tempfile::TempDir,
+    dirs: Dirs,
+}
+
+impl World {
+    fn new() -> World {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(tmp.path().join("ctx")).unwrap();
+        std::fs::write(tmp.path().join("ctx/a.c"), "int main(){}\n").unwrap();
+        std::fs::write(tmp.path().join("build.sh"), "#!/bin/sh\n").unwrap();
+        let dirs = Dirs::resolve(
+            Some(tmp.path().join("cache")),
+            Some(tmp.path().join("state")),
+        );
+        World { tmp, dirs }
+    }
+
+    fn target(&self, name: &str, timeout: Duration) -> Target {
+        let builder = Builder {
+            name: "fake".into(),
+            path: self.tmp.path().join("builders/fake.toml"),
+            backend: BackendConfig::Qemu(QemuBuilder {
+                suite: "bookworm".into(),
+                arch: crate::config::Arch::Amd64,
+                packages: vec![],
+                shape: Shape {
+                    vcpus: 1,
+                    memory: Size(1 << 30),
+                },
+                disk: Size(4 << 30),
+                boot_timeout: Duration::from_secs(5),
+            }),
+        };
+        Target {
+            name: name.into(),
+            shape: builder.shape(),
+            builder,
+            script: self.tmp.path().join("build.sh"),
+            context: self.tmp.path().join("ctx"),
+            artifacts: vec![],
+            env: BTreeMap::new(),
+            timeout,
+            upload: None,
+        }
+    }
+
+    fn run(&self, backend: FakeBackend, keep_failed: bool) -> Arc<Run> {
+        let (emitter, _rx) = Emitter::channel();
+        Arc::new(Run {
+            machines: Arc::new(Machines::fake(&self.dirs, Arc::new(backend))),
+            store: Arc::new(LocalStore::new(&self.tmp.path().join("artifacts"))),
+            remote: Default::default(),
+            limits: Limits::default(),
+            emitter,
+            cancel: Default::default(),
+            keep_failed,
+            force: true,
+            epoch: 315_532_800,
+            logs: self.tmp.path().join("logs"),
+            exclude: vec![],
+            context_excludes: None,
+        })
+    }
+
+    fn machine_dirs(&self) -> Vec<std::path::PathBuf> {
+        crate::machine::dir::all(&self.dirs.machines())
+    }
+}
+
+fn fake(w: &World, behaviour: &[(&str, Behaviour)]) -> (FakeBackend, Arc<Shared>) {
+    let mut b = FakeBackend::new(&w.dirs);
+    b.behaviour = behaviour
+        .iter()
+        .map(|(n, b)| (n.to_string(), b.clone()))
+        .collect();
+    let shared = b.shared.clone();
+    (b, shared)
+}
+
+fn names(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("t{i}")).collect()
+}
+
+async fn dispatch(
+    w: &World,
+    run: Arc<Run>,
+    targets: &[String],
+    jobs: Option<usize>,
+    keep_going: bool,
+) -> Vec<TargetResult> {
+    let ts = targets
+        .iter()
+        .map(|n| w.target(n, Duration::from_secs(30)))
+        .collect();
+    super::dispatch::run(run, ts, &Options { jobs, keep_going }).await
+}
+
+fn slow(ms: u64) -> Behaviour {
+    Behaviour::Exit {
+        code: 0,
+        after: Duration::from_millis(ms),
+    }
+}
+
+#[tokio::test]
+async fn jobs_caps_machines_alive_at_once_and_every_one_is_torn_down() {
+    let w = World::new();
+    let list = names(6);
+    let behaviour: Vec<(&str, Behaviour)> = list.iter().map(|n| (n.as_str(), slow(30))).collect();
+    let (b, shared) = fake(&w, &behaviour);
+    let results = dispatch(&w, w.run(b, false), &list, Some(2), false).await;
+    assert!(
+        results.iter().all(|r| r.outcome == Outcome::Succeeded),
+        "{results:?}"
+    );
+    assert!(
+        results.iter().all(|r| r.artifacts.len() == 3),
+        "file, SHA256SUMS, manifest"
+    );
+    assert_eq!(shared.peak.load(std::sync::atomic::Ordering::SeqCst), 2);
+    assert_eq!(shared.live.load(std::sync::atomic::Ordering::SeqCst), 0);
+    assert!(w.machine_dirs().is_empty());
+}
+
+#[tokio::test]
+async fn without_jobs_the_backend_capacity_is_the_limit() {
+    let w = World::new();
+    let list = names(7);
+    let behaviour: Vec<(&str, Behaviour)> = list.iter().map(|n| (n.as_str(), slow(30))).collect();
+    let (mut b, shared) = fake(&w, &behaviour);
+    b.capacity = 3;
+    let results = dispatch(&w, w.run(b, false), &list, None, false).await;
+    assert!(results.iter().all(|r| r.outcome == Outcome::Succeeded));
+    assert_eq!(shared.peak.load(std::sync::atomic::Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn a_failure_stops_new_launches_unless_keep_going() {
+    let w = World::new();
+    let list = names(4);
+    let fail = Behaviour::Exit {
+        code: 3,
+        after: Duration::ZERO,
+    };
+    let (b, _) = fake(&w, &[("t0", fail.clone())]);
+    let results = dispatch(&w, w.run(b, false), &list, Some(1), false).await;
+    assert_eq!(results[0].outcome, Outcome::Failed);
+    assert_eq!(results[0].failure, Some(FailureKind::Script));
+    assert_eq!(results[0].exit_code, Some(3));
+    let err = results[0].error.as_deref().unwrap();
+    assert!(
+        err.contains("t0 failed in provision") && err.contains("exit code 3"),
+        "{err}"
+    );
+    assert!(results[1..].iter().all(|r| r.outcome == Outcome::Skipped));
+
+    let (b, _) = fake(&w, &[("t0", fail)]);
+    let results = dispatch(&w, w.run(b, false), &list, Some(1), true).await;
+    assert_eq!(results[0].outcome, Outcome::Failed);
+    assert!(results[1..].iter().all(|r| r.outcome == Outcome::Succeeded));
+}
+
+#[tokio::test]
+async fn cancelling_tears_running_targets_down_and_starts_no_more() {
+    let w = World::new();
+    let list = names(3);
+    let behaviour: Vec<(&str, Behaviour)> =
+        list.iter().map(|n| (n.as_str(), slow(60_000))).collect();
+    let (b, shared) = fake(&w, &behaviour);
+    let run = w.run(b, false);
+    let cancel = run.cancel.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        cancel.cancel();
+    });
+    let results = dispatch(&w, run, &list, Some(2), false).await;
+    let outcomes: Vec<Outcome> = results.iter().map(|r| r.outcome).collect();
+    assert_eq!(outcomes, [Outcome::Cancelled; 3]);
+    assert!(
+        results
+            .iter()
+            .all(|r| r.failure == Some(FailureKind::Cancelled))
+    );
+    assert_eq!(
+        shared
+            .journal()
+            .iter()
+            .filter(|l| l.starts_with("teardown t"))
+            .count(),
+        2,
+        "{:?}",
+        shared.journal()
+    );
+    assert!(w.machine_dirs().is_empty());
+}
+
+#[tokio::test]
+async fn a_timeout_fails_the_target_and_tears_it_down() {
+    let w = World::new();
+    let (b, shared) = fake(&w, &[("slow", slow(60_000))]);
+    let t = w.target("slow", Duration::from_millis(300));
+    let results = super::dispatch::run(
+        w.run(b, false),
+        vec![t],
+        &Options {
+            jobs: None,
+            keep_going: false,
+        },
+    )
+    .await;
+    assert_eq!(results[0].failure, Some(FailureKind::Timeout));
+    assert!(
+        results[0]
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("timed out after 300ms")
+    );
+    assert_eq!(shared.journal().last().unwrap(), "teardown slow");
+    assert!(w.machine_dirs().is_empty());
+}
+
+#[tokio::test]
+async fn keep_failed_leaves_the_machine_with_a_way_in_and_marks_it_for_gc() {
+    let w = World::new();
+    let fail = Behaviour::Exit {
+        code: 1,
+        after: Duration::ZERO,
+    };
+    let (b, shared) = fake(&w, &[("bad", fail)]);
+    let results = dispatch(&w, w.run(b, true), &["bad".into()], None, false).await;
+    let err = results[0].error.as_deref().unwrap();
+    assert!(err.contains("machine kept: ssh -i"), "{err}");
+    assert!(!shared.journal().iter().any(|l| l.starts_with("teardown")));
+    let dirs = w.machine_dirs();
+    assert_eq!(dirs.len(), 1);
+    assert!(dirs[0].join("id_ed25519").exists() && dirs[0].join("known_hosts").exists());
+    assert!(MachineRecord::read(&dirs[0]).unwrap().kept);
+}
+
+#[tokio::test]
+async fn a_panicking_target_is_a_failed_result_and_the_others_still_finish() {
+    let w = World::new();
+    let list = names(3);
+    let (b, shared) = fake(&w, &[("t1", Behaviour::Panic)]);
+    let results = dispatch(&w, w.run(b, false), &list, Some(3), true).await;
+    assert_eq!(results[1].outcome, Outcome::Failed);
+    assert_eq!(results[1].failure, Some(FailureKind::Panic));
+    assert!(results[1].error.as_deref().unwrap().contains("panicked"));
+    assert_eq!(results[0].outcome, Outcome::Succeeded);
+    assert_eq!(results[2].outcome, Outcome::Succeeded);
+    assert!(shared.journal().contains(&"teardown (drop) t1".to_owned()));
+    assert!(w.machine_dirs().is_empty());
+}
+
+#[tokio::test]
+async fn a_machine_that_dies_is_its_own_kind_of_failure() {
+    let w = World::new();
+    let (b, _) = fake(&w, &[("gone", Behaviour::Dies)]);
+    let results = dispatch(&w, w.run(b, false), &["gone".into()], None, false).await;
+    assert_eq!(results[0].failure, Some(FailureKind::MachineDied));
+    assert!(w.machine_dirs().is_empty());
+}
+
+#[tokio::test]
+async fn each_machine_is_torn_down_after_its_script_and_exactly_once() {
+    let w = World::new();
+    let list = names(4);
+    let (b, shared) = fake(&w, &[]);
+    dispatch(&w, w.run(b, false), &list, Some(2), false).await;
+    let journal = shared.journal();
+    for n in &list {
+        let at = |what: &str| journal.iter().position(|l| *l == format!("{what} {n}"));
+        let (launch, provision, teardown) = (at("launch"), at("provision"), at("teardown"));
+        assert!(launch < provision && provision < teardown, "{journal:?}");
+        assert_eq!(
+            journal
+                .iter()
+                .filter(|l| l.starts_with("teardown") && l.ends_with(&format!(" {n}")))
+                .count(),
+            1
+        );
+    }
+}
