@@ -12,16 +12,21 @@ use runner::config::Builder;
 use runner::machine::{self, AccelChoice, MachineSpec, Machines, Report, Settings};
 use runner::paths::Dirs;
 
+/// The runner builders measured, beside the stock baseline: (label, builder file text).
+const SYSTEMD: &str = "backend = \"qemu\"\ndistro = \"debian\"\nsuite = \"bookworm\"\n\
+                       arch = \"amd64\"\ninit = \"systemd\"\n";
+
 fn main() {
     let runs: usize = std::env::var("BENCH_RUNS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(3);
+        .unwrap_or(5);
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let bench_dir = std::env::var_os("BENCH_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| std::env::temp_dir().join("runner-bench"));
-    std::fs::create_dir_all(&bench_dir).unwrap();
+    std::fs::create_dir_all(bench_dir.join("builders")).unwrap();
+    std::fs::write(bench_dir.join("builders/bench-systemd.toml"), SYSTEMD).unwrap();
     let state = tempfile::tempdir().unwrap();
     let dirs = Dirs::resolve(
         std::env::var_os("RUNNER_CACHE_DIR").map(PathBuf::from),
@@ -35,43 +40,64 @@ fn main() {
         },
     );
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let builder = Builder::find(&repo, "bookworm-amd64").unwrap();
-    let backend = machines.backend(&builder);
-    rt.block_on(backend.prepare(&Report::Lines))
-        .expect("runner image");
-    let cancel = Default::default();
+    let builders = [
+        (
+            "runner lean init (bookworm-amd64)",
+            Builder::find(&repo, "bookworm-amd64").unwrap(),
+        ),
+        (
+            "runner systemd init (same image + systemd)",
+            Builder::find(&bench_dir, "bench-systemd").unwrap(),
+        ),
+    ];
+    for (_, b) in &builders {
+        rt.block_on(machines.backend(b).prepare(&Report::Lines))
+            .expect("runner image");
+    }
     let stock = stock_image(&repo, &bench_dir);
 
-    let mut ours = vec![];
-    let mut theirs = vec![];
+    let mut times: Vec<Vec<Duration>> = vec![vec![]; builders.len() + 1];
     for i in 0..runs {
-        // Interleaved, so drift in machine load hits both sides alike.
-        let t = Instant::now();
-        let lease = rt
-            .block_on(machine::lease(
-                backend.as_ref(),
-                &MachineSpec::of(&builder, "bench"),
-                &cancel,
-            ))
-            .expect("runner machine");
-        let ready = t.elapsed();
-        rt.block_on(lease.release(false)).unwrap();
-        ours.push(ready);
-
-        let stock_ready = boot_stock(&stock, &bench_dir);
-        theirs.push(stock_ready);
-        eprintln!(
-            "run {}: runner {:.2}s, stock {:.2}s",
-            i + 1,
-            ready.as_secs_f64(),
-            stock_ready.as_secs_f64()
+        // Interleaved, so drift in machine load hits every side alike.
+        for (n, (_, b)) in builders.iter().enumerate() {
+            times[n].push(runner_boot(&rt, &machines, b));
+        }
+        times[builders.len()].push(boot_stock(&stock, &bench_dir));
+        let line: Vec<String> = times
+            .iter()
+            .map(|t| format!("{:.2}s", t[i].as_secs_f64()))
+            .collect();
+        eprintln!("run {}: {}", i + 1, line.join(", "));
+    }
+    let medians: Vec<f64> = times.iter_mut().map(|t| median(t)).collect();
+    let stock_s = medians[builders.len()];
+    println!("boot-to-SSH-ready under TCG, median of {runs} (q35, 2 vCPU, 1 GiB):");
+    for ((label, _), m) in builders.iter().zip(&medians) {
+        println!(
+            "  {label:<46} {m:>7.2} s   stock/this {:>5.1}x",
+            stock_s / m
         );
     }
-    let (o, s) = (median(&mut ours), median(&mut theirs));
-    println!("boot-to-SSH-ready under TCG, median of {runs} (q35, 2 vCPU, 1 GiB):");
-    println!("  runner bookworm-amd64 (direct kernel, lean init, pinned keys): {o:>7.2} s");
-    println!("  stock Debian + systemd, bare qemu, OpenSSH polling:            {s:>7.2} s");
-    println!("  ratio stock/runner: {:.1}x faster", s / o);
+    println!(
+        "  {:<46} {stock_s:>7.2} s",
+        "stock Debian + systemd, bare qemu, OpenSSH"
+    );
+}
+
+/// Launch to a pinned SSH session, then teardown (not timed).
+fn runner_boot(rt: &tokio::runtime::Runtime, machines: &Machines, b: &Builder) -> Duration {
+    let backend = machines.backend(b);
+    let t = Instant::now();
+    let lease = rt
+        .block_on(machine::lease(
+            backend.as_ref(),
+            &MachineSpec::of(b, "bench"),
+            &Default::default(),
+        ))
+        .expect("runner machine");
+    let ready = t.elapsed();
+    rt.block_on(lease.release(false)).unwrap();
+    ready
 }
 
 fn median(v: &mut [Duration]) -> f64 {

@@ -75,7 +75,7 @@ fn main() {
         )
         .as_bytes(),
     );
-    let log = LogSink::create(&work.path().join("sync.log"), |_| {}).unwrap();
+    let log = LogSink::create(&work.path().join("sync.log"), 1 << 20, |_| {}).unwrap();
 
     println!("context upload into one TCG guest (bookworm-amd64, q35, qemu64), best of {runs}:");
     for (label, dir) in [("incompressible", &random), ("source tree", &tree)] {

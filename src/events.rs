@@ -112,6 +112,9 @@ pub struct TargetResult {
     pub failure: Option<FailureKind>,
     /// What went wrong: target, phase, cause, exit code, log path, the log's last lines.
     pub error: Option<String>,
+    /// Bytes of guest output left out of the log (its head and tail are kept).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_truncated: Option<u64>,
     /// sha256 digest of the build context as sent (see `context::Context::digest`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub context_digest: Option<String>,

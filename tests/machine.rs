@@ -97,13 +97,58 @@ fn stdin_is_forwarded_and_failure_tears_down() {
     world.assert_clean();
 }
 
+/// What a build machine needs of its kernel and init: the whole module tree for modprobe,
+/// cgroup2, binfmt_misc, /dev/fuse and /dev/loop-control, and an identity of its own.
+const WHOLE_MACHINE: &str = "uname -m; modprobe -a overlay loop fuse br_netfilter && echo modprobe-ok; \
+    grep -q ' /sys/fs/cgroup cgroup2 ' /proc/mounts && echo cgroup2-ok; \
+    grep -q ' /proc/sys/fs/binfmt_misc binfmt_misc ' /proc/mounts && echo binfmt-ok; \
+    [ -c /dev/fuse ] && [ -c /dev/loop-control ] && echo devices-ok; \
+    echo 0 > /dev/null < /dev/fuse && echo fuse-opens; cat /etc/machine-id";
+
+fn assert_whole_machine(out: &str, arch: &str) -> String {
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        &lines[..lines.len() - 1],
+        [
+            arch,
+            "modprobe-ok",
+            "cgroup2-ok",
+            "binfmt-ok",
+            "devices-ok",
+            "fuse-opens"
+        ],
+        "{out}"
+    );
+    let id = lines[lines.len() - 1].to_owned();
+    assert!(
+        id.len() == 32 && id.chars().all(|c| c.is_ascii_hexdigit()),
+        "{out}"
+    );
+    id
+}
+
 #[test]
-fn arm64_guest_reports_aarch64() {
+fn amd64_guests_are_whole_machines_each_with_its_own_machine_id() {
+    let world = World::new();
+    bake(&world, "bookworm-amd64");
+    let ids: Vec<String> = (0..2)
+        .map(|_| {
+            let out = world.run(&["vm", "run", "bookworm-amd64", "--", WHOLE_MACHINE]);
+            assert!(out.status.success());
+            assert_whole_machine(&stdout(&out), "x86_64")
+        })
+        .collect();
+    assert_ne!(ids[0], ids[1], "two machines share a machine-id");
+    world.assert_clean();
+}
+
+#[test]
+fn arm64_guest_reports_aarch64_and_is_a_whole_machine() {
     let world = World::new();
     bake(&world, "bookworm-arm64");
-    let out = world.run(&["vm", "run", "bookworm-arm64", "--", "uname -m"]);
+    let out = world.run(&["vm", "run", "bookworm-arm64", "--", WHOLE_MACHINE]);
     assert!(out.status.success());
-    assert_eq!(stdout(&out).trim(), "aarch64");
+    assert_whole_machine(&stdout(&out), "aarch64");
     world.assert_clean();
 }
 

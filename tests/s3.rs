@@ -10,8 +10,8 @@ mod garage;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, mpsc};
+use std::sync::atomic::Ordering;
+use std::sync::mpsc;
 use std::time::Duration;
 
 use common::*;
@@ -91,25 +91,6 @@ fn wait_mid_upload(rx: &mpsc::Receiver<String>) {
             return;
         }
     }
-}
-
-/// The highest VmHWM (peak resident set) seen for `pid` while it runs.
-fn watch_peak_rss(pid: u32) -> Arc<AtomicU64> {
-    let peak = Arc::new(AtomicU64::new(0));
-    let p = peak.clone();
-    std::thread::spawn(move || {
-        while let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
-            if let Some(kib) = s
-                .lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            {
-                p.fetch_max(kib * 1024, Ordering::SeqCst);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    });
-    peak
 }
 
 fn sha256_file(path: &Path) -> String {

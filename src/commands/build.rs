@@ -73,6 +73,8 @@ pub async fn build(env: &Env, args: Args) -> Result<i32> {
             max_total_bytes: project.limits.max_total.0,
             max_entries: project.limits.max_files,
         },
+        leak_timeout: project.limits.leak_timeout,
+        log_limit: project.limits.max_log.0,
         emitter,
         cancel: env.shutdown.token.clone(),
         keep_failed: args.keep_failed,

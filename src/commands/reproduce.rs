@@ -120,6 +120,8 @@ async fn rebuild(env: &Env, m: &Manifest, args: &Args, out: &Path) -> Result<Pat
         store: Arc::new(LocalStore::new(&store)),
         remote: Default::default(),
         limits: Limits::default(),
+        leak_timeout: Duration::from_secs(2),
+        log_limit: crate::config::project::DEFAULT_LOG.0,
         emitter,
         keep_failed: false,
         force: true,

@@ -37,6 +37,30 @@ pub struct Shape {
     pub memory: Size,
 }
 
+/// What runs as PID 1 in a QEMU machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Init {
+    /// runner's own: mounts what a build needs, then sshd. Fastest to boot.
+    #[default]
+    Lean,
+    /// The image's systemd, for builds that need services (`systemctl start …`).
+    Systemd,
+}
+
+impl Init {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Init::Lean => "lean",
+            Init::Systemd => "systemd",
+        }
+    }
+
+    pub fn is_lean(&self) -> bool {
+        *self == Init::Lean
+    }
+}
+
 /// A Debian image booted under QEMU.
 #[derive(Debug, Clone)]
 pub struct QemuBuilder {
@@ -44,6 +68,7 @@ pub struct QemuBuilder {
     pub arch: Arch,
     /// Extra Debian packages baked into the image, sorted and deduplicated.
     pub packages: Vec<String>,
+    pub init: Init,
     pub shape: Shape,
     pub disk: Size,
     pub boot_timeout: Duration,
@@ -64,6 +89,8 @@ struct RawQemu {
     arch: Arch,
     #[serde(default)]
     packages: Vec<Spanned<String>>,
+    #[serde(default)]
+    init: Init,
     vcpus: Option<Spanned<u32>>,
     memory: Option<Spanned<Size>>,
     disk: Option<Spanned<Size>>,
@@ -271,6 +298,7 @@ impl QemuBuilder {
             suite: suite.clone(),
             arch: raw.arch,
             packages,
+            init: raw.init,
             shape,
             disk,
             boot_timeout,

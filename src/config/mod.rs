@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 
 pub use arch::Arch;
-pub use builder::{BackendConfig, Builder, QemuBuilder, Shape};
+pub use builder::{BackendConfig, Builder, Init, QemuBuilder, Shape};
 pub use ec2::{Address, Ami, Ec2Builder};
 pub use project::{Project, Target};
 pub use size::Size;

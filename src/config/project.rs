@@ -49,6 +49,10 @@ pub struct Limits {
     pub max_file: Size,
     pub max_total: Size,
     pub max_files: u64,
+    /// A target log keeps its head and tail within this size.
+    pub max_log: Size,
+    /// How long a finished script's output may stay open before runner stops waiting.
+    pub leak_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -87,6 +91,8 @@ struct RawLimits {
     max_file_size: Option<Size>,
     max_total_size: Option<Size>,
     max_files: Option<u64>,
+    max_log_size: Option<Spanned<Size>>,
+    leak_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -105,6 +111,16 @@ struct RawTarget {
     upload: Option<Spanned<String>>,
 }
 
+/// 64 MiB of guest output is more than anyone reads; what matters is kept (head and tail).
+pub const DEFAULT_LOG: Size = Size(64 << 20);
+const LOG_SIZE: Range<Size> = Range {
+    min: Size(64 << 10),
+    max: Size(16 * GIB),
+};
+const LEAK_TIMEOUT: Range<Duration> = Range {
+    min: Duration::from_millis(100),
+    max: Duration::from_secs(3600),
+};
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 const TIMEOUT: Range<Duration> = Range {
     min: Duration::from_secs(1),
@@ -120,6 +136,20 @@ impl Project {
             max_file: raw.limits.max_file_size.unwrap_or(Size(4 * GIB)),
             max_total: raw.limits.max_total_size.unwrap_or(Size(16 * GIB)),
             max_files: raw.limits.max_files.unwrap_or(100_000),
+            max_log: value::size(
+                &src,
+                raw.limits.max_log_size.as_ref(),
+                "max_log_size",
+                LOG_SIZE,
+                DEFAULT_LOG,
+            )?,
+            leak_timeout: value::duration(
+                &src,
+                raw.limits.leak_timeout.as_ref(),
+                "leak_timeout",
+                (LEAK_TIMEOUT, Example("2s")),
+                Duration::from_secs(2),
+            )?,
         };
         let artifact_dir = root.join(
             raw.artifact_dir

@@ -12,6 +12,7 @@ mod sync;
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -22,6 +23,7 @@ use crate::error::Result;
 use crate::logs::LogSink;
 
 pub use keys::GuestKeys;
+pub use provision::Provisioned;
 pub use ssh::{Endpoint, ExitStatus, Session};
 
 pub const SRC: &str = "/build/src";
@@ -37,13 +39,15 @@ pub trait Guest: Send + Sync {
     async fn sync(&self, ctx: Arc<Context>, mtime: u64, log: &LogSink) -> Result<TarSummary>;
 
     /// Uploads and runs the provision script in [`SRC`] with the target's environment,
-    /// output to `log`; returns how it ended.
+    /// output to `log`; returns how it ended. Output still held open `leak` after the exit
+    /// status arrived is given up on (see [`Provisioned::leftovers`]).
     async fn provision(
         &self,
         script: &[u8],
         env: &[(String, String)],
+        leak: Duration,
         log: &LogSink,
-    ) -> Result<ExitStatus>;
+    ) -> Result<Provisioned>;
 
     /// Pulls the artifacts matching `globs` (all files when empty) from [`OUT`] into `dest`,
     /// treating everything the guest sends as hostile.
@@ -78,9 +82,10 @@ impl Guest for Session {
         &self,
         script: &[u8],
         env: &[(String, String)],
+        leak: Duration,
         log: &LogSink,
-    ) -> Result<ExitStatus> {
-        provision::run_script(self, script, env, log).await
+    ) -> Result<Provisioned> {
+        provision::run_script(self, script, env, leak, log).await
     }
 
     async fn collect(

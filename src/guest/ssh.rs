@@ -75,6 +75,13 @@ impl std::fmt::Display for ExitStatus {
     }
 }
 
+/// How a remote command ended, and whether something it left running still held its output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ended {
+    pub status: ExitStatus,
+    pub leaked: bool,
+}
+
 /// The handler accepts exactly one host key and remembers what it was shown.
 struct Pinned {
     expected: PublicKey,
@@ -212,9 +219,29 @@ impl Session {
         &self,
         command: &str,
         stdin: Option<I>,
+        stdout: O,
+        stderr: E,
+    ) -> Result<ExitStatus>
+    where
+        I: AsyncRead + Unpin + Send + 'static,
+        O: AsyncWrite + Unpin,
+        E: AsyncWrite + Unpin,
+    {
+        let ended = self.exec_with(command, stdin, stdout, stderr, None).await?;
+        Ok(ended.status)
+    }
+
+    /// [`Session::exec`], but once the exit status has arrived, waits at most `leak` for the
+    /// channel to end: a background process the command left behind (a daemon started with
+    /// `&`) may hold its output open for ever. The status decides; `leaked` says it happened.
+    pub async fn exec_with<I, O, E>(
+        &self,
+        command: &str,
+        stdin: Option<I>,
         mut stdout: O,
         mut stderr: E,
-    ) -> Result<ExitStatus>
+        leak: Option<Duration>,
+    ) -> Result<Ended>
     where
         I: AsyncRead + Unpin + Send + 'static,
         O: AsyncWrite + Unpin,
@@ -230,29 +257,52 @@ impl Session {
             .await
             .map_err(|e| ssh_err("cannot start the remote command".into(), e))?;
         let (mut rx, tx) = channel.split();
+        let tx = Arc::new(tx);
+        let feeding = tx.clone();
         let feeder = tokio::spawn(async move {
             if let Some(input) = stdin {
-                tx.data(input).await?;
+                feeding.data(input).await?;
             }
-            tx.eof().await
+            feeding.eof().await
         });
-        let mut status = ExitStatus::Lost;
-        while let Some(msg) = rx.wait().await {
+        let mut ended = Ended {
+            status: ExitStatus::Lost,
+            leaked: false,
+        };
+        let mut deadline = None;
+        loop {
+            let msg = match deadline {
+                None => rx.wait().await,
+                Some(d) => match tokio::time::timeout_at(d, rx.wait()).await {
+                    Ok(m) => m,
+                    Err(_) => {
+                        ended.leaked = true;
+                        let _ = tx.close().await;
+                        break;
+                    }
+                },
+            };
+            let Some(msg) = msg else { break };
             match msg {
                 ChannelMsg::Data { data } => write_out(&mut stdout, &data).await?,
                 ChannelMsg::ExtendedData { data, ext: 1 } => write_out(&mut stderr, &data).await?,
-                ChannelMsg::ExitStatus { exit_status } => status = ExitStatus::Code(exit_status),
+                ChannelMsg::ExitStatus { exit_status } => {
+                    ended.status = ExitStatus::Code(exit_status)
+                }
                 ChannelMsg::ExitSignal { signal_name, .. } => {
-                    status = ExitStatus::Signal(format!("{signal_name:?}"))
+                    ended.status = ExitStatus::Signal(format!("{signal_name:?}"))
                 }
                 _ => {}
+            }
+            if ended.status != ExitStatus::Lost && deadline.is_none() {
+                deadline = leak.map(|l| tokio::time::Instant::now() + l);
             }
         }
         stdout.flush().await.ok();
         stderr.flush().await.ok();
         // The remote side may exit without reading all of stdin; that is not our error.
         feeder.abort();
-        Ok(status)
+        Ok(ended)
     }
 
     /// Runs a command and returns its stdout, failing on a non-zero status.

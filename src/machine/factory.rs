@@ -158,6 +158,7 @@ fn qemu_builder(r: &Recipe, shape: Shape) -> QemuBuilder {
         suite: r.suite.clone(),
         arch: r.arch,
         packages: r.packages.clone(),
+        init: r.init,
         shape,
         disk: r.disk,
         boot_timeout: Duration::from_secs(if r.arch.is_native() { 120 } else { 300 }),

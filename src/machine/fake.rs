@@ -18,7 +18,7 @@ use super::{Backend, Instance, Machine, MachineSpec, Origin, Prepared, Report};
 use crate::artifacts::{ArtifactFile, Limits};
 use crate::context::{Context, TarSummary};
 use crate::error::{Error, Result};
-use crate::guest::{Endpoint, ExitStatus, Guest, GuestKeys, Input, Output};
+use crate::guest::{Endpoint, ExitStatus, Guest, GuestKeys, Input, Output, Provisioned};
 use crate::logs::LogSink;
 use crate::paths::Dirs;
 
@@ -91,6 +91,7 @@ impl Backend for FakeBackend {
             arch: crate::config::Arch::Amd64,
             packages: vec![],
             disk: crate::config::Size(1 << 30),
+            init: Default::default(),
         }))
     }
 
@@ -196,13 +197,17 @@ impl Guest for FakeGuest {
         &self,
         _script: &[u8],
         _env: &[(String, String)],
+        _leak: Duration,
         _log: &LogSink,
-    ) -> Result<ExitStatus> {
+    ) -> Result<Provisioned> {
         self.shared.note(format!("provision {}", self.label));
         match &self.behaviour {
             Behaviour::Exit { code, after } => {
                 tokio::time::sleep(*after).await;
-                Ok(ExitStatus::Code(*code))
+                Ok(Provisioned {
+                    status: ExitStatus::Code(*code),
+                    leftovers: None,
+                })
             }
             Behaviour::Panic => panic!("fake guest of {} panics", self.label),
             Behaviour::Dies => Err(Error::MachineDied {

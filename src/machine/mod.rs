@@ -172,6 +172,27 @@ impl Machine {
         self.instance.as_mut()?.exited()
     }
 
+    /// After the guest went silent (a lost connection, a command without an exit status):
+    /// whether the machine itself stopped, as [`Error::MachineDied`] naming `phase` and its
+    /// console. Waits up to `wait` for the hypervisor to notice.
+    pub async fn died(&mut self, phase: &str, wait: Duration) -> Option<Error> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            if let Some(status) = self.exited() {
+                return Some(Error::MachineDied {
+                    machine: self.describe(),
+                    status: format!("died during {phase} ({status})"),
+                    console: self.console_log.clone(),
+                    tail: crate::logs::tail(&self.console_log, 20),
+                });
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Waits until the guest accepts SSH with the pinned host key (or the machine stops, or
     /// the boot timeout passes).
     pub async fn connect(&mut self, keys: &GuestKeys) -> Result<Box<dyn Guest>> {

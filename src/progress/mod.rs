@@ -347,6 +347,7 @@ impl Tally {
             failure: Some(crate::events::FailureKind::Error),
             error: Some("the run ended without a result for this target".to_owned()),
             context_digest: None,
+            log_truncated: None,
         }
     }
 }

@@ -35,6 +35,15 @@ pub(super) fn summary_text(summary: &Summary) -> String {
         text.push('\n');
         text.push_str(&failure(result));
     }
+    for r in &summary.results {
+        if let Some(n) = r.log_truncated {
+            text.push_str(&format!(
+                "\n{}: log truncated, {n} bytes of output left out (head and tail kept in {})\n",
+                r.target,
+                r.log.display()
+            ));
+        }
+    }
     text.push_str(&format!(
         "\n{} succeeded, {} cached, {} failed, {} cancelled, {} skipped in {}\n",
         summary.succeeded,

@@ -18,6 +18,7 @@ fn result(target: &str, outcome: Outcome, phase: Phase, seconds: f64) -> TargetR
         failure: None,
         error: None,
         context_digest: None,
+        log_truncated: None,
     }
 }
 

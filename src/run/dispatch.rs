@@ -173,6 +173,7 @@ fn panicked(run: &Run, name: &str, e: &tokio::task::JoinError) -> TargetResult {
         )),
         log,
         context_digest: None,
+        log_truncated: None,
     }
 }
 
@@ -196,5 +197,6 @@ fn not_started(run: &Run, t: &Target, cancelled: bool) -> TargetResult {
         failure: cancelled.then_some(FailureKind::Cancelled),
         error: Some(format!("{} not started: {why}", t.name)),
         context_digest: None,
+        log_truncated: None,
     }
 }

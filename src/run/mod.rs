@@ -12,6 +12,7 @@ mod tests;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
@@ -31,6 +32,10 @@ pub struct Run {
     /// Remote stores by `s3://` URL, for targets that upload.
     pub remote: HashMap<String, Arc<dyn ArtifactStore>>,
     pub limits: Limits,
+    /// How long a finished script's output may stay open (see `guest::Provisioned`).
+    pub leak_timeout: Duration,
+    /// Each target log keeps at most this many bytes (its head and its tail).
+    pub log_limit: u64,
     pub emitter: Emitter,
     /// Cancelled by the first Ctrl-C / SIGTERM: every target tears down in order.
     pub cancel: CancellationToken,

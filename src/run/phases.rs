@@ -175,9 +175,25 @@ pub async fn provision(
         ("SOURCE_DATE_EPOCH".to_owned(), run.epoch.to_string()),
     ];
     vars.extend(t.env.iter().map(|(k, v)| (k.clone(), v.clone())));
-    let status = guest.provision(&i.script, &vars, log).await?;
-    if !status.success() {
-        return Err(Failure::Script { status });
+    let done = guest
+        .provision(&i.script, &vars, run.leak_timeout, log)
+        .await?;
+    if let Some(left) = &done.leftovers {
+        log.note(&format!(
+            "the script exited ({}) but left {} process(es) holding its output; stopped \
+             waiting after {} (they end with the machine):",
+            done.status,
+            left.len(),
+            humantime::format_duration(run.leak_timeout)
+        ));
+        for p in left {
+            log.note(&format!("  left running: {p}"));
+        }
+    }
+    if !done.status.success() {
+        return Err(Failure::Script {
+            status: done.status,
+        });
     }
     Ok(())
 }

@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
@@ -79,7 +79,7 @@ pub async fn run_target(run: Arc<Run>, target: Target) -> TargetResult {
         phase: AtomicU8::new(0),
     };
     let (emitter, name) = (run.emitter.clone(), target.name.clone());
-    let sink = LogSink::create(&log_path, move |line| {
+    let sink = LogSink::create(&log_path, run.log_limit, move |line| {
         emitter.send(Event::Output {
             target: name.clone(),
             line,
@@ -117,12 +117,15 @@ pub async fn run_target(run: Arc<Run>, target: Target) -> TargetResult {
         failure: None,
         error: None,
         context_digest: left.context_digest,
+        log_truncated: None,
     };
+    let sink = sink.as_ref().ok();
     match result {
         Ok(Done::Built(paths)) => r.artifacts = paths,
         Ok(Done::Cached(paths)) => (r.outcome, r.artifacts) = (Outcome::Cached, paths),
-        Err(f) => fail(&mut r, f, sink.as_ref().ok(), &note),
+        Err(f) => fail(&mut r, f, sink, &note),
     }
+    r.log_truncated = sink.map(LogSink::finish).filter(|n| *n > 0);
     r
 }
 
@@ -139,6 +142,8 @@ fn fail(r: &mut TargetResult, f: Failure, sink: Option<&LogSink>, note: &str) {
     r.outcome = Outcome::Failed;
     if let Some(s) = sink {
         s.note(&format!("failed in {}: {}", r.phase.as_str(), chain(&f)));
+        // The failure quotes the log's end: write it out first.
+        r.log_truncated = Some(s.finish()).filter(|n| *n > 0);
     }
     r.error = Some(describe_failure(r, &f) + note);
 }
@@ -242,16 +247,36 @@ async fn machine_phases(
     } = *job;
     tracker.enter(Phase::Boot);
     let lease = left.lease.insert(phases::boot(run, t, inputs, log).await?);
-    let guest = lease.guest.as_ref();
     tracker.enter(Phase::Sync);
-    phases::sync(run, guest, inputs, log).await?;
+    let synced = phases::sync(run, lease.guest.as_ref(), inputs, log).await;
+    alive(lease, Phase::Sync, synced.map_err(Failure::from)).await?;
     tracker.enter(Phase::Provision);
-    phases::provision(run, guest, t, inputs, log).await?;
+    let provisioned = phases::provision(run, lease.guest.as_ref(), t, inputs, log).await;
+    alive(lease, Phase::Provision, provisioned).await?;
     tracker.enter(Phase::Collect);
-    let collected = phases::collect(run, guest, t, inputs, log).await?;
+    let collected = phases::collect(run, lease.guest.as_ref(), t, inputs, log).await;
+    let collected = alive(lease, Phase::Collect, collected.map_err(Failure::from)).await?;
     tracker.enter(Phase::Publish);
     let published = phases::publish(run, t, inputs, prepared, collected, publish_cancel.clone());
     Ok(published.await?)
+}
+
+/// A guest step's failure, told as what it is when the machine itself stopped meanwhile
+/// (powered off, panicked, its hypervisor killed): "died during provision", with its console.
+async fn alive<T>(lease: &mut Lease, phase: Phase, r: Result<T, Failure>) -> Result<T, Failure> {
+    // How long the machine gets to be seen stopped: a lost connection usually means it did;
+    // a refused artifact usually does not (but a stream cut short may).
+    let wait = match &r {
+        Ok(_) | Err(Failure::Cancelled | Failure::TimedOut { .. }) => return r,
+        Err(Failure::Error(Error::MachineDied { .. })) => return r,
+        Err(Failure::Script { status }) if *status != crate::guest::ExitStatus::Lost => return r,
+        Err(Failure::Error(Error::ArtifactRefused(_))) => Duration::ZERO,
+        Err(_) => Duration::from_secs(3),
+    };
+    if let Some(died) = lease.machine.died(phase.as_str(), wait).await {
+        return Err(Failure::Error(died));
+    }
+    r
 }
 
 /// `<target> failed in <phase>: <what> (exit code N); log: <path>` and the log's last lines.

@@ -41,6 +41,7 @@ impl World {
                 suite: "bookworm".into(),
                 arch: crate::config::Arch::Amd64,
                 packages: vec![],
+                init: Default::default(),
                 shape: Shape {
                     vcpus: 1,
                     memory: Size(1 << 30),
@@ -69,6 +70,8 @@ impl World {
             store: Arc::new(LocalStore::new(&self.tmp.path().join("artifacts"))),
             remote: Default::default(),
             limits: Limits::default(),
+            leak_timeout: Duration::from_millis(100),
+            log_limit: 1 << 20,
             emitter,
             cancel: Default::default(),
             keep_failed,

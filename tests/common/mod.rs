@@ -276,3 +276,22 @@ pub fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// Follows a process's peak resident memory (VmHWM, bytes) until it exits.
+pub fn watch_peak_rss(pid: u32) -> std::sync::Arc<std::sync::atomic::AtomicU64> {
+    let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let p = peak.clone();
+    std::thread::spawn(move || {
+        while let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
+            if let Some(kib) = s
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            {
+                p.fetch_max(kib * 1024, std::sync::atomic::Ordering::SeqCst);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+    peak
+}

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use tokio::process::Command;
 
 use super::image::Image;
-use crate::config::{Arch, Shape};
+use crate::config::{Arch, Init, Shape};
 
 /// What QEMU will use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -91,7 +91,13 @@ impl Launch<'_> {
             .arg("-initrd")
             .arg(&img.initrd)
             .arg("-append")
-            .arg(format!("console={tty} root=/dev/vda rw panic=-1 quiet"));
+            .arg(format!(
+                "console={tty} root=/dev/vda rw panic=-1 quiet{}",
+                match img.info.recipe.init {
+                    Init::Lean => "",
+                    Init::Systemd => " runner.init=/lib/systemd/systemd",
+                }
+            ));
         self.disk(
             &mut c,
             "overlay.qcow2",

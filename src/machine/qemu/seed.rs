@@ -43,19 +43,22 @@ pub fn write_seed(path: &Path, keys: &GuestKeys, hostname: &str) -> Result<()> {
         h.set_cksum();
         tar.append_data(&mut h, name, data)
     };
-    let host_key = keys.host_private_openssh()?;
-    add("authorized_keys", 0o600, keys.authorized_keys().as_bytes())
-        .and_then(|_| add("ssh_host_ed25519_key", 0o600, host_key.as_bytes()))
-        .and_then(|_| {
-            add(
-                "hostname",
-                0o644,
-                format!("{}\n", hostname_of(hostname)).as_bytes(),
-            )
-        })
-        .ctx(|| "cannot build the seed archive")?;
+    let files = [
+        ("authorized_keys", 0o600, keys.authorized_keys()),
+        ("ssh_host_ed25519_key", 0o600, keys.host_private_openssh()?),
+        ("hostname", 0o644, format!("{}\n", hostname_of(hostname))),
+        ("machine-id", 0o644, format!("{}\n", machine_id())),
+    ];
+    for (name, mode, text) in files {
+        add(name, mode, text.as_bytes()).ctx(|| "cannot build the seed archive")?;
+    }
     let bytes = tar.into_inner().ctx(|| "cannot finish the seed archive")?;
     write_private(path, &bytes)
+}
+
+/// A fresh machine id: 128 random bits as 32 lowercase hex digits, as machine-id(5) wants.
+pub fn machine_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
 }
 
 /// A label as a hostname: letters, digits and `-`, at most 63 characters.

@@ -16,7 +16,7 @@ use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Command;
 
-use super::{BAKE_SCRIPT, INITRD_INIT, ImageInfo, RUNNER_INIT, Recipe};
+use super::{GUEST_FILES, ImageInfo, Recipe};
 use crate::digest::sha256_file;
 use crate::error::{Error, IoContext, Result, joined};
 use crate::machine::Report;
@@ -104,11 +104,7 @@ async fn run_script(
     opts: &Options,
 ) -> Result<std::process::ExitStatus> {
     let scripts = tempfile::tempdir().ctx(|| "cannot create a temporary directory")?;
-    for (name, text) in [
-        ("bake.sh", BAKE_SCRIPT),
-        ("initrd-init", INITRD_INIT),
-        ("runner-init", RUNNER_INIT),
-    ] {
+    for (name, text) in GUEST_FILES {
         std::fs::write(scripts.path().join(name), text).ctx(|| format!("cannot write `{name}`"))?;
     }
     let mut log = tokio::fs::File::create(log_path)
@@ -121,6 +117,7 @@ async fn run_script(
         .arg(out)
         .args(&recipe.packages)
         .env("RUNNER_IMAGE_SIZE", recipe.disk.to_string())
+        .env("RUNNER_INIT_KIND", recipe.init.as_str())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

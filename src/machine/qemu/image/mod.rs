@@ -14,15 +14,21 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::config::{Arch, QemuBuilder, Size};
+use crate::config::{Arch, Init, QemuBuilder, Size};
 use crate::error::{Error, IoContext, Result};
 use crate::paths::Dirs;
 
 /// The guest side of runner, embedded so an installed binary needs no checkout, and hashed
 /// into every recipe digest so changing them rebakes.
-pub const BAKE_SCRIPT: &str = include_str!("guest/bake.sh");
-pub const INITRD_INIT: &str = include_str!("guest/initrd-init");
-pub const RUNNER_INIT: &str = include_str!("guest/runner-init");
+pub const GUEST_FILES: &[(&str, &str)] = &[
+    ("bake.sh", include_str!("guest/bake.sh")),
+    ("kernel.sh", include_str!("guest/kernel.sh")),
+    ("initrd.sh", include_str!("guest/initrd.sh")),
+    ("init-lean.sh", include_str!("guest/init-lean.sh")),
+    ("init-systemd.sh", include_str!("guest/init-systemd.sh")),
+    ("initrd-init", include_str!("guest/initrd-init")),
+    ("runner-init", include_str!("guest/runner-init")),
+];
 
 /// Everything that determines an image's content, and nothing else (not vCPUs or memory).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -32,6 +38,9 @@ pub struct Recipe {
     pub arch: Arch,
     pub packages: Vec<String>,
     pub disk: Size,
+    /// Absent in records of lean images, so recipes from before init kinds read the same.
+    #[serde(default, skip_serializing_if = "Init::is_lean")]
+    pub init: Init,
 }
 
 impl Recipe {
@@ -42,6 +51,7 @@ impl Recipe {
             arch: q.arch,
             packages: q.packages.clone(),
             disk: q.disk,
+            init: q.init,
         }
     }
 
@@ -49,9 +59,11 @@ impl Recipe {
         let mut h = Sha256::new();
         h.update(b"runner-image-v1\0");
         h.update(serde_json::to_vec(self).expect("recipe serializes"));
-        for part in [BAKE_SCRIPT, INITRD_INIT, RUNNER_INIT] {
-            h.update((part.len() as u64).to_le_bytes());
-            h.update(part.as_bytes());
+        for (name, text) in GUEST_FILES {
+            for part in [name, text] {
+                h.update((part.len() as u64).to_le_bytes());
+                h.update(part.as_bytes());
+            }
         }
         hex::encode(h.finalize())
     }
