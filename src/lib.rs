@@ -7,6 +7,7 @@
 //! `manifest` are what goes in and comes out; `events` and `progress` report it.
 
 pub mod artifacts;
+#[cfg(feature = "aws")]
 mod aws;
 pub mod cli;
 pub mod commands;

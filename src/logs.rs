@@ -9,6 +9,44 @@ use std::sync::{Arc, Mutex};
 /// At most this much of a log's end is kept in memory once its head is full.
 const MAX_TAIL: u64 = 4 << 20;
 
+/// How many logs of one target are kept: the newest as `<target>.log`, the older ones as
+/// `<target>.1.log` … (oldest last).
+pub const KEEP_PER_TARGET: usize = 5;
+/// How many machine console logs are kept, newest first.
+pub const KEEP_CONSOLES: usize = 50;
+
+/// Makes room for a new `dir/<stem>.log`: the current one becomes `<stem>.1.log`, and so on;
+/// what falls off the end is removed.
+pub fn rotate(path: &Path, keep: usize) {
+    let numbered = |n: usize| path.with_extension(format!("{n}.log"));
+    let _ = std::fs::remove_file(numbered(keep - 1));
+    for n in (1..keep - 1).rev() {
+        let _ = std::fs::rename(numbered(n), numbered(n + 1));
+    }
+    if keep > 1 {
+        let _ = std::fs::rename(path, numbered(1));
+    } else {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+/// Removes all but the newest `keep` files in `dir` whose names end in `suffix`.
+pub fn prune(dir: &Path, suffix: &str, keep: usize) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut files: Vec<(std::time::SystemTime, std::path::PathBuf)> = rd
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(suffix))
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .collect();
+    files.sort();
+    let excess = files.len().saturating_sub(keep);
+    for (_, p) in files.into_iter().take(excess) {
+        let _ = std::fs::remove_file(p);
+    }
+}
+
 /// The last `n` lines of a log, for error messages; empty if the file cannot be read. Reads
 /// only the file's end.
 pub fn tail(path: &Path, n: usize) -> String {
@@ -255,6 +293,22 @@ mod tests {
         let mut r = Ring::new(4);
         assert_eq!(r.push(b"0123456789"), 6);
         assert_eq!(r.take(), b"6789");
+    }
+
+    #[test]
+    fn rotation_keeps_the_newest_logs() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.log");
+        for i in 0..7 {
+            rotate(&path, 3);
+            std::fs::write(&path, format!("{i}")).unwrap();
+        }
+        let read = |n: &str| std::fs::read_to_string(dir.path().join(n)).unwrap();
+        assert_eq!(
+            (read("t.log"), read("t.1.log"), read("t.2.log")),
+            ("6".into(), "5".into(), "4".into())
+        );
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 3);
     }
 
     #[tokio::test]

@@ -85,19 +85,32 @@ fn a_reproducible_example_rebuilds_identically_and_reproduce_says_so() {
             .any(|a| a["path"] == "hello" && a["uri"].as_str().unwrap().starts_with("file://"))
     );
 
+    // As JSON (the human verdicts are checked by the next test).
     let out = world.run(&[
         "reproduce",
         saved.to_str().unwrap(),
         "--context",
         root.join("src").to_str().unwrap(),
+        "--message-format",
+        "json",
     ]);
     assert_eq!(out.status.code(), Some(0));
-    let so = stdout(&out);
-    assert!(
-        so.contains("identical  hello") && so.contains("identical  build-info.txt"),
-        "{so}"
-    );
-    assert!(so.contains("reproduced, every artifact identical"), "{so}");
+    let doc: Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert_eq!(doc["schema"], 1);
+    assert_eq!(doc["reproduced"], true, "{doc}");
+    let verdicts: Vec<(&str, &str)> = doc["artifacts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["path"].as_str().unwrap(),
+                a["result"]["verdict"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert!(verdicts.contains(&("hello", "identical")), "{doc}");
+    assert!(verdicts.contains(&("build-info.txt", "identical")), "{doc}");
     world.assert_clean();
 }
 
@@ -142,7 +155,7 @@ fn reproduce_refuses_another_context_and_an_unknown_schema() {
         "--context",
         proj.path().join("src").to_str().unwrap(),
     ]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(4));
     assert!(
         stderr(&out).contains("refusing to reproduce from different sources"),
         "{}",
@@ -159,7 +172,7 @@ fn reproduce_refuses_another_context_and_an_unknown_schema() {
         "--context",
         proj.path().join("src").to_str().unwrap(),
     ]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(4));
     assert!(
         stderr(&out).contains("schema version 2"),
         "{}",

@@ -446,7 +446,7 @@ fn wrong_credentials_fail_before_any_machine_boots_and_leave_nothing() {
     let world = World::with_project(proj.path().to_owned());
     let wrong = "wrong-secret-0123456789";
     let out = run_with(&world, wrong, &["build", "t", "--upload", "s3://bucket/x"]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(4));
     let err = stderr(&out);
     assert!(
         err.contains("cannot use bucket `s3://bucket/x`") && err.contains("access denied"),
@@ -471,7 +471,7 @@ fn a_missing_bucket_is_named() {
         SECRET,
         &["build", "t", "--upload", "s3://nosuchbucket/x"],
     );
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(4));
     let err = stderr(&out);
     assert!(
         err.contains("cannot use bucket `s3://nosuchbucket/x`"),

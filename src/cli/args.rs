@@ -14,9 +14,10 @@ use crate::machine::AccelChoice;
     about = "Disposable build VMs: boot, build, collect, tear down"
 )]
 pub struct Cli {
-    /// Project directory (holds runner.toml, builders/, provision-scripts/).
-    #[arg(short = 'C', long, global = true, default_value = ".")]
-    pub project: PathBuf,
+    /// Project directory (holds runner.toml, builders/, provision-scripts/). Default: the
+    /// nearest directory at or above the current one that holds a runner.toml.
+    #[arg(short = 'C', long, global = true)]
+    pub project: Option<PathBuf>,
     /// Image cache directory.
     #[arg(long, global = true, env = "RUNNER_CACHE_DIR")]
     pub cache_dir: Option<PathBuf>,
@@ -29,9 +30,16 @@ pub struct Cli {
     /// Debian mirror to bake from (default: the host's apt configuration).
     #[arg(long, global = true, env = "RUNNER_MIRROR")]
     pub mirror: Option<String>,
-    /// More logging (repeat for more).
+    /// More logging (repeat for more); RUNNER_LOG takes a tracing filter instead.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
+    /// No progress, no notes: errors, and a summary only when something failed.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+    /// `human`, or `json`: one JSON document (or, for build, one event) per line on stdout,
+    /// each with `"schema": 1`.
+    #[arg(long, global = true, default_value = "human", value_parser = ["human", "json"])]
+    pub message_format: String,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -60,9 +68,6 @@ pub enum Command {
         /// Publish to S3 (`s3://bucket/prefix`) instead of the configured store.
         #[arg(long)]
         upload: Option<String>,
-        /// `human` (progress on stderr) or `json` (one event per line on stdout).
-        #[arg(long, default_value = "human", value_parser = ["human", "json"])]
-        message_format: String,
     },
     /// Rebuild from a manifest in a fresh machine and compare every artifact.
     Reproduce {
@@ -96,6 +101,12 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Make a new project here (or in DIR): runner.toml, a builder, a script, a source.
+    Init { dir: Option<PathBuf> },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page (roff), generated from these definitions.
+    Man,
 }
 
 #[derive(Subcommand)]

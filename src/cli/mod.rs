@@ -1,18 +1,18 @@
-//! Command-line interface: parse, build the run-wide environment, dispatch to `commands`,
-//! print the cause chain, exit with a meaningful code.
+//! Command-line interface: parse, find the project, build the run-wide environment,
+//! dispatch to `commands`, print the cause chain, exit with a documented code.
 
 mod args;
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 
 use self::args::{ArtifactsCmd, Cli, Command, ImageCmd, VmCmd};
-use crate::commands::{self, Env};
-use crate::error::{Result, chain};
+use crate::commands::{self, Env, Exit};
+use crate::error::{Error, Result, chain};
 use crate::machine::{Machines, Settings};
 use crate::paths::Dirs;
 use crate::progress::Format;
@@ -20,18 +20,13 @@ use crate::signals::Shutdown;
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = match cli.verbose {
-        0 => "warn",
-        1 => "info,russh=warn",
-        _ => "debug,russh=info",
+    logging(&cli);
+    let project = match (&cli.project, &cli.command) {
+        (Some(p), _) => p.clone(),
+        // A new project goes where the user stands, not into one found above it.
+        (None, Command::Init { .. }) => PathBuf::from("."),
+        (None, _) => discover(),
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("RUNNER_LOG")
-                .unwrap_or_else(|_| filter.into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let dirs = Dirs::resolve(cli.cache_dir.clone(), cli.state_dir.clone());
     let settings = Settings {
         accel: cli.accel,
@@ -48,29 +43,68 @@ pub fn main() -> ExitCode {
             Ok(s) => s,
             Err(e) => {
                 eprintln!("error: cannot install signal handlers: {e}");
-                return 1;
+                return Exit::Error.code();
             }
         };
         let env = Env {
-            project: cli.project.clone(),
+            project,
             dirs,
             machines: machines.clone(),
             shutdown: shutdown.clone(),
-            interactive: std::io::stderr().is_terminal(),
+            interactive: std::io::stderr().is_terminal() && !cli.quiet,
+            format: if cli.message_format == "json" {
+                Format::Json
+            } else {
+                Format::Human
+            },
+            quiet: cli.quiet,
         };
-        match dispatch(cli.command, &env).await {
-            Ok(code) => shutdown.exit_code().unwrap_or(code),
-            Err(e) => {
-                eprintln!("{}", chain(&e));
-                shutdown.exit_code().unwrap_or(1)
-            }
+        let outcome = dispatch(cli.command, &env).await;
+        if let Err(e) = &outcome {
+            eprintln!("{}", chain(e));
         }
+        // A signal decides the code: the run was interrupted, whatever it returned.
+        shutdown.exit_code().unwrap_or_else(|| match outcome {
+            Ok(code) => code,
+            Err(Error::Config(_)) => Exit::Config.code(),
+            Err(_) => Exit::Error.code(),
+        })
     });
     // Teardowns started from `Drop` (cancelled or panicked cloud launches) run on threads of
     // their own; the process waits for them, or instances would outlive their runner.
     machines.registry().join();
     // Exit without waiting for blocking readers (a forwarded stdin) to notice.
     std::process::exit(code)
+}
+
+/// `-v`/`-vv`, else `RUNNER_LOG`; the AWS SDK's own warnings (an instance-metadata lookup
+/// that failed, a retry) stay out of a normal run's output: runner reports what matters.
+fn logging(cli: &Cli) {
+    let filter = match (cli.quiet, cli.verbose) {
+        (true, _) => "error",
+        (_, 0) => {
+            "warn,aws_config=error,aws_runtime=error,aws_smithy_runtime=error,aws_sdk_s3=error,aws_sdk_ec2=error"
+        }
+        (_, 1) => "info,russh=warn",
+        _ => "debug,russh=info",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("RUNNER_LOG")
+                .unwrap_or_else(|_| filter.into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// The project is found as Cargo.toml is: the nearest directory at or above the current one
+/// holding a runner.toml; else the current directory.
+fn discover() -> PathBuf {
+    let here = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+    here.ancestors()
+        .find(|d| d.join(crate::config::project::FILE).is_file())
+        .map(Path::to_path_buf)
+        .unwrap_or(here)
 }
 
 async fn dispatch(command: Command, env: &Env) -> Result<i32> {
@@ -83,7 +117,6 @@ async fn dispatch(command: Command, env: &Env) -> Result<i32> {
             keep_failed,
             force,
             upload,
-            message_format,
         } => {
             let args = commands::build::Args {
                 targets,
@@ -93,11 +126,6 @@ async fn dispatch(command: Command, env: &Env) -> Result<i32> {
                 keep_failed,
                 force,
                 upload,
-                format: if message_format == "json" {
-                    Format::Json
-                } else {
-                    Format::Human
-                },
             };
             commands::build::build(env, args).await
         }
@@ -126,8 +154,9 @@ async fn dispatch(command: Command, env: &Env) -> Result<i32> {
             let out = out.unwrap_or_else(|| PathBuf::from(&target));
             commands::artifacts::get(env, &target, upload.as_deref(), &out).await
         }
-        Command::List => commands::project::list(&env.project),
-        Command::Check => commands::project::check(&env.project),
+        Command::List => commands::project::list(env),
+        Command::Check => commands::project::check(env),
+        Command::Init { dir } => commands::init::init(env, dir.as_deref()),
         Command::Image(ImageCmd::Build { builders, .. }) => {
             commands::image::build(env, &builders).await
         }
@@ -138,5 +167,18 @@ async fn dispatch(command: Command, env: &Env) -> Result<i32> {
         }
         Command::Vm(VmCmd::Shell { builder }) => commands::vm::shell(env, &builder).await,
         Command::Gc { force } => commands::gc::gc(env, force).await,
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "runner", &mut std::io::stdout());
+            Ok(Exit::Success.code())
+        }
+        Command::Man => {
+            clap_mangen::Man::new(Cli::command())
+                .render(&mut std::io::stdout())
+                .map_err(|source| Error::Io {
+                    context: "cannot write the man page".into(),
+                    source,
+                })?;
+            Ok(Exit::Success.code())
+        }
     }
 }

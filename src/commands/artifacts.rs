@@ -3,18 +3,29 @@
 
 use std::path::Path;
 
-use super::Env;
+use serde_json::json;
+
 use super::build::store_for;
+use super::{Env, Exit, print_json};
 use crate::config::Project;
 use crate::error::{Error, Result};
+use crate::progress::Format;
 
 /// `runner artifacts ls`: the newest published build of a target.
 pub async fn ls(env: &Env, target: &str, upload: Option<&str>) -> Result<i32> {
     let project = Project::load(&env.project)?;
     let store = store_for(env, &project, target, upload).await?;
-    let Some(m) = store.latest(target).await? else {
+    let found = store.latest(target).await?;
+    if env.format == Format::Json {
+        let build = found
+            .as_ref()
+            .map(|m| crate::manifest::build_id(&m.inputs_digest, m.started_unix));
+        print_json(json!({"target": target, "build": build, "manifest": found}));
+        return Ok(Exit::of(found.is_some()));
+    }
+    let Some(m) = found else {
         eprintln!("runner: no published build of `{target}`");
-        return Ok(1);
+        return Ok(Exit::Failed.code());
     };
     println!(
         "{} build {} (inputs {}), finished {}",
@@ -28,7 +39,7 @@ pub async fn ls(env: &Env, target: &str, upload: Option<&str>) -> Result<i32> {
     for a in &m.artifacts {
         println!("{:>12}  {}  {}  {}", a.size, a.sha256, a.path, a.uri);
     }
-    Ok(0)
+    Ok(Exit::Success.code())
 }
 
 /// `runner artifacts get`: downloads the newest build's artifacts and checks each sha256
@@ -71,5 +82,5 @@ pub async fn get(env: &Env, target: &str, upload: Option<&str>, out: &Path) -> R
             );
         }
     }
-    Ok(if bad == 0 { 0 } else { 1 })
+    Ok(Exit::of(bad == 0))
 }

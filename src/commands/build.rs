@@ -13,7 +13,6 @@ use crate::progress::{self, Format};
 use crate::run::{self, Options, Run};
 use crate::store::ArtifactStore;
 use crate::store::local::LocalStore;
-use crate::store::s3::{self, S3Store};
 
 pub struct Args {
     pub targets: Vec<String>,
@@ -24,7 +23,6 @@ pub struct Args {
     pub force: bool,
     /// `s3://bucket/prefix` for every selected target, overriding runner.toml.
     pub upload: Option<String>,
-    pub format: Format,
 }
 
 /// The fallback SOURCE_DATE_EPOCH when the context is not a git checkout: 1980-01-01, the
@@ -85,7 +83,11 @@ pub async fn build(env: &Env, args: Args) -> Result<i32> {
         exclude: vec![(project.artifact_dir.clone(), String::new())],
         context_excludes: None,
     });
-    let renderer = tokio::spawn(progress::run(rx, args.format, env.interactive));
+    let format = match (env.quiet, env.format) {
+        (true, Format::Human) => Format::Quiet,
+        (_, f) => f,
+    };
+    let renderer = tokio::spawn(progress::run(rx, format, env.interactive));
     let opts = Options {
         jobs: args.jobs,
         keep_going: args.keep_going,
@@ -95,25 +97,17 @@ pub async fn build(env: &Env, args: Args) -> Result<i32> {
         what: "the progress display",
         source,
     })?;
-    progress::print_summary(&summary, &mut std::io::stderr());
-    Ok(if results.iter().all(|r| r.outcome.ok()) {
-        0
-    } else {
-        1
-    })
+    let ok = results.iter().all(|r| r.outcome.ok());
+    if !(env.quiet && ok) {
+        progress::print_summary(&summary, &mut std::io::stderr());
+    }
+    Ok(super::Exit::of(ok))
 }
 
 /// An S3 store for `url` with the project's `[store]` settings, checked before use.
 pub async fn s3_store(env: &Env, project: &Project, url: &str) -> Result<Arc<dyn ArtifactStore>> {
-    let settings = s3::Settings {
-        endpoint: project.store.endpoint.clone(),
-        region: project.store.region.clone(),
-        path_style: project.store.path_style,
-    };
     let parsed: S3Url = url.parse().map_err(Error::Other)?;
-    let store = S3Store::connect(parsed, &settings, &env.dirs).await;
-    store.preflight().await?;
-    Ok(Arc::new(store))
+    crate::store::remote(&parsed, &project.store, &env.dirs).await
 }
 
 /// Where `target` publishes: `upload` (a flag), else the target's own, else `[store]`, else

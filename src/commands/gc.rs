@@ -2,10 +2,11 @@
 //! prints it and, with `--force`, asks each finding to remove itself. A dry run by default,
 //! because removing kills processes and terminates instances.
 
-use super::Env;
+use super::{Env, Exit, print_json};
 use crate::config::Builder;
 use crate::error::{Result, chain};
 use crate::leftovers::Finding;
+use crate::progress::Format;
 
 #[derive(Debug, Default)]
 pub struct Report {
@@ -51,6 +52,16 @@ pub async fn sweep(env: &Env, force: bool) -> Report {
 
 pub async fn gc(env: &Env, force: bool) -> Result<i32> {
     let r = sweep(env, force).await;
+    if env.format == Format::Json {
+        print_json(serde_json::json!({
+            "dry_run": !force,
+            "in_use": r.in_use,
+            "removed": r.removed,
+            "orphans": r.would_remove,
+            "failed": r.failed,
+        }));
+        return Ok(Exit::of(r.failed.is_empty()));
+    }
     for w in &r.in_use {
         println!("keep    {w}");
     }
@@ -69,5 +80,5 @@ pub async fn gc(env: &Env, force: bool) -> Result<i32> {
             r.would_remove.len()
         );
     }
-    Ok(if r.failed.is_empty() { 0 } else { 1 })
+    Ok(Exit::of(r.failed.is_empty()))
 }

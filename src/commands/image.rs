@@ -1,9 +1,10 @@
 //! `runner image build|list|rm`: base images, prepared ahead of builds, listed, removed.
 
-use super::Env;
+use super::{Env, Exit, print_json};
 use crate::config::Builder;
 use crate::error::Result;
 use crate::machine::Report;
+use crate::progress::Format;
 
 pub async fn build(env: &Env, names: &[String]) -> Result<i32> {
     // Validate every builder before baking any: a typo should not cost a bake first.
@@ -11,10 +12,10 @@ pub async fn build(env: &Env, names: &[String]) -> Result<i32> {
         .iter()
         .map(|n| Builder::find(&env.project, n))
         .collect::<Result<Vec<_>, _>>()?;
-    let report = if env.interactive {
-        Report::Spinner
-    } else {
-        Report::Lines
+    let report = match (env.quiet, env.interactive) {
+        (true, _) => Report::To(std::sync::Arc::new(|_| {})),
+        (_, true) => Report::Spinner,
+        _ => Report::Lines,
     };
     for b in &builders {
         let started = std::time::Instant::now();
@@ -29,16 +30,28 @@ pub async fn build(env: &Env, names: &[String]) -> Result<i32> {
             prepared.location
         );
     }
-    Ok(0)
+    Ok(Exit::Success.code())
 }
 
 pub fn list(env: &Env) -> Result<i32> {
+    let images = env.machines.cached_images();
+    if env.format == Format::Json {
+        let list: Vec<_> = images
+            .iter()
+            .map(|i| {
+                serde_json::json!({"builder": i.builder, "digest": i.digest, "bytes": i.bytes,
+                                   "created_unix": i.created_unix, "image": i.describe})
+            })
+            .collect();
+        print_json(serde_json::json!({ "images": list }));
+        return Ok(Exit::Success.code());
+    }
     println!(
         "{:<24} {:<16} {:>10} {:>8}  IMAGE",
         "BUILDER", "DIGEST", "SIZE", "AGE"
     );
     let now = crate::host::now_unix();
-    for i in env.machines.cached_images() {
+    for i in images {
         let age = humantime::format_duration(std::time::Duration::from_secs(
             now.saturating_sub(i.created_unix) / 60 * 60,
         ))
@@ -52,7 +65,7 @@ pub fn list(env: &Env) -> Result<i32> {
             i.describe
         );
     }
-    Ok(0)
+    Ok(Exit::Success.code())
 }
 
 pub async fn rm(env: &Env, what: &[String]) -> Result<i32> {

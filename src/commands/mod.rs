@@ -5,6 +5,7 @@ pub mod artifacts;
 pub mod build;
 pub mod gc;
 pub mod image;
+pub mod init;
 pub mod project;
 pub mod reproduce;
 pub mod vm;
@@ -12,10 +13,17 @@ pub mod vm;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use serde::Serialize;
+
 use crate::error::{Error, Result};
 use crate::machine::Machines;
 use crate::paths::Dirs;
+use crate::progress::Format;
 use crate::signals::Shutdown;
+
+/// The version of every JSON document runner prints (`"schema": 1`): fields may be added
+/// within a version, never removed or changed in meaning.
+pub const JSON_SCHEMA: u32 = 1;
 
 /// What every command may need: where things are, where machines come from, the signals.
 pub struct Env {
@@ -23,8 +31,45 @@ pub struct Env {
     pub dirs: Dirs,
     pub machines: Arc<Machines>,
     pub shutdown: Shutdown,
-    /// stderr is a terminal: live progress instead of plain lines.
+    /// stderr is a terminal (and not `--quiet`): live progress instead of plain lines.
     pub interactive: bool,
+    /// `--message-format`.
+    pub format: Format,
+    /// `-q`: no progress, no notes.
+    pub quiet: bool,
+}
+
+/// runner's exit codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    Success = 0,
+    /// What was asked did not succeed: a target failed, a rebuild differs, a check failed.
+    Failed = 1,
+    /// Bad command-line usage (clap's code).
+    Usage = 2,
+    /// runner.toml or a builder file is wrong (the message names file, line and key).
+    Config = 3,
+    /// Anything else that stopped runner: a store or cloud it cannot use, the host.
+    Error = 4,
+}
+
+impl Exit {
+    pub fn code(self) -> i32 {
+        self as i32
+    }
+
+    pub fn of(ok: bool) -> i32 {
+        if ok { Exit::Success } else { Exit::Failed }.code()
+    }
+}
+
+/// Prints `doc` as one line of JSON with the schema version added.
+pub fn print_json(doc: impl Serialize) {
+    let mut v = serde_json::to_value(doc).expect("serializes");
+    if let Some(map) = v.as_object_mut() {
+        map.insert("schema".into(), JSON_SCHEMA.into());
+    }
+    println!("{v}");
 }
 
 impl Env {

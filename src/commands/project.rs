@@ -1,13 +1,43 @@
 //! `runner list` and `runner check`: the project's configuration, shown or validated.
 
-use std::path::Path;
+use serde_json::json;
 
+use super::{Env, Exit, print_json};
 use crate::config::{Builder, Project};
 use crate::error::Result;
+use crate::progress::Format;
 
 /// `runner list`: targets with their builder and script, then every builder.
-pub fn list(project_root: &Path) -> Result<i32> {
-    let project = Project::load(project_root)?;
+pub fn list(env: &Env) -> Result<i32> {
+    let project = Project::load(&env.project)?;
+    let builders = Builder::all(&env.project)?;
+    if env.format == Format::Json {
+        let targets: Vec<_> = project
+            .targets
+            .values()
+            .map(|t| {
+                json!({
+                    "name": t.name,
+                    "builder": t.builder.name,
+                    "script": t.script,
+                    "context": t.context,
+                    "artifacts": t.artifacts,
+                    "timeout_seconds": t.timeout.as_secs(),
+                    "upload": t.upload,
+                })
+            })
+            .collect();
+        let builders: Vec<_> = builders
+            .iter()
+            .map(|b| {
+                let [backend, image, arch, vcpus, memory] = b.summary();
+                json!({"name": b.name, "backend": backend, "image": image, "arch": arch,
+                       "vcpus": vcpus, "memory": memory})
+            })
+            .collect();
+        print_json(json!({"targets": targets, "builders": builders}));
+        return Ok(Exit::Success.code());
+    }
     println!(
         "{:<24} {:<20} {:<32} TIMEOUT",
         "TARGET", "BUILDER", "SCRIPT"
@@ -27,25 +57,34 @@ pub fn list(project_root: &Path) -> Result<i32> {
         "{:<24} {:<8} {:<10} {:<6} {:>5} {:>7}",
         "BUILDER", "BACKEND", "SUITE", "ARCH", "VCPUS", "MEMORY"
     );
-    for b in Builder::all(project_root)? {
+    for b in builders {
         let [backend, image, arch, vcpus, memory] = b.summary();
         println!(
             "{:<24} {:<8} {:<10} {:<6} {:>5} {:>7}",
             b.name, backend, image, arch, vcpus, memory
         );
     }
-    Ok(0)
+    Ok(Exit::Success.code())
 }
 
 /// `runner check`: loads and validates everything, starts nothing.
-pub fn check(project_root: &Path) -> Result<i32> {
-    let builders = Builder::all(project_root)?;
-    let project = Project::load(project_root)?;
-    println!(
-        "ok: {} target(s), {} builder(s) in {}",
-        project.targets.len(),
-        builders.len(),
-        project_root.display()
-    );
-    Ok(0)
+pub fn check(env: &Env) -> Result<i32> {
+    let builders = Builder::all(&env.project)?;
+    let project = Project::load(&env.project)?;
+    if env.format == Format::Json {
+        print_json(json!({
+            "ok": true,
+            "project": env.project,
+            "targets": project.targets.len(),
+            "builders": builders.len(),
+        }));
+    } else if !env.quiet {
+        println!(
+            "ok: {} target(s), {} builder(s) in {}",
+            project.targets.len(),
+            builders.len(),
+            env.project.display()
+        );
+    }
+    Ok(Exit::Success.code())
 }

@@ -29,7 +29,8 @@ pub struct Args {
 }
 
 /// One artifact's verdict.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "verdict", rename_all = "snake_case")]
 pub enum Verdict {
     Identical,
     Different { recorded: String, rebuilt: String },
@@ -49,8 +50,25 @@ pub async fn reproduce(env: &Env, args: Args) -> Result<i32> {
     std::fs::create_dir_all(&out).ctx(|| format!("cannot create `{}`", out.display()))?;
     let rebuilt_dir = rebuild(env, &m, &args, &out).await?;
     let rebuilt = Manifest::read(&rebuilt_dir.join(manifest::FILE))?;
-    let all_same = report(&m, &rebuilt, &rebuilt_dir, &out);
-    Ok(if all_same { 0 } else { 1 })
+    let all_same = if env.format == crate::progress::Format::Json {
+        let verdicts = compare(&m, &rebuilt);
+        let all_same = verdicts.iter().all(|(_, v)| *v == Verdict::Identical);
+        let artifacts: Vec<_> = verdicts
+            .iter()
+            .map(|(path, v)| serde_json::json!({"path": path, "result": v}))
+            .collect();
+        super::print_json(serde_json::json!({
+            "target": m.target,
+            "reproduced": all_same,
+            "base_image_identical": rebuilt.base_image_sha256 == m.base_image_sha256,
+            "artifacts": artifacts,
+            "rebuild": rebuilt_dir,
+        }));
+        all_same
+    } else {
+        report(&m, &rebuilt, &rebuilt_dir, &out)
+    };
+    Ok(super::Exit::of(all_same))
 }
 
 /// Refuses what cannot be a reproduction: a script that is not the recorded one, a context

@@ -33,6 +33,7 @@ impl MachineDir {
         let logs = dirs.logs();
         std::fs::create_dir_all(&logs)
             .ctx(|| format!("cannot create log directory `{}`", logs.display()))?;
+        crate::logs::prune(&logs, "-console.log", crate::logs::KEEP_CONSOLES - 1);
         Ok(logs.join(format!("{}-console.log", self.id)))
     }
 }

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+#[cfg(feature = "ec2")]
 use super::ec2::{Ec2Backend, sweep::Ec2Sweeper};
 use super::qemu::image::{Cache, Recipe};
 use super::qemu::{QemuBackend, sweep::QemuSweeper};
@@ -78,7 +79,13 @@ impl Machines {
                 BackendConfig::Qemu(q) => {
                     Arc::new(QemuBackend::new(name, q, &self.dirs, &self.settings, reg))
                 }
+                #[cfg(feature = "ec2")]
                 BackendConfig::Ec2(e) => Arc::new(Ec2Backend::new(name, e, &self.dirs, reg)),
+                #[cfg(not(feature = "ec2"))]
+                BackendConfig::Ec2(_) => Arc::new(Missing {
+                    builder: name.clone(),
+                    feature: "ec2",
+                }),
             }
         });
         backend.clone()
@@ -87,6 +94,9 @@ impl Machines {
     /// Finders of what dead runners left: local machines and bakes, EC2 machines (by record,
     /// and by tag in the regions of `builders`).
     pub fn sweepers(&self, builders: &[Builder]) -> Vec<Box<dyn Sweeper>> {
+        #[cfg(not(feature = "ec2"))]
+        let _ = builders;
+        #[cfg(feature = "ec2")]
         let clouds = builders
             .iter()
             .filter_map(|b| match &b.backend {
@@ -100,6 +110,7 @@ impl Machines {
             Box::new(QemuSweeper {
                 dirs: self.dirs.clone(),
             }),
+            #[cfg(feature = "ec2")]
             Box::new(Ec2Sweeper {
                 dirs: self.dirs.clone(),
                 clouds,
@@ -170,3 +181,42 @@ pub const DEFAULT_SHAPE: Shape = Shape {
     vcpus: 2,
     memory: Size(1 << 30),
 };
+
+/// A backend this build of runner leaves out (`cargo build --no-default-features`): every
+/// use is an error that says which feature brings it.
+#[cfg(not(feature = "ec2"))]
+struct Missing {
+    builder: String,
+    feature: &'static str,
+}
+
+#[cfg(not(feature = "ec2"))]
+impl Missing {
+    fn error(&self) -> Error {
+        Error::other(format!(
+            "builder `{}` needs a runner built with the `{}` feature",
+            self.builder, self.feature
+        ))
+    }
+}
+
+#[cfg(not(feature = "ec2"))]
+#[async_trait::async_trait]
+impl Backend for Missing {
+    async fn origin(&self) -> Result<Origin> {
+        Err(self.error())
+    }
+    async fn prepare(&self, _: &super::Report) -> Result<super::Prepared> {
+        Err(self.error())
+    }
+    async fn launch(
+        &self,
+        _: &super::MachineSpec,
+        _: &crate::guest::GuestKeys,
+    ) -> Result<super::Machine> {
+        Err(self.error())
+    }
+    fn capacity(&self) -> usize {
+        1
+    }
+}

@@ -5,6 +5,7 @@
 //! of its machines (see [`crate::leftovers`]).
 
 pub mod dir;
+#[cfg(feature = "ec2")]
 pub mod ec2;
 mod factory;
 #[cfg(test)]

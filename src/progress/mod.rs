@@ -36,6 +36,8 @@ pub enum Format {
     Human,
     /// One JSON object per event on stdout, so stdout stays machine-readable.
     Json,
+    /// Nothing while the run goes (`-q`); the summary only if something failed.
+    Quiet,
 }
 
 /// What the run produced, for the summary table and the exit code.
@@ -78,6 +80,7 @@ pub async fn run(mut rx: UnboundedReceiver<Event>, format: Format, interactive: 
             .await
         }
         Format::Human => render(&mut rx, View::Plain, &mut io::stderr()).await,
+        Format::Quiet => render(&mut rx, View::Plain, &mut io::sink()).await,
     }
 }
 
@@ -117,9 +120,14 @@ async fn render(
     tally.into_summary()
 }
 
-/// Writes one event as one line; flushed, because a consumer may be waiting on each line.
+/// Writes one event as one line, with the schema version; flushed, because a consumer may
+/// be waiting on each line.
 fn write_json(event: &Event, out: &mut dyn Write) -> io::Result<()> {
-    serde_json::to_writer(&mut *out, event)?;
+    let mut v = serde_json::to_value(event)?;
+    if let Some(map) = v.as_object_mut() {
+        map.insert("schema".into(), crate::commands::JSON_SCHEMA.into());
+    }
+    serde_json::to_writer(&mut *out, &v)?;
     out.write_all(b"\n")?;
     out.flush()
 }

@@ -71,7 +71,7 @@ struct Leftover {
 pub async fn run_target(run: Arc<Run>, target: Target) -> TargetResult {
     let started = Instant::now();
     let log_path = run.log_path(&target.name);
-    let _ = std::fs::remove_file(&log_path);
+    crate::logs::rotate(&log_path, crate::logs::KEEP_PER_TARGET);
     let tracker = Tracker {
         run: &run,
         target: &target.name,

@@ -3,11 +3,44 @@
 //! never publishes, and a store publishes a target's files all at once or not at all.
 
 pub mod local;
+#[cfg(feature = "s3")]
 pub mod s3;
+
+/// The store at `url`, configured by `[store]`, checked before anything starts.
+pub async fn remote(
+    url: &crate::config::S3Url,
+    settings: &crate::config::project::StoreSettings,
+    dirs: &crate::paths::Dirs,
+) -> Result<Arc<dyn ArtifactStore>> {
+    #[cfg(feature = "s3")]
+    {
+        let settings = s3::Settings {
+            endpoint: settings.endpoint.clone(),
+            region: settings.region.clone(),
+            path_style: settings.path_style,
+        };
+        let store = s3::S3Store::connect(url.clone(), &settings, dirs).await;
+        store.preflight().await?;
+        Ok(Arc::new(store))
+    }
+    #[cfg(not(feature = "s3"))]
+    {
+        let _ = (settings, dirs);
+        Err(crate::error::Error::other(format!(
+            "`{url}` needs a runner built with the `s3` feature"
+        )))
+    }
+}
 
 /// Finders of what unfinished publishes left (the S3 upload journal), for `runner gc`.
 pub fn sweepers(dirs: &crate::paths::Dirs) -> Vec<Box<dyn crate::leftovers::Sweeper>> {
-    vec![Box::new(s3::sweep::UploadSweeper { dirs: dirs.clone() })]
+    #[cfg(feature = "s3")]
+    return vec![Box::new(s3::sweep::UploadSweeper { dirs: dirs.clone() })];
+    #[cfg(not(feature = "s3"))]
+    return {
+        let _ = dirs;
+        vec![]
+    };
 }
 
 use std::path::PathBuf;

@@ -51,6 +51,17 @@ impl World {
         c
     }
 
+    /// runner started in `dir` without `-C`: the project is found from there.
+    pub fn cmd_in(&self, dir: &Path) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_runner"));
+        c.current_dir(dir)
+            .env("RUNNER_CACHE_DIR", image_cache())
+            .env("RUNNER_STATE_DIR", self.state.path())
+            .env_remove("RUNNER_ACCEL")
+            .stdin(Stdio::null());
+        c
+    }
+
     pub fn run(&self, args: &[&str]) -> Output {
         let out = self.cmd().args(args).output().expect("run runner");
         eprintln!(

@@ -79,6 +79,13 @@ impl S3Store {
     /// Fails fast, before any machine boots, when the bucket is missing or not ours to use:
     /// a typo in a bucket name should not cost a whole build.
     pub async fn preflight(&self) -> Result<()> {
+        if self.client.config().region().is_none() {
+            return Err(Error::other(format!(
+                "no AWS region for `{}`: set `region` in [store], AWS_REGION, or a region in \
+                 your AWS profile",
+                self.url
+            )));
+        }
         let answer = self
             .client
             .head_bucket()
