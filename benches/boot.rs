@@ -9,10 +9,11 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use runner::config::Builder;
+use runner::machine::boot::BootPhase;
 use runner::machine::{self, AccelChoice, MachineSpec, Machines, Report, Settings};
 use runner::paths::Dirs;
 
-/// The runner builders measured, beside the stock baseline: (label, builder file text).
+/// A systemd builder on the same suite, measured beside the lean one and the stock baseline.
 const SYSTEMD: &str = "backend = \"qemu\"\ndistro = \"debian\"\nsuite = \"bookworm\"\n\
                        arch = \"amd64\"\ninit = \"systemd\"\n";
 
@@ -32,37 +33,48 @@ fn main() {
         std::env::var_os("RUNNER_CACHE_DIR").map(PathBuf::from),
         Some(state.path().into()),
     );
-    let machines = Machines::new(
-        &dirs,
-        Settings {
-            accel: AccelChoice::Tcg,
-            ..Default::default()
-        },
-    );
+    let machines = |cold: bool| {
+        Machines::new(
+            &dirs,
+            Settings {
+                accel: AccelChoice::Tcg,
+                cold,
+                ..Default::default()
+            },
+        )
+    };
+    let (warm, cold) = (machines(false), machines(true));
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let builders = [
-        (
-            "runner lean init (bookworm-amd64)",
-            Builder::find(&repo, "bookworm-amd64").unwrap(),
-        ),
-        (
-            "runner systemd init (same image + systemd)",
-            Builder::find(&bench_dir, "bench-systemd").unwrap(),
-        ),
+    let lean = Builder::find(&repo, "bookworm-amd64").unwrap();
+    let systemd = Builder::find(&bench_dir, "bench-systemd").unwrap();
+    let sides: [(&str, &Machines, &Builder); 3] = [
+        ("runner lean, warm start (snapshot restore)", &warm, &lean),
+        ("runner lean, cold boot", &cold, &lean),
+        ("runner systemd init, cold boot", &cold, &systemd),
     ];
-    for (_, b) in &builders {
-        rt.block_on(machines.backend(b).prepare(&Report::Lines))
+    for (_, m, b) in &sides {
+        rt.block_on(m.backend(b).prepare(&Report::Lines))
             .expect("runner image");
     }
+    // The snapshot is made once, outside the timings (as on a builder's first warm start).
+    let _ = runner_boot(&rt, &warm, &lean);
     let stock = stock_image(&repo, &bench_dir);
 
-    let mut times: Vec<Vec<Duration>> = vec![vec![]; builders.len() + 1];
+    let mut times: Vec<Vec<Duration>> = vec![vec![]; sides.len() + 1];
+    let mut restores = vec![];
     for i in 0..runs {
         // Interleaved, so drift in machine load hits every side alike.
-        for (n, (_, b)) in builders.iter().enumerate() {
-            times[n].push(runner_boot(&rt, &machines, b));
+        for (n, (_, m, b)) in sides.iter().enumerate() {
+            let (ready, phases) = runner_boot(&rt, m, b);
+            if n == 0 {
+                restores.push(phase(&phases, "identity"));
+                eprintln!("  warm phases: {}", describe(&phases));
+            } else if n == 1 {
+                eprintln!("  cold phases: {}", describe(&phases));
+            }
+            times[n].push(ready);
         }
-        times[builders.len()].push(boot_stock(&stock, &bench_dir));
+        times[sides.len()].push(boot_stock(&stock, &bench_dir));
         let line: Vec<String> = times
             .iter()
             .map(|t| format!("{:.2}s", t[i].as_secs_f64()))
@@ -70,9 +82,9 @@ fn main() {
         eprintln!("run {}: {}", i + 1, line.join(", "));
     }
     let medians: Vec<f64> = times.iter_mut().map(|t| median(t)).collect();
-    let stock_s = medians[builders.len()];
+    let stock_s = medians[sides.len()];
     println!("boot-to-SSH-ready under TCG, median of {runs} (q35, 2 vCPU, 1 GiB):");
-    for ((label, _), m) in builders.iter().zip(&medians) {
+    for ((label, _, _), m) in sides.iter().zip(&medians) {
         println!(
             "  {label:<46} {m:>7.2} s   stock/this {:>5.1}x",
             stock_s / m
@@ -82,10 +94,35 @@ fn main() {
         "  {:<46} {stock_s:>7.2} s",
         "stock Debian + systemd, bare qemu, OpenSSH"
     );
+    restores.sort_by(f64::total_cmp);
+    println!(
+        "  warm: restored with its own identity after {:.2} s (median; overlay, QEMU start, \
+         state load, seed)",
+        restores[restores.len() / 2]
+    );
+}
+
+fn phase(phases: &[BootPhase], name: &str) -> f64 {
+    phases
+        .iter()
+        .find(|p| p.phase == name)
+        .map_or(f64::NAN, |p| p.seconds)
+}
+
+fn describe(phases: &[BootPhase]) -> String {
+    phases
+        .iter()
+        .map(|p| format!("{} {:.2}", p.phase, p.seconds))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Launch to a pinned SSH session, then teardown (not timed).
-fn runner_boot(rt: &tokio::runtime::Runtime, machines: &Machines, b: &Builder) -> Duration {
+fn runner_boot(
+    rt: &tokio::runtime::Runtime,
+    machines: &Machines,
+    b: &Builder,
+) -> (Duration, Vec<BootPhase>) {
     let backend = machines.backend(b);
     let t = Instant::now();
     let lease = rt
@@ -96,8 +133,9 @@ fn runner_boot(rt: &tokio::runtime::Runtime, machines: &Machines, b: &Builder) -
         ))
         .expect("runner machine");
     let ready = t.elapsed();
+    let phases = lease.machine.boot_phases.clone();
     rt.block_on(lease.release(false)).unwrap();
-    ready
+    (ready, phases)
 }
 
 fn median(v: &mut [Duration]) -> f64 {

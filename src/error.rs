@@ -85,11 +85,13 @@ pub enum Error {
     #[error("{machine} refused runner's key for user `{user}`")]
     HostRefusedKey { machine: String, user: String },
 
-    #[error("{machine} did not accept SSH within {secs}s (console log: {})", console.display())]
+    #[error("{machine} did not accept SSH within {secs}s{reached} (console log: {})", console.display())]
     BootTimeout {
         machine: String,
         secs: u64,
         console: PathBuf,
+        /// How far the boot got: `; it reached: firmware+kernel, initrd`.
+        reached: String,
     },
 
     #[error("{machine} {status}; console log {}:\n{tail}", console.display())]

@@ -131,6 +131,27 @@ pub enum Event {
         phase: Phase,
         seconds: f64,
     },
+    /// The target's machine is up: which one, and how it started (`warm (snapshot …)`,
+    /// `cold`, or `cold (why not warm)`; empty where a backend has one way only).
+    Machine {
+        target: String,
+        machine: String,
+        start: String,
+    },
+    /// A boot phase of the target's machine ended (`firmware+kernel`, `initrd`, `init`,
+    /// `sshd`, `ssh`; warm starts: `restore`, `identity`), seconds since it started.
+    Boot {
+        target: String,
+        phase: String,
+        seconds: f64,
+    },
+    /// The target's context pack: made now, or reused (another target or run made it).
+    Packed {
+        target: String,
+        digest: String,
+        made: bool,
+        bytes: u64,
+    },
     /// The latest line of the provision script's output (for the progress line).
     Output { target: String, line: String },
     /// Bytes of a target's artifacts stored so far while publishing to a remote store.

@@ -24,6 +24,7 @@ pub mod machine;
 pub mod manifest;
 pub mod paths;
 pub mod progress;
+pub mod provenance;
 pub mod run;
 pub mod signals;
 pub mod store;

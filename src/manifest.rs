@@ -1,11 +1,13 @@
 //! Build manifests: everything that determined a build and everything it produced, so a
 //! build can be skipped when its inputs recur and reproduced later from the manifest alone.
 //!
-//! Schema (version 1), JSON:
+//! Schema version 2 (version 1 is still read: it lacks `context_tree` and `machine`), JSON:
 //! `schema`, `runner_version`, `target`, `builder` {`name`, `recipe`, `recipe_digest`},
 //! `base_image_sha256`, `context_digest`, `context_excludes`, `script` {`name`, `sha256`, `content`},
 //! `artifact_globs`, `env`, `source_date_epoch`, `inputs_digest`, `started_unix`,
-//! `finished_unix`, `artifacts` [{`path`, `size`, `sha256`, `uri`}].
+//! `finished_unix`, `artifacts` [{`path`, `size`, `sha256`, `uri`}], `context_tree` {path:
+//! `sha256:<hex>[ +x]` | `dir` | `-> <target>`}, `machine` {`vcpus`, `memory_mib`} (absent
+//! where the backend sized it, EC2).
 //! The script travels inside the manifest so that a manifest is enough to rebuild.
 
 use std::collections::BTreeMap;
@@ -17,8 +19,13 @@ pub use crate::digest::sha256_hex;
 use crate::error::{Error, IoContext, Result};
 use crate::machine::Origin;
 
-pub const SCHEMA: u32 = 1;
+pub const SCHEMA: u32 = 2;
+/// Schema versions this runner reads.
+const READS: [u64; 2] = [1, 2];
 pub const FILE: &str = "manifest.json";
+/// The name of the checksum file published beside every target's artifacts (and the
+/// manifest): named here, beside the manifest, so that stores and provenance share it.
+pub const SHA256SUMS: &str = "SHA256SUMS";
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -40,6 +47,35 @@ pub struct Manifest {
     pub started_unix: u64,
     pub finished_unix: u64,
     pub artifacts: Vec<ArtifactRecord>,
+    /// What each context entry was, so `runner why` can name the paths that changed.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub context_tree: BTreeMap<String, String>,
+    /// The machine's size where runner chose it; reproductions use it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub machine: Option<MachineShape>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct MachineShape {
+    pub vcpus: u32,
+    pub memory_mib: u64,
+}
+
+impl MachineShape {
+    pub fn of(s: crate::config::Shape) -> MachineShape {
+        MachineShape {
+            vcpus: s.vcpus,
+            memory_mib: s.memory.mib(),
+        }
+    }
+
+    pub fn shape(self) -> crate::config::Shape {
+        crate::config::Shape {
+            vcpus: self.vcpus,
+            memory: crate::config::Size(self.memory_mib << 20),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -109,6 +145,7 @@ pub struct Build<'a> {
     pub builder: &'a str,
     pub origin: &'a Origin,
     pub context_digest: &'a str,
+    pub context_tree: &'a BTreeMap<String, String>,
     pub context_excludes: &'a [String],
     pub script_name: &'a str,
     pub script: &'a [u8],
@@ -116,6 +153,7 @@ pub struct Build<'a> {
     pub env: &'a BTreeMap<String, String>,
     pub epoch: u64,
     pub started_unix: u64,
+    pub shape: Option<crate::config::Shape>,
 }
 
 impl Build<'_> {
@@ -163,6 +201,8 @@ impl Manifest {
             started_unix: build.started_unix,
             finished_unix: crate::host::now_unix(),
             artifacts,
+            context_tree: build.context_tree.clone(),
+            machine: build.shape.map(MachineShape::of),
         }
     }
 
@@ -178,10 +218,10 @@ impl Manifest {
         let value: serde_json::Value =
             serde_json::from_slice(&bytes).map_err(|e| bad(format!("not a JSON manifest: {e}")))?;
         match value.get("schema").and_then(|v| v.as_u64()) {
-            Some(v) if v == SCHEMA as u64 => {}
+            Some(v) if READS.contains(&v) => {}
             Some(v) => {
                 return Err(bad(format!(
-                    "manifest schema version {v}; this runner reads version {SCHEMA}"
+                    "manifest schema version {v}; this runner reads versions 1 and 2"
                 )));
             }
             None => return Err(bad("no manifest schema version".into())),

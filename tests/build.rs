@@ -103,6 +103,18 @@ fn example_builds_three_targets_in_parallel() {
         );
     }
 
+    // Every machine was restored from its builder's warm-start snapshot.
+    for t in targets {
+        let start = events
+            .iter()
+            .find(|e| e["event"] == "machine" && e["target"] == t)
+            .unwrap_or_else(|| panic!("no machine event for {t}"));
+        assert!(
+            start["start"].as_str().unwrap().starts_with("warm"),
+            "{t}: {start}"
+        );
+    }
+
     for t in targets {
         let dir = root.join("artifacts").join(t);
         let info = std::fs::read_to_string(dir.join("build-info.txt")).unwrap();

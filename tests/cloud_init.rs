@@ -85,7 +85,7 @@ fn the_ec2_user_data_pins_both_keys_and_powers_the_machine_off_at_expiry() {
     let work = tempfile::tempdir().unwrap();
     let keys = GuestKeys::generate().unwrap();
     let expires = now() + LIFETIME;
-    let user_data = userdata::cloud_config(&keys, "root", expires).unwrap();
+    let user_data = userdata::cloud_config(&keys, "root", expires, None).unwrap();
     eprintln!("user data:\n{user_data}");
     nocloud_seed(&work.path().join("seed.img"), &user_data);
     let overlay = work.path().join("overlay.qcow2");

@@ -6,6 +6,8 @@
 //! which is exactly a boot that never becomes reachable.
 
 mod common;
+#[path = "common/garage.rs"]
+mod garage;
 #[path = "common/moto.rs"]
 mod moto;
 
@@ -355,6 +357,131 @@ fn no_capacity_falls_back_to_the_next_instance_type_and_runs_out_cleanly() {
         "{err}"
     );
     assert_eq!(moto.instances().len(), 1);
+    assert_nothing_left(&moto);
+    world.assert_clean();
+}
+
+/// A manifest of a build on EC2 is rebuilt on EC2 with the AMI it records (not the newest the
+/// builder would pick): the launch uses it, and like the other tests here it stops at SSH,
+/// leaving nothing behind.
+#[test]
+fn reproducing_an_ec2_build_launches_the_recorded_ami() {
+    let moto = Moto::start(&[]);
+    let newer = moto.register_ami("debian-12-amd64-20261201-1000");
+    let proj = project(
+        &moto,
+        "instance_types = [\"t3.micro\"]\nboot_timeout = \"3s\"\n",
+        &["t"],
+        "",
+    );
+    // The builder now names the newer AMI; the recorded build used moto.ami.
+    let builder = std::fs::read_to_string(proj.path().join("builders/cloud.toml"))
+        .unwrap()
+        .replace(&moto.ami, &newer);
+    std::fs::write(proj.path().join("builders/cloud.toml"), builder).unwrap();
+    let ctx = proj.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(ctx.join("a.txt"), "a\n").unwrap();
+    let digest = runner::context::Context::scan(&runner::context::ContextOptions {
+        root: ctx.clone(),
+        exclude: vec![],
+    })
+    .unwrap()
+    .digest()
+    .unwrap();
+    let script = "#!/bin/sh\ntrue\n";
+    let manifest = serde_json::json!({
+        "schema": 2, "runner_version": "0.1.0", "target": "t",
+        "builder": {"name": "cloud",
+                    "recipe": {"backend": "ec2", "ami": {"id": moto.ami}, "image": moto.ami, "arch": "amd64"},
+                    "recipe_digest": "0".repeat(64)},
+        "base_image_sha256": moto.ami, "context_digest": digest, "context_excludes": [],
+        "script": {"name": "build.sh", "sha256": runner::manifest::sha256_hex(script.as_bytes()),
+                   "content": script},
+        "artifact_globs": [], "env": {}, "source_date_epoch": 315532800,
+        "inputs_digest": "1".repeat(64), "started_unix": 1, "finished_unix": 2, "artifacts": [],
+    });
+    let path = proj.path().join("manifest.json");
+    std::fs::write(&path, manifest.to_string()).unwrap();
+    let world = World::with_project(proj.path().to_owned());
+    let out = run(
+        &world,
+        &moto,
+        &[
+            "reproduce",
+            path.to_str().unwrap(),
+            "--context",
+            ctx.to_str().unwrap(),
+        ],
+    );
+    assert!(!out.status.success(), "moto has no machines to reach");
+    assert!(
+        stderr(&out).contains("did not accept SSH"),
+        "{}",
+        stderr(&out)
+    );
+    let launched = moto.instances();
+    assert_eq!(launched.len(), 1);
+    assert_eq!(
+        launched[0].image, moto.ami,
+        "the recorded AMI, not the builder's newer one"
+    );
+    assert_nothing_left(&moto);
+    world.assert_clean();
+}
+
+/// A run that publishes to S3 hands EC2 machines their context as a presigned URL of the
+/// pack, which the user data fetches while the machine boots; the pack is uploaded once and
+/// removed when the run ends.
+#[test]
+fn the_user_data_fetches_the_context_pack_by_presigned_url() {
+    let moto = Moto::start(&[]);
+    let server = garage::Garage::start();
+    let proj = project(
+        &moto,
+        "instance_types = [\"t3.micro\"]\nboot_timeout = \"3s\"\n",
+        &["t"],
+        "",
+    );
+    let toml = std::fs::read_to_string(proj.path().join("runner.toml")).unwrap();
+    std::fs::write(
+        proj.path().join("runner.toml"),
+        format!(
+            "[store]\nendpoint = \"{}\"\nregion = \"us-east-1\"\npath_style = true\n\n{toml}",
+            server.endpoint()
+        ),
+    )
+    .unwrap();
+    let world = World::with_project(proj.path().to_owned());
+    let mut cmd = cmd(&world, &moto);
+    cmd.env("AWS_ACCESS_KEY_ID", garage::KEY)
+        .env("AWS_SECRET_ACCESS_KEY", garage::SECRET)
+        .env("AWS_ENDPOINT_URL_EC2", moto.endpoint());
+    let out = cmd
+        .args(["build", "t", "--upload", "s3://bucket/ci"])
+        .output()
+        .unwrap();
+    eprintln!("{}", stderr(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "moto's machines are never reachable"
+    );
+    let launched = moto.instances();
+    assert_eq!(launched.len(), 1);
+    let ud = moto.user_data(&launched[0].id);
+    assert!(
+        ud.contains("runcmd:") && ud.contains(".runner/packs/"),
+        "{ud}"
+    );
+    assert!(ud.contains("X-Amz-Signature"), "a presigned URL: {ud}");
+    assert!(
+        !server
+            .objects()
+            .iter()
+            .any(|(k, _)| k.contains(".runner/packs/")),
+        "the shared pack outlived the run"
+    );
     assert_nothing_left(&moto);
     world.assert_clean();
 }

@@ -66,7 +66,7 @@ fn a_reproducible_example_rebuilds_identically_and_reproduce_says_so() {
     );
 
     let m: Value = serde_json::from_str(&std::fs::read_to_string(&saved).unwrap()).unwrap();
-    assert_eq!(m["schema"], 1);
+    assert_eq!(m["schema"], 2);
     for key in [
         "runner_version",
         "base_image_sha256",
@@ -163,7 +163,7 @@ fn reproduce_refuses_another_context_and_an_unknown_schema() {
     );
 
     let mut m: Value = serde_json::from_str(&std::fs::read_to_string(&manifest).unwrap()).unwrap();
-    m["schema"] = 2.into();
+    m["schema"] = 3.into();
     let future = proj.path().join("future.json");
     std::fs::write(&future, m.to_string()).unwrap();
     let out = world.run(&[
@@ -174,7 +174,7 @@ fn reproduce_refuses_another_context_and_an_unknown_schema() {
     ]);
     assert_eq!(out.status.code(), Some(4));
     assert!(
-        stderr(&out).contains("schema version 2"),
+        stderr(&out).contains("schema version 3"),
         "{}",
         stderr(&out)
     );

@@ -128,9 +128,17 @@ fn upload_publishes_artifacts_then_manifest_and_a_rebuild_is_a_cache_hit() {
         .iter()
         .map(|(k, _)| k.rsplit('/').next().unwrap())
         .collect();
+    // No signing key in this project: the provenance goes up unsigned (see tests/provenance.rs
+    // for signed ones).
     assert_eq!(
         names,
-        ["SHA256SUMS", "big.bin", "manifest.json", "small.txt"],
+        [
+            "SHA256SUMS",
+            "big.bin",
+            "manifest.json",
+            "provenance.intoto.jsonl",
+            "small.txt"
+        ],
         "{objects:?}"
     );
     assert!(

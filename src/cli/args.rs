@@ -27,6 +27,9 @@ pub struct Cli {
     /// Hardware acceleration: auto probes KVM and falls back to TCG if guests hang.
     #[arg(long, global = true, env = "RUNNER_ACCEL", default_value = "auto")]
     pub accel: AccelChoice,
+    /// Boot every QEMU machine cold, never from a warm-start snapshot.
+    #[arg(long, global = true, env = "RUNNER_COLD")]
+    pub cold: bool,
     /// Debian mirror to bake from (default: the host's apt configuration).
     #[arg(long, global = true, env = "RUNNER_MIRROR")]
     pub mirror: Option<String>,
@@ -82,7 +85,31 @@ pub enum Command {
         /// Deadline for the rebuild.
         #[arg(long, default_value = "60m", value_parser = humantime::parse_duration)]
         timeout: std::time::Duration,
+        /// Rebuild on this builder of the project instead of the recorded one (e.g. QEMU
+        /// for an EC2-built artifact).
+        #[arg(long)]
+        on: Option<String>,
     },
+    /// Check a published build: its provenance signature, every artifact's sha256, and
+    /// that manifest and provenance agree (or a reproduction's signed verdicts).
+    Verify {
+        /// An artifact directory (artifacts/<target>), a reproduction's directory, or
+        /// s3://bucket/prefix/target[/build id].
+        what: String,
+        /// The public key: a file, or 64 hex digits (default: [signing] public_key).
+        #[arg(long)]
+        key: Option<String>,
+    },
+    /// What changed since the target's newest published build, or that it is a cache hit.
+    Why {
+        target: String,
+        /// Compare with this S3 location instead of the configured store.
+        #[arg(long)]
+        upload: Option<String>,
+    },
+    /// Signing keys for provenance.
+    #[command(subcommand)]
+    Key(KeyCmd),
     /// Published artifacts of a target: list the newest build, or download and verify it.
     #[command(subcommand)]
     Artifacts(ArtifactsCmd),
@@ -107,6 +134,15 @@ pub enum Command {
     Completions { shell: clap_complete::Shell },
     /// Print the man page (roff), generated from these definitions.
     Man,
+}
+
+#[derive(Subcommand)]
+pub enum KeyCmd {
+    /// Make an ed25519 key: OUT (private, PKCS#8 PEM, mode 0600) and OUT.pub (public, hex).
+    Generate {
+        #[arg(default_value = "runner-signing.pem")]
+        out: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use clap::{CommandFactory, Parser};
 
-use self::args::{ArtifactsCmd, Cli, Command, ImageCmd, VmCmd};
+use self::args::{ArtifactsCmd, Cli, Command, ImageCmd, KeyCmd, VmCmd};
 use crate::commands::{self, Env, Exit};
 use crate::error::{Error, Result, chain};
 use crate::machine::{Machines, Settings};
@@ -30,6 +30,7 @@ pub fn main() -> ExitCode {
     let dirs = Dirs::resolve(cli.cache_dir.clone(), cli.state_dir.clone());
     let settings = Settings {
         accel: cli.accel,
+        cold: cli.cold,
         mirror: cli.mirror.clone(),
         rebake: matches!(
             cli.command,
@@ -134,15 +135,24 @@ async fn dispatch(command: Command, env: &Env) -> Result<i32> {
             context,
             out,
             timeout,
+            on,
         } => {
             let args = commands::reproduce::Args {
                 manifest,
                 context,
                 out,
                 timeout,
+                on,
             };
             commands::reproduce::reproduce(env, args).await
         }
+        Command::Verify { what, key } => {
+            commands::verify::verify(env, commands::verify::Args { what, key }).await
+        }
+        Command::Why { target, upload } => {
+            commands::why::why(env, &target, upload.as_deref()).await
+        }
+        Command::Key(KeyCmd::Generate { out }) => commands::key::generate(env, &out),
         Command::Artifacts(ArtifactsCmd::Ls { target, upload }) => {
             commands::artifacts::ls(env, &target, upload.as_deref()).await
         }

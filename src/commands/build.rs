@@ -82,6 +82,9 @@ pub async fn build(env: &Env, args: Args) -> Result<i32> {
         // Never send the artifacts (or runner's own files) back into the next build.
         exclude: vec![(project.artifact_dir.clone(), String::new())],
         context_excludes: None,
+        signing: super::key::signing_key(Some(&project))?,
+        packs: env.dirs.cache.clone(),
+        shared: Default::default(),
     });
     let format = match (env.quiet, env.format) {
         (true, Format::Human) => Format::Quiet,
@@ -92,7 +95,10 @@ pub async fn build(env: &Env, args: Args) -> Result<i32> {
         jobs: args.jobs,
         keep_going: args.keep_going,
     };
-    let results = run::dispatch::run(run, targets, &opts).await;
+    let results = run::dispatch::run(run.clone(), targets, &opts).await;
+    run::unshare_all(&run).await;
+    // The renderer ends when the last emitter (the run's) is gone.
+    drop(run);
     let summary = renderer.await.map_err(|source| Error::Task {
         what: "the progress display",
         source,

@@ -39,8 +39,14 @@ pub fn list(env: &Env) -> Result<i32> {
         let list: Vec<_> = images
             .iter()
             .map(|i| {
+                let snapshots: Vec<_> = i
+                    .snapshots
+                    .iter()
+                    .map(|s| serde_json::json!({"id": s.id, "bytes": s.bytes, "for": s.describe}))
+                    .collect();
                 serde_json::json!({"builder": i.builder, "digest": i.digest, "bytes": i.bytes,
-                                   "created_unix": i.created_unix, "image": i.describe})
+                                   "created_unix": i.created_unix, "image": i.describe,
+                                   "snapshots": snapshots})
             })
             .collect();
         print_json(serde_json::json!({ "images": list }));
@@ -64,6 +70,14 @@ pub fn list(env: &Env) -> Result<i32> {
             if age.is_empty() { "0m".into() } else { age },
             i.describe
         );
+        for s in &i.snapshots {
+            println!(
+                "  snapshot {:<16} {:>9}M           {}",
+                s.id,
+                s.bytes >> 20,
+                s.describe
+            );
+        }
     }
     Ok(Exit::Success.code())
 }
@@ -73,15 +87,17 @@ pub async fn rm(env: &Env, what: &[String]) -> Result<i32> {
     for w in what {
         let removed = env.machines.remove_cached(w).await?;
         if removed.is_empty() {
-            eprintln!("runner: no cached image matches `{w}`");
+            eprintln!("runner: no cached image or snapshot matches `{w}`");
             code = 1;
         }
         for i in removed {
-            println!(
-                "removed {} {}",
-                i.builder,
-                &i.digest[..16.min(i.digest.len())]
-            );
+            let digest = &i.digest[..16.min(i.digest.len())];
+            if i.snapshots.is_empty() {
+                println!("removed {} {digest}", i.builder);
+            }
+            for s in &i.snapshots {
+                println!("removed snapshot {} of {} {digest}", s.id, i.builder);
+            }
         }
     }
     Ok(code)

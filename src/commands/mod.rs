@@ -6,9 +6,12 @@ pub mod build;
 pub mod gc;
 pub mod image;
 pub mod init;
+pub mod key;
 pub mod project;
 pub mod reproduce;
+pub mod verify;
 pub mod vm;
+pub mod why;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -18,12 +21,8 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::machine::Machines;
 use crate::paths::Dirs;
-use crate::progress::Format;
+use crate::progress::{Format, JSON_SCHEMA};
 use crate::signals::Shutdown;
-
-/// The version of every JSON document runner prints (`"schema": 1`): fields may be added
-/// within a version, never removed or changed in meaning.
-pub const JSON_SCHEMA: u32 = 1;
 
 /// What every command may need: where things are, where machines come from, the signals.
 pub struct Env {

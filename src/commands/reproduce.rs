@@ -2,8 +2,11 @@
 //! file by file, whether the same bytes came out.
 //!
 //! The context must be supplied (and must hash to the recorded digest — a reproduction from
-//! other sources proves nothing); the script, env, SOURCE_DATE_EPOCH, artifact globs and the
-//! image recipe come from the manifest itself.
+//! other sources proves nothing); the script, env, SOURCE_DATE_EPOCH, artifact globs, the
+//! image recipe (or the AMI) and the machine's size come from the manifest itself. `--on`
+//! rebuilds on another builder instead (an EC2-built artifact on QEMU, say). The verdicts
+//! are written as a signed statement, `reproduction.intoto.jsonl`, that `runner verify`
+//! checks.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -18,6 +21,7 @@ use crate::events::{Emitter, Outcome};
 use crate::machine::{self, Origin};
 use crate::manifest::{self, Manifest};
 use crate::progress::{self, Format};
+use crate::provenance;
 use crate::run::{self, Options, Run};
 use crate::store::local::LocalStore;
 
@@ -26,6 +30,8 @@ pub struct Args {
     pub context: PathBuf,
     pub out: Option<PathBuf>,
     pub timeout: Duration,
+    /// Rebuild on this builder of the project instead of the recorded one.
+    pub on: Option<String>,
 }
 
 /// One artifact's verdict.
@@ -50,9 +56,10 @@ pub async fn reproduce(env: &Env, args: Args) -> Result<i32> {
     std::fs::create_dir_all(&out).ctx(|| format!("cannot create `{}`", out.display()))?;
     let rebuilt_dir = rebuild(env, &m, &args, &out).await?;
     let rebuilt = Manifest::read(&rebuilt_dir.join(manifest::FILE))?;
-    let all_same = if env.format == crate::progress::Format::Json {
-        let verdicts = compare(&m, &rebuilt);
-        let all_same = verdicts.iter().all(|(_, v)| *v == Verdict::Identical);
+    let verdicts = compare(&m, &rebuilt);
+    let all_same = verdicts.iter().all(|(_, v)| *v == Verdict::Identical);
+    let statement = attest(env, &m, &rebuilt, &verdicts, &out)?;
+    if env.format == crate::progress::Format::Json {
         let artifacts: Vec<_> = verdicts
             .iter()
             .map(|(path, v)| serde_json::json!({"path": path, "result": v}))
@@ -63,11 +70,12 @@ pub async fn reproduce(env: &Env, args: Args) -> Result<i32> {
             "base_image_identical": rebuilt.base_image_sha256 == m.base_image_sha256,
             "artifacts": artifacts,
             "rebuild": rebuilt_dir,
+            "statement": statement,
         }));
-        all_same
     } else {
-        report(&m, &rebuilt, &rebuilt_dir, &out)
-    };
+        report(&m, &rebuilt, &verdicts, &rebuilt_dir, &out);
+        println!("statement: {}", statement.display());
+    }
     Ok(super::Exit::of(all_same))
 }
 
@@ -95,12 +103,6 @@ async fn check(m: &Manifest, args: &Args) -> Result<()> {
             m.context_digest
         )));
     }
-    if let Origin::Ec2(_) = &m.builder.recipe {
-        return Err(Error::other(format!(
-            "`{}` was built on EC2 (base image {}); reproducing EC2 builds is not supported yet",
-            m.target, m.base_image_sha256
-        )));
-    }
     let recipe_now = m.builder.recipe.digest();
     if recipe_now != m.builder.recipe_digest {
         eprintln!(
@@ -119,16 +121,22 @@ async fn rebuild(env: &Env, m: &Manifest, args: &Args, out: &Path) -> Result<Pat
     let script = out.join(&m.script.name);
     std::fs::write(&script, &m.script.content)
         .ctx(|| format!("cannot write `{}`", script.display()))?;
+    let builder = rebuild_builder(env, m, args)?;
     let target = Target {
         name: m.target.clone(),
-        builder: machine::builder_for(&m.builder.name, &m.builder.recipe, machine::DEFAULT_SHAPE)?,
+        shape: m
+            .machine
+            .map(|s| s.shape())
+            .or(builder.shape())
+            .filter(|_| builder.shape().is_some()),
+        builder,
         script,
         context: args.context.clone(),
         artifacts: m.artifact_globs.clone(),
         env: m.env.clone(),
         timeout: args.timeout,
-        shape: Some(machine::DEFAULT_SHAPE),
         upload: None,
+        transfer: Default::default(),
     };
     let store = out.join("artifacts");
     let (emitter, rx) = Emitter::channel();
@@ -147,6 +155,9 @@ async fn rebuild(env: &Env, m: &Manifest, args: &Args, out: &Path) -> Result<Pat
         logs: out.to_owned(),
         exclude: vec![],
         context_excludes: Some(m.context_excludes.clone()),
+        signing: super::key::signing_key(crate::config::Project::load(&env.project).ok().as_ref())?,
+        packs: env.dirs.cache.clone(),
+        shared: Default::default(),
     });
     let renderer = tokio::spawn(progress::run(rx, Format::Human, env.interactive));
     let opts = Options {
@@ -168,9 +179,87 @@ async fn rebuild(env: &Env, m: &Manifest, args: &Args, out: &Path) -> Result<Pat
     Ok(store.join(&m.target))
 }
 
+/// The verdicts as an in-toto statement about the recorded artifacts, signed with the
+/// project's key when there is one: `out/reproduction.intoto.jsonl`, which `runner verify`
+/// checks.
+fn attest(
+    env: &Env,
+    m: &Manifest,
+    rebuilt: &Manifest,
+    verdicts: &[(String, Verdict)],
+    out: &Path,
+) -> Result<PathBuf> {
+    let statement = provenance::Statement {
+        type_: provenance::STATEMENT_TYPE.into(),
+        subject: m
+            .artifacts
+            .iter()
+            .map(|a| provenance::Subject::sha256(&a.path, &a.sha256))
+            .collect(),
+        predicate_type: provenance::REPRODUCTION.into(),
+        predicate: serde_json::json!({
+            "original": {
+                "target": m.target,
+                "build": manifest::build_id(&m.inputs_digest, m.started_unix),
+                "inputsDigest": m.inputs_digest,
+                "builder": m.builder.name,
+                "baseImage": m.base_image_sha256,
+            },
+            "rebuild": {
+                "builder": rebuilt.builder.name,
+                "baseImage": rebuilt.base_image_sha256,
+                "machine": rebuilt.machine,
+                "runnerVersion": rebuilt.runner_version,
+            },
+            "reproduced": verdicts.iter().all(|(_, v)| *v == Verdict::Identical),
+            "verdicts": verdicts
+                .iter()
+                .map(|(path, v)| serde_json::json!({"path": path, "result": v}))
+                .collect::<Vec<_>>(),
+        }),
+    };
+    let key = super::key::signing_key(crate::config::Project::load(&env.project).ok().as_ref())?;
+    let payload = serde_json::to_vec(&statement).expect("a statement serializes");
+    let envelope = provenance::dsse::Envelope::new(&payload, key.as_deref());
+    let path = out.join(provenance::REPRODUCTION_FILE);
+    std::fs::write(&path, envelope.to_line())
+        .ctx(|| format!("cannot write `{}`", path.display()))?;
+    Ok(path)
+}
+
+/// The builder a rebuild runs on: `--on`, else one that makes the recorded machine again (the
+/// recorded recipe; the recorded AMI with the project's EC2 builder of that name).
+fn rebuild_builder(env: &Env, m: &Manifest, args: &Args) -> Result<crate::config::Builder> {
+    let configured = |name: &str| crate::config::Builder::find(&env.project, name);
+    if let Some(on) = &args.on {
+        return Ok(configured(on)?);
+    }
+    let own = match &m.builder.recipe {
+        Origin::Ec2(_) => Some(configured(&m.builder.name).map_err(|e| {
+            Error::other(format!(
+                "`{}` was built on EC2 builder `{}`: reproducing it needs that builder's file \
+                 (account, region, network) in this project, or --on another builder ({e})",
+                m.target, m.builder.name
+            ))
+        })?),
+        Origin::Image(_) => None,
+    };
+    let shape = m
+        .machine
+        .map(|s| s.shape())
+        .unwrap_or(machine::DEFAULT_SHAPE);
+    machine::builder_for(&m.builder.name, &m.builder.recipe, shape, own.as_ref())
+}
+
 /// Prints a verdict per artifact (and runs diffoscope on differences); true if every
 /// artifact is identical.
-fn report(m: &Manifest, rebuilt: &Manifest, rebuilt_dir: &Path, out: &Path) -> bool {
+fn report(
+    m: &Manifest,
+    rebuilt: &Manifest,
+    verdicts: &[(String, Verdict)],
+    rebuilt_dir: &Path,
+    out: &Path,
+) -> bool {
     if rebuilt.base_image_sha256 != m.base_image_sha256 {
         println!(
             "base image: differs from the recorded one (rebaked here: {} vs {}); same recipe",
@@ -181,7 +270,7 @@ fn report(m: &Manifest, rebuilt: &Manifest, rebuilt_dir: &Path, out: &Path) -> b
         println!("base image: identical");
     }
     let mut all_same = true;
-    for (path, v) in &compare(m, rebuilt) {
+    for (path, v) in verdicts {
         all_same &= *v == Verdict::Identical;
         match v {
             Verdict::Identical => println!("identical  {path}"),

@@ -69,6 +69,8 @@ pub struct QemuBuilder {
     /// Extra Debian packages baked into the image, sorted and deduplicated.
     pub packages: Vec<String>,
     pub init: Init,
+    /// Start machines from a snapshot when possible (default); `false` always boots cold.
+    pub warm: bool,
     pub shape: Shape,
     pub disk: Size,
     pub boot_timeout: Duration,
@@ -91,6 +93,7 @@ struct RawQemu {
     packages: Vec<Spanned<String>>,
     #[serde(default)]
     init: Init,
+    warm: Option<bool>,
     vcpus: Option<Spanned<u32>>,
     memory: Option<Spanned<Size>>,
     disk: Option<Spanned<Size>>,
@@ -299,6 +302,7 @@ impl QemuBuilder {
             arch: raw.arch,
             packages,
             init: raw.init,
+            warm: raw.warm.unwrap_or(true),
             shape,
             disk,
             boot_timeout,

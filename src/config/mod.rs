@@ -18,7 +18,7 @@ use serde::de::DeserializeOwned;
 pub use arch::Arch;
 pub use builder::{BackendConfig, Builder, Init, QemuBuilder, Shape};
 pub use ec2::{Address, Ami, Ec2Builder};
-pub use project::{Project, Target};
+pub use project::{Project, Target, Transfer};
 pub use size::Size;
 pub use url::S3Url;
 

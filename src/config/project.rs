@@ -24,6 +24,8 @@ pub struct Project {
     pub limits: Limits,
     /// Where to publish when not in the local artifact directory.
     pub store: StoreSettings,
+    /// How published builds are signed.
+    pub signing: SigningSettings,
     /// Sorted by name.
     pub targets: BTreeMap<String, Target>,
 }
@@ -41,6 +43,18 @@ pub struct StoreSettings {
     /// Path-style addressing, which most S3-compatible stores need.
     #[serde(default)]
     pub path_style: bool,
+}
+
+/// `[signing]`: the ed25519 key that signs every published build's provenance
+/// (`runner key generate` makes one), and the public key `runner verify` checks against.
+/// `RUNNER_SIGNING_KEY` (a path) overrides `key`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SigningSettings {
+    /// A PKCS#8 PEM private key file, relative to the project.
+    pub key: Option<PathBuf>,
+    /// For `runner verify`: a file holding the public key, or the key as 64 hex digits.
+    pub public_key: Option<String>,
 }
 
 /// Caps on what a guest may send back; a hostile or runaway build cannot fill the disk.
@@ -71,6 +85,21 @@ pub struct Target {
     pub shape: Option<Shape>,
     /// `s3://bucket/prefix` for this target, overriding `[store] upload`.
     pub upload: Option<String>,
+    /// How the context reaches the machine.
+    pub transfer: Transfer,
+}
+
+/// `context_transfer`: how a target's context pack reaches its machine.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transfer {
+    /// Attached where the machine can take a disk (local), else fetched by URL when the
+    /// target publishes to S3, else streamed over SSH (compressed for remote machines).
+    #[default]
+    Auto,
+    Attach,
+    Ssh,
+    Fetch,
 }
 
 #[derive(Deserialize)]
@@ -81,6 +110,8 @@ struct RawProject {
     limits: RawLimits,
     #[serde(default)]
     store: Option<Spanned<StoreSettings>>,
+    #[serde(default)]
+    signing: SigningSettings,
     #[serde(default)]
     target: BTreeMap<Spanned<String>, RawTarget>,
 }
@@ -109,6 +140,8 @@ struct RawTarget {
     vcpus: Option<Spanned<u32>>,
     memory: Option<Spanned<Size>>,
     upload: Option<Spanned<String>>,
+    #[serde(default)]
+    context_transfer: Transfer,
 }
 
 /// 64 MiB of guest output is more than anyone reads; what matters is kept (head and tail).
@@ -177,6 +210,10 @@ impl Project {
             artifact_dir,
             limits,
             store,
+            signing: SigningSettings {
+                key: raw.signing.key.map(|k| root.join(k)),
+                public_key: raw.signing.public_key,
+            },
             targets,
         })
     }
@@ -274,6 +311,7 @@ fn resolve_target(
         context,
         timeout,
         shape,
+        transfer: t.context_transfer,
     })
 }
 

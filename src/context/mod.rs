@@ -7,6 +7,7 @@
 //! machine, whatever its mtimes, owners, umask or directory order, because the digest is
 //! recorded in build manifests and two builds of one tree must be recognisably the same.
 
+use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
@@ -57,6 +58,21 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// The tree's value for this entry, given its content hash.
+    fn describe(&self, content: &[u8; 32]) -> String {
+        match &self.kind {
+            EntryKind::Dir => "dir".into(),
+            EntryKind::File { executable, .. } => {
+                format!(
+                    "sha256:{}{}",
+                    hex::encode(content),
+                    if *executable { " +x" } else { "" }
+                )
+            }
+            EntryKind::Symlink { target } => format!("-> {}", target.to_string_lossy()),
+        }
+    }
+
     /// The only two modes in the tar and the digest. Group/other bits follow the umask of
     /// whoever checked the tree out; the execute bit is the part builds depend on.
     pub fn mode(&self) -> u32 {
@@ -170,6 +186,13 @@ impl Context {
     /// target (empty unless a link), each as u64 LE length and raw bytes.
     /// Files are hashed in parallel; that is most of the cost on a large tree.
     pub fn digest(&self) -> Result<String> {
+        Ok(self.digests()?.digest)
+    }
+
+    /// [`Context::digest`] and, from the same pass, what each entry is: path → `sha256:<hex>`
+    /// (plus ` +x` when executable), `dir`, or `-> <target>`. Manifests record the tree so
+    /// `runner why` can name the paths that changed.
+    pub fn digests(&self) -> Result<Digests> {
         let contents: Vec<[u8; 32]> = self
             .entries
             .par_iter()
@@ -180,7 +203,9 @@ impl Context {
             .collect::<Result<_>>()?;
         let mut h = Sha256::new();
         h.update(DIGEST_VERSION);
+        let mut tree = BTreeMap::new();
         for (e, content) in self.entries.iter().zip(&contents) {
+            tree.insert(e.path.to_string_lossy().into_owned(), e.describe(content));
             let (kind, size, target): (u8, u64, &[u8]) = match &e.kind {
                 EntryKind::Dir => (b'd', 0, b""),
                 EntryKind::File { size, .. } => (b'f', *size, b""),
@@ -195,8 +220,18 @@ impl Context {
                 h.update(field);
             }
         }
-        Ok(hex::encode(h.finalize()))
+        Ok(Digests {
+            digest: hex::encode(h.finalize()),
+            tree,
+        })
     }
+}
+
+/// A context's digest and its tree (see [`Context::digests`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Digests {
+    pub digest: String,
+    pub tree: BTreeMap<String, String>,
 }
 
 fn walker(root: &Path, exclude: GlobSet) -> ignore::Walk {
@@ -333,6 +368,7 @@ impl Read for ExactReader {
     }
 }
 
+pub mod pack;
 mod stream;
 
 pub use stream::{TarSummary, write_tar};

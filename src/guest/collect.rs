@@ -27,6 +27,7 @@ pub async fn collect(
     globs: &[String],
     dest: &Path,
     limits: &Limits,
+    compress: bool,
     log: &LogSink,
 ) -> Result<Vec<ArtifactFile>> {
     let names = listing(session, limits).await?;
@@ -34,7 +35,9 @@ pub async fn collect(
     if wanted.is_empty() {
         return Ok(vec![]);
     }
-    let files = transfer(session, &wanted, dest, limits, log).await?;
+    // Compressed only where it pays (a remote machine) and the guest has zstd.
+    let compress = compress && session.output("command -v zstd").await.is_ok();
+    let files = transfer(session, &wanted, dest, limits, compress, log).await?;
     let got: BTreeSet<String> = files
         .iter()
         .map(|f| f.path.to_string_lossy().into_owned())
@@ -73,21 +76,73 @@ async fn listing(session: &Session, limits: &Limits) -> Result<Vec<String>> {
     Ok(names)
 }
 
-/// The guest's tar of `wanted`, unpacked into `dest` under the hostile-tar rules.
+/// The guest's tar of `wanted`, unpacked into `dest` under the hostile-tar rules; through
+/// zstd when `compress` (decompressed by a host `zstd` process: the limits apply to what
+/// comes out of it, whatever the guest says of sizes).
 async fn transfer(
     session: &Session,
     wanted: &BTreeSet<String>,
     dest: &Path,
     limits: &Limits,
+    compress: bool,
     log: &LogSink,
 ) -> Result<Vec<ArtifactFile>> {
     let list: Vec<u8> = wanted.iter().flat_map(|n| n.bytes().chain([0])).collect();
-    let (w, r) = tokio::io::duplex(PIPE);
-    let bridge = SyncIoBridge::new(r);
-    let (dest_owned, limits) = (dest.to_owned(), *limits);
-    let consumer = tokio::task::spawn_blocking(move || {
+    let (dest, limits) = (dest.to_owned(), *limits);
+    let tar = format!("cd {OUT} && tar --null --no-recursion -T - -c -f -");
+    let status;
+    let unpacked = if compress {
+        let mut zstd = tokio::process::Command::new("zstd")
+            .args(["-q", "-d", "-c"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|source| Error::Io {
+                context: "cannot run zstd (is it installed?)".into(),
+                source,
+            })?;
+        let (into, out) = (
+            zstd.stdin.take().expect("piped"),
+            zstd.stdout.take().expect("piped"),
+        );
+        let consumer = unpacker(SyncIoBridge::new(out), dest, limits);
+        let cmd = format!("{tar} | zstd -q -c -1");
+        status = session
+            .exec(&cmd, Some(Cursor::new(list)), into, log.clone())
+            .await;
+        let unpacked = joined("the artifact reader", consumer).await;
+        let _ = zstd.wait().await;
+        unpacked
+    } else {
+        let (w, r) = tokio::io::duplex(PIPE);
+        let consumer = unpacker(SyncIoBridge::new(r), dest, limits);
+        status = session
+            .exec(&tar, Some(Cursor::new(list)), w, log.clone())
+            .await;
+        joined("the artifact reader", consumer).await
+    };
+    // An unpack refusal (hostile entry, limit) is the real story; report it first.
+    let unpacked = unpacked?;
+    match status? {
+        s if s.success() => Ok(unpacked.files),
+        s => Err(Error::Guest {
+            what: "packing artifacts".into(),
+            status: s.to_string(),
+        }),
+    }
+}
+
+/// Unpacks the stream on a blocking thread.
+fn unpacker<R: std::io::Read + Send + 'static>(
+    bridge: R,
+    dest: std::path::PathBuf,
+    limits: Limits,
+) -> tokio::task::JoinHandle<Result<artifacts::Unpacked>> {
+    tokio::task::spawn_blocking(move || {
         let mut bridge = bridge;
-        let unpacked = artifacts::unpack(&mut bridge, &dest_owned, &limits);
+        let unpacked = artifacts::unpack(&mut bridge, &dest, &limits);
         // tar pads its archive past the end-of-archive blocks (to a whole 10 KiB record).
         // Reading stops at the end marker, so read that tail too, or the guest's tar can meet
         // a broken pipe (a flaky "cannot write remote command output"). Bounded: a guest
@@ -99,20 +154,7 @@ async fn transfer(
             );
         }
         unpacked
-    });
-    let cmd = format!("cd {OUT} && tar --null --no-recursion -T - -c -f -");
-    let status = session
-        .exec(&cmd, Some(Cursor::new(list)), w, log.clone())
-        .await;
-    // An unpack refusal (hostile entry, limit) is the real story; report it first.
-    let unpacked = joined("the artifact reader", consumer).await?;
-    match status? {
-        s if s.success() => Ok(unpacked.files),
-        s => Err(Error::Guest {
-            what: "packing artifacts".into(),
-            status: s.to_string(),
-        }),
-    }
+    })
 }
 
 /// Names matching any glob; every glob must match something, or the build is wrong.

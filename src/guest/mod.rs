@@ -11,23 +11,24 @@ pub mod ssh;
 mod sync;
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::artifacts::{ArtifactFile, Limits};
-use crate::context::{Context, TarSummary};
 use crate::error::Result;
 use crate::logs::LogSink;
 
 pub use keys::GuestKeys;
 pub use provision::Provisioned;
 pub use ssh::{Endpoint, ExitStatus, Session};
+pub use sync::Delivery;
 
 pub const SRC: &str = "/build/src";
 pub const OUT: &str = "/build/out";
+/// Where a remote machine may have fetched its context pack while booting (its user data).
+pub const PREFETCHED_PACK: &str = "/var/tmp/runner-context.tar.zst";
 
 pub type Input = Box<dyn AsyncRead + Unpin + Send>;
 pub type Output = Box<dyn AsyncWrite + Unpin + Send>;
@@ -35,8 +36,8 @@ pub type Output = Box<dyn AsyncWrite + Unpin + Send>;
 /// A reachable build machine, as the pipeline uses it: one method per step of the contract.
 #[async_trait]
 pub trait Guest: Send + Sync {
-    /// Streams the build context into [`SRC`] (replacing anything there).
-    async fn sync(&self, ctx: Arc<Context>, mtime: u64, log: &LogSink) -> Result<TarSummary>;
+    /// Puts the context pack into [`SRC`] (replacing anything there), as `how` says.
+    async fn deliver(&self, how: &Delivery<'_>, log: &LogSink) -> Result<()>;
 
     /// Uploads and runs the provision script in [`SRC`] with the target's environment,
     /// output to `log`; returns how it ended. Output still held open `leak` after the exit
@@ -51,11 +52,13 @@ pub trait Guest: Send + Sync {
 
     /// Pulls the artifacts matching `globs` (all files when empty) from [`OUT`] into `dest`,
     /// treating everything the guest sends as hostile.
+    /// `compress`: zstd in transit, when the guest has it (remote machines).
     async fn collect(
         &self,
         globs: &[String],
         dest: &Path,
         limits: &Limits,
+        compress: bool,
         log: &LogSink,
     ) -> Result<Vec<ArtifactFile>>;
 
@@ -74,8 +77,8 @@ pub trait Guest: Send + Sync {
 
 #[async_trait]
 impl Guest for Session {
-    async fn sync(&self, ctx: Arc<Context>, mtime: u64, log: &LogSink) -> Result<TarSummary> {
-        sync::sync_context(self, ctx, mtime, log).await
+    async fn deliver(&self, how: &Delivery<'_>, log: &LogSink) -> Result<()> {
+        sync::deliver(self, how, log).await
     }
 
     async fn provision(
@@ -93,9 +96,10 @@ impl Guest for Session {
         globs: &[String],
         dest: &Path,
         limits: &Limits,
+        compress: bool,
         log: &LogSink,
     ) -> Result<Vec<ArtifactFile>> {
-        collect::collect(self, globs, dest, limits, log).await
+        collect::collect(self, globs, dest, limits, compress, log).await
     }
 
     async fn exec(

@@ -185,6 +185,7 @@ pub async fn wait_ready(
                     machine: m.name,
                     secs: m.boot_timeout.as_secs(),
                     console: m.console.to_owned(),
+                    reached: String::new(),
                 });
             }
             Probe::NotYet => {

@@ -11,7 +11,7 @@ use std::time::Duration;
 #[cfg(feature = "ec2")]
 use super::ec2::{Ec2Backend, sweep::Ec2Sweeper};
 use super::qemu::image::{Cache, Recipe};
-use super::qemu::{QemuBackend, sweep::QemuSweeper};
+use super::qemu::{QemuBackend, sweep::QemuSweeper, warm};
 use super::settings::Settings;
 use super::{Backend, Origin, Registry};
 use crate::config::{BackendConfig, Builder, QemuBuilder, Shape, Size};
@@ -38,6 +38,32 @@ pub struct CachedImage {
     pub created_unix: u64,
     /// What it is: `bookworm/amd64`.
     pub describe: String,
+    /// Warm-start snapshots made from it.
+    pub snapshots: Vec<CachedSnapshot>,
+}
+
+/// A warm-start snapshot of a cached image.
+pub struct CachedSnapshot {
+    pub id: String,
+    pub bytes: u64,
+    /// What machines it restores: `2 vCPU, 1024 MiB, tcg, QEMU 7.2.x`.
+    pub describe: String,
+}
+
+impl CachedSnapshot {
+    fn of(k: &super::qemu::warm::Kept) -> CachedSnapshot {
+        CachedSnapshot {
+            id: k.id.clone(),
+            bytes: k.bytes,
+            describe: format!(
+                "{} vCPU, {} MiB, {}, QEMU {}",
+                k.key.vcpus,
+                k.key.memory_mib,
+                k.key.accel,
+                k.key.qemu.trim_start_matches("QEMU emulator version ")
+            ),
+        }
+    }
 }
 
 impl Machines {
@@ -129,38 +155,83 @@ impl Machines {
                 digest: i.digest,
                 created_unix: i.info.created_unix,
                 describe: format!("{}/{}", i.info.recipe.suite, i.info.recipe.arch.debian()),
+                snapshots: warm::kept(&i.dir).iter().map(CachedSnapshot::of).collect(),
             })
             .collect()
     }
 
-    /// Removes cached images by builder name or digest prefix (at least 6 characters).
+    /// Removes cached images by builder name or digest prefix (at least 6 characters); or,
+    /// when no image matches, the warm-start snapshots whose id starts with `what` (an image
+    /// listed with the snapshots it loses).
     pub async fn remove_cached(&self, what: &str) -> Result<Vec<CachedImage>> {
-        let removed = Cache::new(&self.dirs).remove(what).await?;
-        Ok(removed
-            .into_iter()
-            .map(|i| CachedImage {
-                bytes: 0,
-                builder: i.info.builder,
-                digest: i.digest,
-                created_unix: i.info.created_unix,
-                describe: String::new(),
-            })
-            .collect())
+        let cache = Cache::new(&self.dirs);
+        let removed = cache.remove(what).await?;
+        if !removed.is_empty() {
+            return Ok(removed
+                .into_iter()
+                .map(|i| removed_image(i, vec![]))
+                .collect());
+        }
+        let mut out = vec![];
+        for img in cache.list() {
+            let gone: Vec<_> = warm::kept(&img.dir)
+                .into_iter()
+                .filter(|k| what.len() >= 6 && k.id.starts_with(what))
+                .collect();
+            for k in &gone {
+                std::fs::remove_dir_all(&k.dir).map_err(|e| {
+                    Error::other(format!("cannot remove `{}`: {e}", k.dir.display()))
+                })?;
+            }
+            if !gone.is_empty() {
+                out.push(removed_image(
+                    img,
+                    gone.iter().map(CachedSnapshot::of).collect(),
+                ));
+            }
+        }
+        Ok(out)
     }
 }
 
-/// A builder that makes machines like those a manifest's `origin` records: what the image
-/// contains comes from the origin; `shape` sizes the machine.
-pub fn builder_for(name: &str, origin: &Origin, shape: Shape) -> Result<Builder> {
-    let Origin::Image(r) = origin else {
-        return Err(Error::other(format!(
-            "`{name}` was built on EC2; reproducing EC2 builds is not supported yet"
-        )));
+fn removed_image(i: super::qemu::image::Image, snapshots: Vec<CachedSnapshot>) -> CachedImage {
+    CachedImage {
+        bytes: 0,
+        builder: i.info.builder,
+        digest: i.digest,
+        created_unix: i.info.created_unix,
+        describe: String::new(),
+        snapshots,
+    }
+}
+
+/// A builder that makes machines like those a manifest's `origin` records: a recorded recipe
+/// is baked again (`shape` sizes the machine); a recorded AMI is launched with the account,
+/// region and network of `configured`, the project's EC2 builder of that name.
+pub fn builder_for(
+    name: &str,
+    origin: &Origin,
+    shape: Shape,
+    configured: Option<&Builder>,
+) -> Result<Builder> {
+    let backend = match (origin, configured.map(|b| &b.backend)) {
+        (Origin::Image(r), _) => BackendConfig::Qemu(qemu_builder(r, shape)),
+        (Origin::Ec2(e), Some(BackendConfig::Ec2(b))) => {
+            BackendConfig::Ec2(crate::config::Ec2Builder {
+                ami: crate::config::Ami::Id(e.image.clone()),
+                ..b.clone()
+            })
+        }
+        (Origin::Ec2(_), _) => {
+            return Err(Error::other(format!(
+                "builder `{name}` of this project is not an EC2 builder: it cannot launch the recorded AMI"
+            )));
+        }
     };
     Ok(Builder {
         name: name.to_owned(),
         path: PathBuf::from(format!("(manifest builder {name})")),
-        backend: BackendConfig::Qemu(qemu_builder(r, shape)),
+        backend,
     })
 }
 
@@ -170,6 +241,7 @@ fn qemu_builder(r: &Recipe, shape: Shape) -> QemuBuilder {
         arch: r.arch,
         packages: r.packages.clone(),
         init: r.init,
+        warm: true,
         shape,
         disk: r.disk,
         boot_timeout: Duration::from_secs(if r.arch.is_native() { 120 } else { 300 }),

@@ -16,7 +16,6 @@ use super::dir::MachineDir;
 use super::record::MachineRecord;
 use super::{Backend, Instance, Machine, MachineSpec, Origin, Prepared, Report};
 use crate::artifacts::{ArtifactFile, Limits};
-use crate::context::{Context, TarSummary};
 use crate::error::{Error, Result};
 use crate::guest::{Endpoint, ExitStatus, Guest, GuestKeys, Input, Output, Provisioned};
 use crate::logs::LogSink;
@@ -184,13 +183,8 @@ struct FakeGuest {
 
 #[async_trait]
 impl Guest for FakeGuest {
-    async fn sync(&self, _ctx: Arc<Context>, _mtime: u64, _log: &LogSink) -> Result<TarSummary> {
-        Ok(TarSummary {
-            files: 0,
-            file_bytes: 0,
-            tar_bytes: 0,
-            tar_sha256: String::new(),
-        })
+    async fn deliver(&self, _how: &crate::guest::Delivery<'_>, _log: &LogSink) -> Result<()> {
+        Ok(())
     }
 
     async fn provision(
@@ -224,6 +218,7 @@ impl Guest for FakeGuest {
         _globs: &[String],
         dest: &Path,
         _limits: &Limits,
+        _compress: bool,
         _log: &LogSink,
     ) -> Result<Vec<ArtifactFile>> {
         let (name, bytes) = self.artifact;

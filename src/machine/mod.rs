@@ -4,6 +4,7 @@
 //! hypervisor or a cloud is behind it. Each backend also owns finding what a dead runner left
 //! of its machines (see [`crate::leftovers`]).
 
+pub mod boot;
 pub mod dir;
 #[cfg(feature = "ec2")]
 pub mod ec2;
@@ -41,6 +42,17 @@ pub struct MachineSpec {
     /// vCPUs and memory, where the backend takes them from runner (QEMU).
     pub shape: Option<Shape>,
     pub boot_timeout: Duration,
+    /// Read-only disks to attach (the context pack's image), where the backend can.
+    pub disks: Vec<Disk>,
+    /// A URL the machine fetches its context from as it boots (remote machines).
+    pub context_url: Option<String>,
+}
+
+/// A read-only disk image, seen in the guest with this serial.
+#[derive(Debug, Clone)]
+pub struct Disk {
+    pub path: PathBuf,
+    pub serial: String,
 }
 
 impl MachineSpec {
@@ -50,6 +62,8 @@ impl MachineSpec {
             label: label.to_owned(),
             shape: builder.shape(),
             boot_timeout: builder.boot_timeout(),
+            disks: vec![],
+            context_url: None,
         }
     }
 }
@@ -104,6 +118,11 @@ pub trait Backend: Send + Sync {
     /// How many of this backend's machines may run at once by default (QEMU: host CPUs and
     /// memory; EC2: `max_instances`).
     fn capacity(&self) -> usize;
+
+    /// Whether [`MachineSpec::disks`] reach the machine (local hypervisors: yes).
+    fn attaches_disks(&self) -> bool {
+        false
+    }
 }
 
 /// The backend-specific half of a running machine.
@@ -133,9 +152,16 @@ pub struct Machine {
     /// The machine's private directory (keys for `--keep-failed` and `vm shell` go there).
     pub dir: PathBuf,
     pub boot_timeout: Duration,
-    /// A file and a line that appears in it once the guest's sshd listens. Before that a
-    /// handshake attempt only stalls (QEMU's user network accepts TCP for the guest).
-    pub ready_hint: Option<(PathBuf, &'static str)>,
+    /// The address the guest reaches the host's loopback at (QEMU user networking:
+    /// 10.0.2.2), for URLs that name 127.0.0.1.
+    pub loopback_alias: Option<&'static str>,
+    /// The console watched while it boots: before its sshd says it listens, a handshake
+    /// attempt only stalls (QEMU's user network accepts TCP for the guest).
+    pub watch: Option<boot::BootWatch>,
+    /// How the boot went, phase by phase, once [`Machine::connect`] returned.
+    pub boot_phases: Vec<boot::BootPhase>,
+    /// How it started, for the log: `cold`, `warm (snapshot …)`, `cold (why not warm)`.
+    pub start: String,
     instance: Option<Box<dyn Instance>>,
 }
 
@@ -154,13 +180,16 @@ impl Machine {
             console_log,
             dir: dir.path.clone(),
             boot_timeout: spec.boot_timeout,
-            ready_hint: None,
+            loopback_alias: None,
+            watch: None,
+            boot_phases: vec![],
+            start: String::new(),
             instance: Some(instance),
         }
     }
 
-    pub fn with_ready_hint(mut self, file: PathBuf, marker: &'static str) -> Machine {
-        self.ready_hint = Some((file, marker));
+    pub fn watching(mut self, watch: boot::BootWatch) -> Machine {
+        self.watch = Some(watch);
         self
     }
 
@@ -209,19 +238,34 @@ impl Machine {
         };
         let session = ssh::wait_ready(booting, keys, || match self.exited() {
             Some(status) => Probe::Exited(status),
-            None if self.looks_ready() => Probe::Ready,
+            None if self.watch.as_mut().is_none_or(|w| w.poll()) => Probe::Ready,
             None => Probe::NotYet,
         })
-        .await?;
-        Ok(Box::new(session))
-    }
-
-    /// False only while a ready hint exists and has not appeared yet.
-    fn looks_ready(&self) -> bool {
-        self.ready_hint.as_ref().is_none_or(|(file, marker)| {
-            std::fs::read(file)
-                .is_ok_and(|b| b.windows(marker.len()).any(|w| w == marker.as_bytes()))
-        })
+        .await;
+        if let Some(w) = self.watch.take() {
+            self.boot_phases = match &session {
+                Ok(_) => w.finish(),
+                Err(_) => w.seen().to_vec(),
+            };
+        }
+        match session {
+            Ok(s) => Ok(Box::new(s)),
+            Err(Error::BootTimeout {
+                machine,
+                secs,
+                console,
+                ..
+            }) => Err(Error::BootTimeout {
+                machine,
+                secs,
+                console,
+                reached: match self.boot_phases.last() {
+                    Some(_) => format!("; it reached: {}", boot::describe(&self.boot_phases)),
+                    None => "; nothing on its console yet".into(),
+                },
+            }),
+            Err(e) => Err(e),
+        }
     }
 
     /// Idempotent: the second call does nothing.

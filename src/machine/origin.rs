@@ -41,6 +41,71 @@ impl Origin {
         }
     }
 
+    /// What differs from `old`, field by field, for `runner why`: `packages +libssl-dev`,
+    /// `suite bookworm → trixie`, `AMI ami-1 → ami-2`.
+    pub fn changes_from(&self, old: &Origin) -> Vec<String> {
+        match (old, self) {
+            (Origin::Image(a), Origin::Image(b)) => {
+                let mut out = vec![];
+                let field = |out: &mut Vec<String>, name: &str, x: String, y: String| {
+                    if x != y {
+                        out.push(format!("{name} {x} → {y}"));
+                    }
+                };
+                field(&mut out, "distro", a.distro.clone(), b.distro.clone());
+                field(&mut out, "suite", a.suite.clone(), b.suite.clone());
+                field(
+                    &mut out,
+                    "arch",
+                    a.arch.debian().into(),
+                    b.arch.debian().into(),
+                );
+                field(&mut out, "disk", a.disk.to_string(), b.disk.to_string());
+                field(
+                    &mut out,
+                    "init",
+                    a.init.as_str().into(),
+                    b.init.as_str().into(),
+                );
+                let added: Vec<String> = b
+                    .packages
+                    .iter()
+                    .filter(|p| !a.packages.contains(p))
+                    .map(|p| format!("+{p}"))
+                    .collect();
+                let removed: Vec<String> = a
+                    .packages
+                    .iter()
+                    .filter(|p| !b.packages.contains(p))
+                    .map(|p| format!("-{p}"))
+                    .collect();
+                if !added.is_empty() || !removed.is_empty() {
+                    out.push(format!("packages {}", [added, removed].concat().join(" ")));
+                }
+                if out.is_empty() && a.digest() != b.digest() {
+                    out.push("runner's guest scripts changed (the image is baked anew)".into());
+                }
+                out
+            }
+            (Origin::Ec2(a), Origin::Ec2(b)) if a.image != b.image => {
+                vec![format!("AMI {} → {}", a.image, b.image)]
+            }
+            (Origin::Ec2(a), Origin::Ec2(b)) if a != b => {
+                vec![format!("image {} → {}", a.ami, b.ami)]
+            }
+            (a, b) if a.kind() != b.kind() => vec![format!("backend {} → {}", a.kind(), b.kind())],
+            _ => vec![],
+        }
+    }
+
+    /// Which kind of machine source, for provenance's builder id.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Origin::Image(_) => "qemu",
+            Origin::Ec2(_) => "ec2",
+        }
+    }
+
     pub fn arch(&self) -> Arch {
         match self {
             Origin::Image(r) => r.arch,

@@ -34,4 +34,6 @@ pub struct Settings {
     pub mirror: Option<String>,
     /// Rebake images even when cached (`runner image build --force`).
     pub rebake: bool,
+    /// Boot every machine cold, never from a snapshot (`--cold`).
+    pub cold: bool,
 }

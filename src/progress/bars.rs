@@ -85,6 +85,21 @@ impl Bars {
                 let text = sanitize(line).trim_start().to_owned();
                 self.line(target).bar.set_message(text);
             }
+            Event::Boot { .. } => {}
+            Event::Machine { target, start, .. } => {
+                if !start.is_empty() {
+                    let text = sanitize(start);
+                    self.line(target).bar.set_message(text);
+                }
+            }
+            Event::Packed { target, made, .. } => {
+                let text = if *made {
+                    "context packed"
+                } else {
+                    "context pack reused"
+                };
+                self.line(target).bar.set_message(text);
+            }
             Event::Transfer {
                 target,
                 bytes,

@@ -28,6 +28,10 @@ use crate::events::{Event, Outcome, Phase, TargetResult};
 pub use summary::print_summary;
 pub use untrusted::sanitize;
 
+/// The version of every JSON document runner prints (`"schema": 1`): fields may be added
+/// within a version, never removed or changed in meaning.
+pub const JSON_SCHEMA: u32 = 1;
+
 /// How events are shown; chosen once, before the run starts.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -125,7 +129,7 @@ async fn render(
 fn write_json(event: &Event, out: &mut dyn Write) -> io::Result<()> {
     let mut v = serde_json::to_value(event)?;
     if let Some(map) = v.as_object_mut() {
-        map.insert("schema".into(), crate::commands::JSON_SCHEMA.into());
+        map.insert("schema".into(), JSON_SCHEMA.into());
     }
     serde_json::to_writer(&mut *out, &v)?;
     out.write_all(b"\n")?;
@@ -155,7 +159,24 @@ fn plain_line(event: &Event) -> Option<String> {
             phase.as_str(),
             fmt_seconds(*seconds)
         )),
-        Event::Output { .. } => None,
+        Event::Output { .. } | Event::Boot { .. } => None,
+        Event::Machine {
+            target,
+            machine,
+            start,
+        } => Some(match start.as_str() {
+            "" => format!("[{target}] machine {machine}"),
+            how => format!("[{target}] machine {machine}: {how}"),
+        }),
+        Event::Packed {
+            target,
+            made,
+            bytes,
+            ..
+        } => Some(format!(
+            "[{target}] context {} ({bytes} bytes)",
+            if *made { "packed" } else { "pack reused" }
+        )),
         // One line when done; the live view shows the running figures.
         Event::Transfer {
             target,
@@ -297,7 +318,11 @@ impl Tally {
                 self.see(&target);
                 self.phases.insert(target, (phase, seconds));
             }
-            Event::Output { .. } | Event::Transfer { .. } => {}
+            Event::Output { .. }
+            | Event::Transfer { .. }
+            | Event::Packed { .. }
+            | Event::Machine { .. }
+            | Event::Boot { .. } => {}
             Event::Finished(result) => {
                 self.see(&result.target);
                 self.results.insert(result.target.clone(), result);

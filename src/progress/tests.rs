@@ -106,7 +106,7 @@ async fn json_writes_one_parsable_line_per_event_in_order() {
     for (line, event) in lines.iter().zip(&events) {
         let parsed: serde_json::Value = serde_json::from_str(line).expect("each line is JSON");
         let mut expected = serde_json::to_value(event).unwrap();
-        expected["schema"] = crate::commands::JSON_SCHEMA.into();
+        expected["schema"] = super::JSON_SCHEMA.into();
         assert_eq!(parsed, expected);
     }
     let tags: Vec<String> = lines

@@ -4,10 +4,12 @@
 
 pub mod dispatch;
 mod failure;
+mod inputs;
 mod phases;
 mod target;
 #[cfg(test)]
 mod tests;
+mod transfer;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -19,10 +21,12 @@ use tokio_util::sync::CancellationToken;
 use crate::artifacts::Limits;
 use crate::events::Emitter;
 use crate::machine::Machines;
+use crate::provenance::keys::SigningKey;
 use crate::store::ArtifactStore;
 
 pub use dispatch::Options;
 pub use failure::Failure;
+pub use transfer::unshare_all;
 
 /// Everything the targets of one run share: passed to every task as one value.
 pub struct Run {
@@ -51,25 +55,37 @@ pub struct Run {
     pub exclude: Vec<(PathBuf, String)>,
     /// Exact context exclude patterns to use instead (a reproduction uses the recorded ones).
     pub context_excludes: Option<Vec<String>>,
+    /// Signs every published build's provenance; `None`: published unsigned (and said so).
+    pub signing: Option<Arc<SigningKey>>,
+    /// Where context packs are kept (the cache).
+    pub packs: PathBuf,
+    /// Context packs this run put in stores, removed when it ends.
+    pub shared: std::sync::Mutex<Vec<(Arc<dyn ArtifactStore>, crate::store::Shared)>>,
+}
+
+/// Of `exclude` (base directory, pattern below it), those inside the context `root`, made
+/// relative to it: what a build leaves out of its context (the artifact directory, say).
+pub fn context_excludes(root: &Path, exclude: &[(PathBuf, String)]) -> Vec<String> {
+    exclude
+        .iter()
+        .filter_map(|(base, pattern)| {
+            let rel = base.strip_prefix(root).ok()?;
+            Some(if rel.as_os_str().is_empty() {
+                pattern.clone()
+            } else {
+                format!("{}/{pattern}", rel.display())
+            })
+        })
+        .collect()
 }
 
 impl Run {
-    /// Excludes that fall inside this context root, made relative to it.
+    /// The context excludes of a target whose context is `root`.
     fn exclude_for(&self, root: &Path) -> Vec<String> {
-        if let Some(exact) = &self.context_excludes {
-            return exact.clone();
+        match &self.context_excludes {
+            Some(exact) => exact.clone(),
+            None => context_excludes(root, &self.exclude),
         }
-        self.exclude
-            .iter()
-            .filter_map(|(base, pattern)| {
-                let rel = base.strip_prefix(root).ok()?;
-                Some(if rel.as_os_str().is_empty() {
-                    pattern.clone()
-                } else {
-                    format!("{}/{pattern}", rel.display())
-                })
-            })
-            .collect()
     }
 
     fn log_path(&self, target: &str) -> PathBuf {

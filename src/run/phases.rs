@@ -6,49 +6,21 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use super::inputs::Inputs;
+use super::transfer::Plan;
 use super::{Failure, Run};
 use crate::artifacts::ArtifactFile;
 use crate::config::Target;
+use crate::context::pack::Pack;
 use crate::context::{Context, ContextOptions};
 use crate::error::{Error, IoContext, Result, joined};
 use crate::events::Event;
 use crate::guest::{self, Guest};
 use crate::logs::LogSink;
-use crate::machine::{self, Backend, Lease, MachineSpec, Origin, Prepared, Report};
-use crate::manifest::{ArtifactRecord, Build, Manifest};
-use crate::store::{ArtifactStore, Publishing};
-
-/// What a build is, known before any machine exists.
-pub struct Inputs {
-    pub context: Arc<Context>,
-    pub context_digest: String,
-    pub context_excludes: Vec<String>,
-    pub script: Vec<u8>,
-    pub script_name: String,
-    pub origin: Origin,
-    pub backend: Arc<dyn Backend>,
-    pub store: Arc<dyn ArtifactStore>,
-    pub started_unix: u64,
-    pub inputs_digest: String,
-}
-
-impl Inputs {
-    pub fn build<'a>(&'a self, t: &'a Target, epoch: u64) -> Build<'a> {
-        Build {
-            target: &t.name,
-            builder: &t.builder.name,
-            origin: &self.origin,
-            context_digest: &self.context_digest,
-            context_excludes: &self.context_excludes,
-            script_name: &self.script_name,
-            script: &self.script,
-            globs: &t.artifacts,
-            env: &t.env,
-            epoch,
-            started_unix: self.started_unix,
-        }
-    }
-}
+use crate::machine::{self, Lease, MachineSpec, Prepared, Report};
+use crate::manifest::{ArtifactRecord, Manifest};
+use crate::provenance;
+use crate::store::{Publishing, Records};
 
 /// Scans and hashes the context (in parallel, with rayon), reads the script, and asks the
 /// backend what its machines come from: everything the inputs digest is made of.
@@ -67,23 +39,27 @@ pub async fn inputs(run: &Run, t: &Target, log: &LogSink) -> Result<Inputs> {
         root: t.context.clone(),
         exclude: context_excludes.clone(),
     };
-    let (context, context_digest) = joined(
+    let (context, digests) = joined(
         "the context scan",
         tokio::task::spawn_blocking(move || {
             let ctx = Context::scan(&opts)?;
-            let digest = ctx.digest()?;
-            Ok((ctx, digest))
+            let digests = ctx.digests()?;
+            Ok((Arc::new(ctx), digests))
         }),
     )
     .await?;
+    let context_digest = digests.digest;
     log.note(&format!("context digest sha256:{context_digest}"));
+    let pack = pack_context(run, t, &context, &context_digest, log).await?;
     let script =
         std::fs::read(&t.script).ctx(|| format!("cannot read script `{}`", t.script.display()))?;
     let backend = run.machines.backend(&t.builder);
     let origin = backend.origin().await?;
     let mut inputs = Inputs {
-        context: Arc::new(context),
+        context,
+        pack,
         context_digest,
+        context_tree: digests.tree,
         context_excludes,
         script,
         script_name: t
@@ -101,6 +77,49 @@ pub async fn inputs(run: &Run, t: &Target, log: &LogSink) -> Result<Inputs> {
     inputs.inputs_digest = inputs.build(t, run.epoch).inputs_digest();
     log.note(&format!("inputs digest sha256:{}", inputs.inputs_digest));
     Ok(inputs)
+}
+
+/// The context's pack, made by the first target that needs it and reused by the others
+/// (and by later runs while the context is unchanged).
+async fn pack_context(
+    run: &Run,
+    t: &Target,
+    ctx: &Arc<Context>,
+    digest: &str,
+    log: &LogSink,
+) -> Result<Pack> {
+    let started = std::time::Instant::now();
+    let (cache, ctx2, digest2, epoch) =
+        (run.packs.clone(), ctx.clone(), digest.to_owned(), run.epoch);
+    let pack = joined(
+        "packing the context",
+        tokio::task::spawn_blocking(move || {
+            let p = crate::context::pack::ensure(&cache, &ctx2, &digest2, epoch)?;
+            if p.made {
+                crate::context::pack::prune(&cache, 8);
+            }
+            Ok(p)
+        }),
+    )
+    .await?;
+    log.note(&format!(
+        "context pack {} {} ({} bytes, tar sha256 {})",
+        if pack.made { "made in" } else { "reused:" },
+        if pack.made {
+            format!("{:.1}s", started.elapsed().as_secs_f64())
+        } else {
+            pack.dir.display().to_string()
+        },
+        pack.tar_bytes,
+        pack.tar_sha256
+    ));
+    run.emitter.send(Event::Packed {
+        target: t.name.clone(),
+        digest: digest.to_owned(),
+        made: pack.made,
+        bytes: pack.tar_bytes,
+    });
+    Ok(pack)
 }
 
 /// A published build with the same inputs, unless forced: its artifacts' locations.
@@ -136,17 +155,46 @@ pub async fn prepare(run: &Run, t: &Target, i: &Inputs) -> Result<Prepared> {
 }
 
 /// A fresh machine, reachable.
-pub async fn boot(run: &Run, t: &Target, i: &Inputs, log: &LogSink) -> Result<Lease> {
+pub async fn boot(run: &Run, t: &Target, i: &Inputs, plan: &Plan, log: &LogSink) -> Result<Lease> {
     let spec = MachineSpec {
         shape: t.shape,
+        disks: match plan {
+            Plan::Attach(d) => vec![d.clone()],
+            _ => vec![],
+        },
+        context_url: match plan {
+            Plan::Fetch { url, .. } => Some(url.clone()),
+            _ => None,
+        },
         ..MachineSpec::of(&t.builder, &t.name)
     };
     let lease = machine::lease(i.backend.as_ref(), &spec, &run.cancel).await?;
     log.note(&format!("machine {} is up", lease.machine.describe()));
+    if !lease.machine.start.is_empty() {
+        log.note(&format!("start: {}", lease.machine.start));
+    }
+    run.emitter.send(Event::Machine {
+        target: t.name.clone(),
+        machine: lease.machine.describe(),
+        start: lease.machine.start.clone(),
+    });
+    if !lease.machine.boot_phases.is_empty() {
+        log.note(&format!(
+            "boot: {}",
+            crate::machine::boot::describe(&lease.machine.boot_phases)
+        ));
+    }
+    for p in &lease.machine.boot_phases {
+        run.emitter.send(Event::Boot {
+            target: t.name.clone(),
+            phase: p.phase.clone(),
+            seconds: p.seconds,
+        });
+    }
     Ok(lease)
 }
 
-pub async fn sync(run: &Run, guest: &dyn Guest, i: &Inputs, log: &LogSink) -> Result<()> {
+pub async fn sync(lease: &Lease, i: &Inputs, plan: &Plan, log: &LogSink) -> Result<()> {
     for s in i.context.skipped() {
         log.note(&format!(
             "context: skipped {} `{}`",
@@ -154,10 +202,12 @@ pub async fn sync(run: &Run, guest: &dyn Guest, i: &Inputs, log: &LogSink) -> Re
             s.path.display()
         ));
     }
-    let sent = guest.sync(i.context.clone(), run.epoch, log).await?;
+    let how = super::transfer::delivery(plan, i, &lease.machine);
+    lease.guest.deliver(&how, log).await?;
     log.note(&format!(
-        "context: {} files, {} bytes, tar sha256 {}",
-        sent.files, sent.file_bytes, sent.tar_sha256
+        "context: {} entries in {}",
+        i.context.entries().len(),
+        crate::guest::SRC
     ));
     Ok(())
 }
@@ -206,14 +256,17 @@ pub struct Collected {
 
 pub async fn collect(
     run: &Run,
-    guest: &dyn Guest,
+    lease: &Lease,
     t: &Target,
     i: &Inputs,
     log: &LogSink,
 ) -> Result<Collected> {
     let staging = i.store.staging(&t.name)?;
-    let files = guest
-        .collect(&t.artifacts, staging.path(), &run.limits, log)
+    // Over a network, not a loopback port: compressed in transit where the guest can.
+    let remote = !lease.machine.endpoint.host.starts_with("127.");
+    let files = lease
+        .guest
+        .collect(&t.artifacts, staging.path(), &run.limits, remote, log)
         .await?;
     Ok(Collected { staging, files })
 }
@@ -227,6 +280,7 @@ pub async fn publish(
     prepared: &Prepared,
     collected: Collected,
     cancel: tokio_util::sync::CancellationToken,
+    log: &LogSink,
 ) -> Result<Vec<PathBuf>> {
     let build_id = crate::manifest::build_id(&i.inputs_digest, i.started_unix);
     let records = collected
@@ -240,20 +294,47 @@ pub async fn publish(
         })
         .collect();
     let manifest = Manifest::new(&i.build(t, run.epoch), &prepared.base_image, records);
+    let records = records_of(run, &manifest, &collected.files, log);
     let total = collected.files.iter().map(|f| f.size).sum::<u64>();
     let how = Publishing {
         cancel,
         sent: transfer_reporter(run, &t.name, total),
     };
+    let files = &collected.files;
     i.store
-        .publish(
-            &t.name,
-            collected.staging,
-            &collected.files,
-            &manifest,
-            &how,
-        )
+        .publish(&t.name, collected.staging, files, &manifest, &records, &how)
         .await
+}
+
+/// The checksum file, the manifest, and the provenance statement over both and every
+/// artifact, signed with the run's key (or unsigned, which the log says).
+fn records_of(run: &Run, m: &Manifest, files: &[ArtifactFile], log: &LogSink) -> Records {
+    let sha256sums = crate::artifacts::sha256sums(files).into_bytes();
+    let manifest = m.to_json();
+    let docs = provenance::Documents {
+        sha256sums: &sha256sums,
+        manifest: &manifest,
+    };
+    let builder_id = format!(
+        "urn:runner:builder:{}:{}",
+        m.builder.recipe.kind(),
+        m.builder.name
+    );
+    let statement = provenance::statement(m, &docs, &builder_id);
+    let payload = serde_json::to_vec(&statement).expect("a statement serializes");
+    let envelope = provenance::dsse::Envelope::new(&payload, run.signing.as_deref());
+    match &run.signing {
+        Some(k) => log.note(&format!("provenance signed by key {}", k.public().keyid())),
+        None => log.note(
+            "provenance unsigned: no signing key ([signing] key in runner.toml, or \
+             RUNNER_SIGNING_KEY)",
+        ),
+    }
+    Records {
+        sha256sums,
+        provenance: envelope.to_line(),
+        manifest,
+    }
 }
 
 /// Turns "n more bytes stored" into [`Event::Transfer`]s: at most a few a second, and always

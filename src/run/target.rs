@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use super::phases::{self, Inputs};
+use super::inputs::Inputs;
+use super::phases;
+use super::transfer::Plan;
 use super::{Failure, Run};
 use crate::config::Target;
 use crate::error::{Error, chain};
@@ -213,10 +215,11 @@ async fn phases_of(job: &Job<'_>, left: &mut Leftover) -> Result<Done, Failure> 
         return Ok(Done::Cached(paths));
     }
     let prepared = phases::prepare(run, t, &inputs).await?;
+    let plan = super::transfer::plan(run, t, &inputs, log).await?;
     // The deadline covers the machine's life (boot to publish), not a one-time image bake.
     // Ctrl-C reaches a publish through this token too (it is the run token's child).
     let publish_cancel = run.cancel.child_token();
-    let machine_life = machine_phases(job, &inputs, &prepared, left, &publish_cancel);
+    let machine_life = machine_phases(job, &inputs, &prepared, &plan, left, &publish_cancel);
     tokio::pin!(machine_life);
     tokio::select! {
         r = &mut machine_life => r.map(Done::Built),
@@ -236,6 +239,7 @@ async fn machine_phases(
     job: &Job<'_>,
     inputs: &Inputs,
     prepared: &Prepared,
+    plan: &Plan,
     left: &mut Leftover,
     publish_cancel: &CancellationToken,
 ) -> Result<Vec<PathBuf>, Failure> {
@@ -246,18 +250,28 @@ async fn machine_phases(
         tracker,
     } = *job;
     tracker.enter(Phase::Boot);
-    let lease = left.lease.insert(phases::boot(run, t, inputs, log).await?);
+    let lease = left
+        .lease
+        .insert(phases::boot(run, t, inputs, plan, log).await?);
     tracker.enter(Phase::Sync);
-    let synced = phases::sync(run, lease.guest.as_ref(), inputs, log).await;
+    let synced = phases::sync(lease, inputs, plan, log).await;
     alive(lease, Phase::Sync, synced.map_err(Failure::from)).await?;
     tracker.enter(Phase::Provision);
     let provisioned = phases::provision(run, lease.guest.as_ref(), t, inputs, log).await;
     alive(lease, Phase::Provision, provisioned).await?;
     tracker.enter(Phase::Collect);
-    let collected = phases::collect(run, lease.guest.as_ref(), t, inputs, log).await;
+    let collected = phases::collect(run, lease, t, inputs, log).await;
     let collected = alive(lease, Phase::Collect, collected.map_err(Failure::from)).await?;
     tracker.enter(Phase::Publish);
-    let published = phases::publish(run, t, inputs, prepared, collected, publish_cancel.clone());
+    let published = phases::publish(
+        run,
+        t,
+        inputs,
+        prepared,
+        collected,
+        publish_cancel.clone(),
+        log,
+    );
     Ok(published.await?)
 }
 

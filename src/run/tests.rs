@@ -42,6 +42,7 @@ impl World {
                 arch: crate::config::Arch::Amd64,
                 packages: vec![],
                 init: Default::default(),
+                warm: true,
                 shape: Shape {
                     vcpus: 1,
                     memory: Size(1 << 30),
@@ -60,6 +61,7 @@ impl World {
             env: BTreeMap::new(),
             timeout,
             upload: None,
+            transfer: Default::default(),
         }
     }
 
@@ -80,6 +82,9 @@ impl World {
             logs: self.tmp.path().join("logs"),
             exclude: vec![],
             context_excludes: None,
+            signing: None,
+            packs: self.tmp.path().join("cache"),
+            shared: Default::default(),
         })
     }
 
@@ -135,8 +140,8 @@ async fn jobs_caps_machines_alive_at_once_and_every_one_is_torn_down() {
         "{results:?}"
     );
     assert!(
-        results.iter().all(|r| r.artifacts.len() == 3),
-        "file, SHA256SUMS, manifest"
+        results.iter().all(|r| r.artifacts.len() == 4),
+        "file, SHA256SUMS, provenance, manifest"
     );
     assert_eq!(shared.peak.load(std::sync::atomic::Ordering::SeqCst), 2);
     assert_eq!(shared.live.load(std::sync::atomic::Ordering::SeqCst), 0);

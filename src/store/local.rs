@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use async_trait::async_trait;
 use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
 
-use super::{ArtifactStore, Publishing, SHA256SUMS};
-use crate::artifacts::{ArtifactFile, sha256sums};
+use super::{ArtifactStore, Publishing, Records, SHA256SUMS, Stored};
+use crate::artifacts::ArtifactFile;
 use crate::digest::sha256_file;
 use crate::error::{IoContext, Result};
 use crate::manifest::{self, ArtifactRecord, Manifest};
@@ -45,17 +45,17 @@ impl ArtifactStore for LocalStore {
         target: &str,
         staged: tempfile::TempDir,
         files: &[ArtifactFile],
-        manifest: &Manifest,
+        _manifest: &Manifest,
+        records: &Records,
         _how: &Publishing,
     ) -> Result<Vec<PathBuf>> {
         // A rename is too quick to cancel or to report progress on.
         super::check_reserved(target, files)?;
-        let sums = staged.path().join(SHA256SUMS);
-        std::fs::write(&sums, sha256sums(files))
-            .ctx(|| format!("cannot write `{}`", sums.display()))?;
-        // Staged last; the directory swap below publishes everything at once anyway.
-        let m = staged.path().join(manifest::FILE);
-        std::fs::write(&m, manifest.to_json()).ctx(|| format!("cannot write `{}`", m.display()))?;
+        // The manifest staged last; the directory swap below publishes all at once anyway.
+        for (name, bytes) in records.named() {
+            let path = staged.path().join(name);
+            std::fs::write(&path, bytes).ctx(|| format!("cannot write `{}`", path.display()))?;
+        }
 
         let dest = self.target_dir(target);
         let staged = staged.keep();
@@ -79,8 +79,7 @@ impl ArtifactStore for LocalStore {
         let _ = std::fs::remove_dir_all(&staged);
 
         let mut out: Vec<PathBuf> = files.iter().map(|f| dest.join(&f.path)).collect();
-        out.push(dest.join(SHA256SUMS));
-        out.push(dest.join(manifest::FILE));
+        out.extend(records.named().map(|(name, _)| dest.join(name)));
         Ok(out)
     }
 
@@ -114,6 +113,9 @@ impl ArtifactStore for LocalStore {
         }
         let mut paths: Vec<PathBuf> = m.artifacts.iter().map(|a| dir.join(&a.path)).collect();
         paths.push(dir.join(SHA256SUMS));
+        if dir.join(crate::provenance::FILE).exists() {
+            paths.push(dir.join(crate::provenance::FILE));
+        }
         paths.push(dir.join(manifest::FILE));
         Ok(Some((m, paths)))
     }
@@ -124,6 +126,10 @@ impl ArtifactStore for LocalStore {
             return Ok(None);
         }
         Manifest::read(&path).map(Some)
+    }
+
+    async fn records(&self, target: &str, _build: Option<&str>) -> Result<Option<Stored>> {
+        read_records(&self.target_dir(target))
     }
 
     async fn fetch(
@@ -137,4 +143,18 @@ impl ArtifactStore for LocalStore {
         std::fs::copy(&src, dest).ctx(|| format!("cannot copy `{}`", src.display()))?;
         sha256_file(dest)
     }
+}
+
+/// The records in a build's directory (a local store's target directory, or any copy of one).
+pub fn read_records(dir: &Path) -> Result<Option<Stored>> {
+    let read = |name: &str| std::fs::read(dir.join(name)).ok();
+    let Some(manifest_bytes) = read(manifest::FILE) else {
+        return Ok(None);
+    };
+    Ok(Some(Stored {
+        manifest: Manifest::read(&dir.join(manifest::FILE))?,
+        manifest_bytes,
+        sha256sums: read(SHA256SUMS),
+        provenance: read(crate::provenance::FILE),
+    }))
 }

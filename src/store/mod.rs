@@ -53,8 +53,7 @@ use crate::artifacts::ArtifactFile;
 use crate::error::Result;
 use crate::manifest::{self, ArtifactRecord, Manifest};
 
-/// The name of the checksum file published beside every target's artifacts.
-pub const SHA256SUMS: &str = "SHA256SUMS";
+pub use crate::manifest::SHA256SUMS;
 
 /// A fresh hidden staging directory under `root` (for the local store: beside the published
 /// directories, on the same filesystem, so publishing is a rename).
@@ -65,6 +64,25 @@ pub fn staging_in(root: &std::path::Path, target: &str) -> Result<tempfile::Temp
         .prefix(&format!(".staging-{target}-"))
         .tempdir_in(root)
         .ctx(|| format!("cannot create a staging directory in `{}`", root.display()))
+}
+
+/// The documents published beside a build's artifacts, in the order they are written: the
+/// manifest last, since its presence says the build is complete.
+pub struct Records {
+    pub sha256sums: Vec<u8>,
+    /// The DSSE envelope of the build's signed (or unsigned) provenance.
+    pub provenance: Vec<u8>,
+    pub manifest: Vec<u8>,
+}
+
+impl Records {
+    pub fn named(&self) -> [(&'static str, &[u8]); 3] {
+        [
+            (SHA256SUMS, &self.sha256sums),
+            (crate::provenance::FILE, &self.provenance),
+            (manifest::FILE, &self.manifest),
+        ]
+    }
 }
 
 /// What a publish is handed besides the files.
@@ -90,16 +108,32 @@ impl Publishing {
 /// would forge the build's record.
 pub fn check_reserved(target: &str, files: &[ArtifactFile]) -> Result<()> {
     use std::path::Path;
-    if files
+    let reserved = [SHA256SUMS, manifest::FILE, crate::provenance::FILE];
+    if let Some(f) = files
         .iter()
-        .any(|f| f.path == Path::new(SHA256SUMS) || f.path == Path::new(manifest::FILE))
+        .find(|f| reserved.iter().any(|r| f.path == Path::new(r)))
     {
         return Err(crate::error::Error::ArtifactRefused(format!(
-            "target `{target}` produced an artifact named {SHA256SUMS} or {}, which runner writes itself",
-            manifest::FILE
+            "target `{target}` produced an artifact named {}, which runner writes itself",
+            f.path.display()
         )));
     }
     Ok(())
+}
+
+/// A file put in a store for machines to fetch: its key and a URL that needs no credentials.
+#[derive(Debug, Clone)]
+pub struct Shared {
+    pub key: String,
+    pub url: String,
+}
+
+/// A published build's records as the store holds them.
+pub struct Stored {
+    pub manifest: Manifest,
+    pub manifest_bytes: Vec<u8>,
+    pub sha256sums: Option<Vec<u8>>,
+    pub provenance: Option<Vec<u8>>,
 }
 
 #[async_trait]
@@ -112,17 +146,22 @@ pub trait ArtifactStore: Send + Sync {
     /// for manifests.
     fn uri(&self, target: &str, build_id: &str, path: &std::path::Path) -> String;
 
-    /// Publishes the staged files of `target`, then the manifest last: a manifest's presence
-    /// means its artifacts are complete. Returns where each file now lives, in the order of
-    /// `files`, followed by the checksum file and the manifest.
+    /// Publishes the staged files of `target`, then `records` (the manifest last: a
+    /// manifest's presence means its artifacts are complete). Returns where each file now
+    /// lives, in the order of `files`, followed by the records.
     async fn publish(
         &self,
         target: &str,
         staged: tempfile::TempDir,
         files: &[ArtifactFile],
         manifest: &Manifest,
+        records: &Records,
         how: &Publishing,
     ) -> Result<Vec<PathBuf>>;
+
+    /// The published records of `target`'s newest complete build (or of build `build`), as
+    /// stored, for `runner verify`.
+    async fn records(&self, target: &str, build: Option<&str>) -> Result<Option<Stored>>;
 
     /// A complete published build of `target` with these inputs, if the store has one (for a
     /// local store: its artifacts still there with the recorded digests); with locations.
@@ -135,6 +174,18 @@ pub trait ArtifactStore: Send + Sync {
 
     /// The newest complete build of `target`, whatever its inputs (for `runner artifacts`).
     async fn latest(&self, target: &str) -> Result<Option<Manifest>>;
+
+    /// Puts `file` in the store as `name` (content-addressed by the caller, so one already
+    /// there is not sent again) and returns a URL machines can fetch it by; `None` for a store
+    /// that cannot hand out URLs (the local one).
+    async fn share(&self, _name: &str, _file: &std::path::Path) -> Result<Option<Shared>> {
+        Ok(None)
+    }
+
+    /// Removes what [`ArtifactStore::share`] put.
+    async fn unshare(&self, _shared: &Shared) -> Result<()> {
+        Ok(())
+    }
 
     /// Copies one published artifact of a build to `dest`; returns the sha256 of what it wrote.
     async fn fetch(

@@ -169,21 +169,29 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// Reads the child's stdout until a line contains `marker`; panics after `timeout`.
-/// Returns the reader so the caller can keep draining it.
+/// Reads the child's stdout until a line contains `marker`; panics after `timeout` or when
+/// the child closed its stdout first, with what the child wrote to stderr.
 pub fn wait_for_line(child: &mut Child, marker: &str, timeout: Duration) {
     let stdout = child.stdout.take().expect("piped stdout");
     let (tx, rx) = std::sync::mpsc::channel();
-    let marker = marker.to_owned();
+    let wanted = marker.to_owned();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if line.contains(&marker) {
+            if line.contains(&wanted) {
                 let _ = tx.send(());
             }
         }
     });
-    rx.recv_timeout(timeout)
-        .expect("marker line never appeared");
+    if let Err(e) = rx.recv_timeout(timeout) {
+        // SIGTERM, not SIGKILL: runner tears its machine down, nothing leaks from a failure.
+        signal(child, libc::SIGTERM);
+        let _ = child.wait();
+        let mut err = String::new();
+        if let Some(mut e) = child.stderr.take() {
+            let _ = std::io::Read::read_to_string(&mut e, &mut err);
+        }
+        panic!("marker line `{marker}` never appeared ({e}); runner's stderr:\n{err}");
+    }
 }
 
 /// Waits for the child to exit, killing it after `timeout`; returns its exit code.

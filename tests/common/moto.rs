@@ -29,6 +29,7 @@ pub struct InstanceInfo {
     pub instance_type: String,
     pub tags: HashMap<String, String>,
     pub groups: Vec<String>,
+    pub image: String,
 }
 
 impl Moto {
@@ -171,6 +172,7 @@ impl Moto {
                         .iter()
                         .filter_map(|g| g.group_id().map(str::to_owned))
                         .collect(),
+                    image: i.image_id().unwrap_or_default().to_owned(),
                 })
                 .collect()
         })
@@ -291,6 +293,23 @@ impl Moto {
                 .unwrap()
                 .instances()[0]
                 .instance_id()
+                .unwrap()
+                .to_owned()
+        })
+    }
+
+    /// Registers another amd64 image; returns its id.
+    pub fn register_ami(&self, name: &str) -> String {
+        self.block_on(async {
+            self.client
+                .register_image()
+                .name(name)
+                .architecture(aws_sdk_ec2::types::ArchitectureValues::X8664)
+                .root_device_name("/dev/xvda")
+                .send()
+                .await
+                .unwrap()
+                .image_id()
                 .unwrap()
                 .to_owned()
         })

@@ -119,7 +119,12 @@ impl Backend for Ec2Backend {
             let sg = launcher.temporary_group().await?;
             inst.note(|c| c.security_group = Some(sg))?;
         }
-        let user_data = userdata::cloud_config(keys, &self.builder.ssh_user, expires)?;
+        let user_data = userdata::cloud_config(
+            keys,
+            &self.builder.ssh_user,
+            expires,
+            spec.context_url.as_deref(),
+        )?;
         let (instance_id, ty) = launcher.run_instance(inst.group(), &user_data).await?;
         inst.note(|c| c.instance_id = Some(instance_id.clone()))?;
         tracing::info!("{}: launched {instance_id} ({ty})", spec.label);

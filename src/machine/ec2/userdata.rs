@@ -9,7 +9,12 @@ use crate::guest::keys::{GuestKeys, openssh_public};
 
 /// The `#cloud-config` document for one machine. `expires_unix` is absolute, so a reboot
 /// re-arms the switch for the time that is left rather than a fresh lifetime.
-pub fn cloud_config(keys: &GuestKeys, user: &str, expires_unix: u64) -> Result<String> {
+pub fn cloud_config(
+    keys: &GuestKeys,
+    user: &str,
+    expires_unix: u64,
+    context_url: Option<&str>,
+) -> Result<String> {
     let host_private = keys.host_private_openssh()?;
     let host_public = openssh_public(keys.host_public());
     let client = openssh_public(keys.client.public_key());
@@ -42,8 +47,23 @@ pub fn cloud_config(keys: &GuestKeys, user: &str, expires_unix: u64) -> Result<S
     ));
     // The guest contract's working directory, writable whoever logs in.
     y.push_str("  - [install, -d, -m, \"1777\", /build]\n");
+    if let Some(url) = context_url {
+        // The context pack, fetched while the rest boots; runner checks its digest before
+        // it unpacks it (and fetches again if this did not finish).
+        y.push_str("runcmd:\n");
+        y.push_str(&format!(
+            "  - [sh, -c, {}]\n",
+            yaml_quote(&format!(
+                "curl -fsS --retry 5 -o {PREFETCH}.part {} && mv {PREFETCH}.part {PREFETCH}",
+                crate::guest::quote(url)
+            ))
+        ));
+    }
     Ok(y)
 }
+
+/// Where a machine's user data fetches its context pack to.
+pub const PREFETCH: &str = crate::guest::PREFETCHED_PACK;
 
 /// Powers the machine off at `expires_unix`: a detached `sleep` then an immediate power-off
 /// (no orderly stop, which could hang past the deadline). Not a systemd timer: bootcmd runs
@@ -79,14 +99,15 @@ mod tests {
     #[test]
     fn carries_both_keys_and_the_switch() {
         let keys = GuestKeys::generate().unwrap();
-        let doc = cloud_config(&keys, "root", 1_900_000_000).unwrap();
+        let doc = cloud_config(&keys, "root", 1_900_000_000, None).unwrap();
         assert!(doc.starts_with("#cloud-config\n"));
         assert!(doc.contains(&openssh_public(keys.client.public_key())));
         assert!(doc.contains(&openssh_public(keys.host_public())));
         assert!(doc.contains("BEGIN OPENSSH PRIVATE KEY"));
         assert!(doc.contains("1900000000 - $(date +%s)"));
         assert!(doc.contains("disable_root: false"));
-        let admin = cloud_config(&keys, "admin", 1).unwrap();
+        let admin = cloud_config(&keys, "admin", 1, Some("https://s3/x?sig")).unwrap();
+        assert!(admin.contains("runcmd:") && admin.contains("https://s3/x?sig"));
         assert!(admin.contains("  - name: admin\n") && admin.contains("disable_root: true"));
     }
 }

@@ -57,6 +57,31 @@ pub fn qemu_binary(arch: Arch) -> &'static str {
     }
 }
 
+/// `qemu-system-… --version`'s first line, once per binary: snapshots are only valid for the
+/// QEMU that made them.
+pub async fn qemu_version(arch: Arch) -> String {
+    static SEEN: tokio::sync::OnceCell<std::sync::Mutex<std::collections::HashMap<Arch, String>>> =
+        tokio::sync::OnceCell::const_new();
+    let map = SEEN.get_or_init(|| async { Default::default() }).await;
+    if let Some(v) = map.lock().unwrap().get(&arch) {
+        return v.clone();
+    }
+    let v = Command::new(qemu_binary(arch))
+        .arg("--version")
+        .output()
+        .await
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_owned()
+        })
+        .unwrap_or_default();
+    map.lock().unwrap().insert(arch, v.clone());
+    v
+}
+
 /// Everything one machine's command line depends on.
 pub struct Launch<'a> {
     pub image: &'a Image,
@@ -68,7 +93,17 @@ pub struct Launch<'a> {
     pub console: &'a Path,
     /// Loopback port forwarded to the guest's port 22.
     pub ssh_port: u16,
+    /// Read-only disks beyond the context slot (cold boots only: a snapshot's devices are
+    /// fixed).
+    pub extra_disks: &'a [crate::machine::Disk],
+    /// A warm-start template, or a machine restored from one (`incoming`: the snapshot).
+    pub warm: bool,
+    pub incoming: Option<&'a Path>,
 }
+
+/// A snapshot is only valid for the command line that made it: a change to the devices
+/// below must change this.
+pub const LAYOUT: u32 = 1;
 
 impl Launch<'_> {
     pub fn command(&self) -> Command {
@@ -92,11 +127,12 @@ impl Launch<'_> {
             .arg(&img.initrd)
             .arg("-append")
             .arg(format!(
-                "console={tty} root=/dev/vda rw panic=-1 quiet{}",
+                "console={tty} root=/dev/vda rw panic=-1 quiet{}{}",
                 match img.info.recipe.init {
                     Init::Lean => "",
                     Init::Systemd => " runner.init=/lib/systemd/systemd",
-                }
+                },
+                if self.warm { " runner.warm=1" } else { "" }
             ));
         self.disk(
             &mut c,
@@ -105,6 +141,36 @@ impl Launch<'_> {
             "format=qcow2,discard=unmap",
         );
         self.disk(&mut c, "seed.tar", "seed", "format=raw,readonly=on");
+        // The context slot: always there, so a snapshot's devices match every machine's;
+        // a machine's is backed by its context pack (see `seed::context_slot`).
+        c.arg("-drive")
+            .arg(format!(
+                "file={},if=none,id=ctx,format=qcow2,readonly=on",
+                self.dir.join("context.qcow2").display()
+            ))
+            .args(["-device", "virtio-blk-pci,drive=ctx,serial=runner-ctx"]);
+        // The seed of a machine restored from a snapshot arrives here.
+        c.args(["-device", "virtio-serial-pci,id=vser"])
+            .arg("-chardev")
+            .arg(format!(
+                "socket,id=seedport,path={},server=on,wait=off",
+                self.dir.join("seed.sock").display()
+            ))
+            .args([
+                "-device",
+                "virtserialport,bus=vser.0,chardev=seedport,name=runner.seed",
+            ]);
+        for (n, d) in self.extra_disks.iter().enumerate() {
+            c.arg("-drive")
+                .arg(format!(
+                    "file={},if=none,id=extra{n},format=raw,readonly=on",
+                    d.path.display()
+                ))
+                .args([
+                    "-device",
+                    &format!("virtio-blk-pci,drive=extra{n},serial={}", d.serial),
+                ]);
+        }
         c.arg("-netdev")
             .arg(format!(
                 "user,id=net0,hostfwd=tcp:127.0.0.1:{}-:22",
@@ -121,6 +187,10 @@ impl Launch<'_> {
             ))
             .arg("-pidfile")
             .arg(self.dir.join("qemu.pid"));
+        if let Some(state) = self.incoming {
+            c.arg("-incoming")
+                .arg(format!("exec:cat {}", state.display()));
+        }
         c
     }
 

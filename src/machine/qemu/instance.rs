@@ -25,6 +25,8 @@ pub struct QemuInstance {
     pub dir: PathBuf,
     pub child: Option<Child>,
     pub registry: Arc<Registry>,
+    /// A warm machine's seed port, open until teardown.
+    pub seed_port: Option<tokio::net::UnixStream>,
 }
 
 impl QemuInstance {
@@ -37,6 +39,13 @@ impl QemuInstance {
             }
             let _ = std::fs::remove_dir_all(&dir);
         });
+    }
+
+    /// Whether QEMU has exited already.
+    pub fn exited_now(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_some())
     }
 
     fn remove(&mut self) {

@@ -8,31 +8,36 @@ pub mod accel;
 mod command;
 pub mod image;
 mod instance;
+mod launch;
 mod qmp;
 mod seed;
 pub mod sweep;
+pub mod warm;
 
-use std::process::Stdio;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::sync::OnceCell;
 
-use self::command::{Accel, Launch};
+use self::command::Accel;
 use self::image::{Cache, Image, Provenance, Recipe};
-use self::instance::QemuInstance;
-use super::dir::MachineDir;
-use super::record::MachineRecord;
+use self::launch::Start;
+use self::warm::{Key, Snapshot};
 use super::settings::Settings;
 use super::{Backend, Machine, MachineSpec, Origin, Prepared, Registry, Report};
-use crate::config::{QemuBuilder, Shape};
-use crate::error::{Error, IoContext, Result};
-use crate::guest::{Endpoint, GuestKeys};
+use crate::config::{Init, QemuBuilder, Shape};
+use crate::error::{Error, IoContext, Result, joined};
+use crate::guest::GuestKeys;
 use crate::paths::Dirs;
 
 /// Guest memory aside, what one QEMU process costs the host (its own heap, TCG's code
 /// cache), for the default parallelism.
 const QEMU_OVERHEAD: u64 = 512 << 20;
+
+/// How long the boot of a snapshot's template may take (a cold boot under TCG, on a busy
+/// host) before runner gives up on warm starts for this machine.
+const TEMPLATE_TIMEOUT: Duration = Duration::from_secs(180);
 
 pub struct QemuBackend {
     name: String,
@@ -58,6 +63,60 @@ impl QemuBackend {
             settings: settings.clone(),
             registry,
             ready: OnceCell::new(),
+        }
+    }
+
+    /// The warm-start snapshot for machines like `spec`, made now if there is none (one
+    /// process at a time per snapshot; the others wait and use it). `Err` says why the
+    /// machine boots cold instead.
+    async fn snapshot(
+        &self,
+        start: &Start<'_>,
+        spec: &MachineSpec,
+    ) -> std::result::Result<Snapshot, String> {
+        if self.settings.cold {
+            return Err("cold (--cold)".into());
+        }
+        if !self.builder.warm {
+            return Err("cold (warm = false)".into());
+        }
+        if self.builder.init == Init::Systemd {
+            return Err("cold (init = \"systemd\" always boots)".into());
+        }
+        if spec.disks.len() > 1 {
+            return Err("cold (more disks than a snapshot has)".into());
+        }
+        let qemu = command::qemu_version(start.image.arch).await;
+        let key = Key::new(start.image, start.accel, start.shape, &qemu);
+        let snap = Snapshot::at(&start.image.dir, &key);
+        if snap.usable(&key) {
+            return Ok(snap);
+        }
+        let made = async {
+            let lock = {
+                let s = Snapshot::at(&start.image.dir, &key);
+                joined(
+                    "the snapshot lock",
+                    tokio::task::spawn_blocking(move || s.lock()),
+                )
+                .await?
+            };
+            if !snap.usable(&key) {
+                tracing::info!(
+                    "{}: making a warm-start snapshot ({})",
+                    spec.label,
+                    snap.id()
+                );
+                start
+                    .template(&spec.label, &snap, &key, TEMPLATE_TIMEOUT)
+                    .await?;
+            }
+            drop(lock);
+            Ok::<_, Error>(())
+        };
+        match made.await {
+            Ok(()) => Ok(snap),
+            Err(e) => Err(format!("cold (no snapshot: {e})")),
         }
     }
 
@@ -98,56 +157,33 @@ impl Backend for QemuBackend {
 
     async fn launch(&self, spec: &MachineSpec, keys: &GuestKeys) -> Result<Machine> {
         let (img, accel, _) = self.ready(&Report::Lines).await?;
-        let port = free_port()?;
-        let dir = MachineDir::create(&self.dirs, |id| {
-            MachineRecord::new(id, "qemu", &spec.label, port)
-        })?;
-        let console = dir.console_log(&self.dirs)?;
-        let mut inst = QemuInstance {
-            id: dir.id.clone(),
-            dir: dir.path.clone(),
-            child: None,
-            registry: self.registry.clone(),
-        };
-        // From here on, an error or a dropped future drops `inst`, which removes the machine.
-        seed::overlay(&img.qcow2, &dir.path.join("overlay.qcow2")).await?;
-        seed::write_seed(&dir.path.join("seed.tar"), keys, &spec.label)?;
-        let launch = Launch {
+        let start = Start {
+            dirs: &self.dirs,
+            registry: &self.registry,
             image: img,
             accel: *accel,
-            label: &spec.label,
             shape: spec.shape.unwrap_or(self.builder.shape),
-            dir: &dir.path,
-            console: &console,
-            ssh_port: port,
         };
-        let mut cmd = launch.command();
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(open_log(&dir.path.join("qemu.stderr"))?)
-            // Its own process group: a terminal's Ctrl-C reaches runner only, which then
-            // tears the machine down in order instead of QEMU vanishing underneath it.
-            .process_group(0)
-            .kill_on_drop(true);
-        let child = cmd
-            .spawn()
-            .ctx(|| format!("cannot start `{}`", command::qemu_binary(img.arch)))?;
-        inst.child = Some(child);
-        inst.register();
-        let endpoint = Endpoint {
-            host: "127.0.0.1".into(),
-            port,
-            user: "root".into(),
+        let why_cold = match self.snapshot(&start, spec).await {
+            Ok(snap) => match start.warm(spec, keys, &snap).await {
+                Ok(m) => {
+                    tracing::info!("{}: {}", spec.label, m.start);
+                    return Ok(m);
+                }
+                Err(e) => format!("cold (the warm start failed: {e})"),
+            },
+            Err(why) => why,
         };
-        // sshd runs with -e, so its "Server listening" line reaches the serial console.
-        Ok(
-            Machine::new(&dir, spec, endpoint, console.clone(), Box::new(inst))
-                .with_ready_hint(console, "Server listening"),
-        )
+        tracing::info!("{}: {why_cold}", spec.label);
+        start.cold(spec, keys, why_cold).await
     }
 
     fn capacity(&self) -> usize {
         capacity(self.builder.shape)
+    }
+
+    fn attaches_disks(&self) -> bool {
+        true
     }
 }
 
@@ -158,13 +194,9 @@ pub fn capacity(shape: Shape) -> usize {
     crate::host::cpus().min(by_memory as usize).max(1)
 }
 
-fn open_log(path: &std::path::Path) -> Result<std::fs::File> {
-    std::fs::File::create(path).ctx(|| format!("cannot create `{}`", path.display()))
-}
-
 /// A loopback port nobody listens on now. QEMU binds it a moment later; the ports this
 /// process handed out are remembered so parallel launches never collide with each other.
-fn free_port() -> Result<u16> {
+pub(super) fn free_port() -> Result<u16> {
     use std::collections::HashSet;
     use std::sync::Mutex;
     // Process-wide on purpose: two runs in one process share the host's port space.

@@ -10,22 +10,42 @@ use crate::guest::GuestKeys;
 use crate::machine::dir::write_private;
 
 pub async fn overlay(base: &Path, overlay: &Path) -> Result<()> {
-    let out = Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
+    let mut cmd = Command::new("qemu-img");
+    cmd.args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
         .arg(base)
-        .arg(overlay)
+        .arg(overlay);
+    qemu_img(cmd, "qemu-img create", overlay).await
+}
+
+/// The context slot's disk: a qcow2 of one fixed size (so every machine's matches the
+/// snapshot's device), backed by the context pack's image when there is one; reads past the
+/// image's end are zeros.
+pub async fn context_slot(dir: &Path, pack: Option<&Path>) -> Result<()> {
+    let disk = dir.join("context.qcow2");
+    let mut cmd = Command::new("qemu-img");
+    cmd.args(["create", "-q", "-f", "qcow2"]);
+    if let Some(p) = pack {
+        cmd.args(["-F", "raw", "-b"]).arg(p);
+    }
+    cmd.arg(&disk).arg("64G");
+    qemu_img(cmd, "qemu-img create (context slot)", &disk).await
+}
+
+/// Runs a `qemu-img` command; a failure names `what`, its status and stderr, and `disk`.
+async fn qemu_img(mut cmd: Command, what: &str, disk: &Path) -> Result<()> {
+    let out = cmd
         .output()
         .await
         .ctx(|| "cannot run `qemu-img` (is qemu-utils installed?)")?;
     if !out.status.success() {
         return Err(Error::Tool {
-            program: "qemu-img create".into(),
+            program: what.into(),
             status: format!(
                 "{}: {}",
                 out.status,
                 String::from_utf8_lossy(&out.stderr).trim()
             ),
-            log: overlay.to_owned(),
+            log: disk.to_owned(),
         });
     }
     Ok(())
@@ -34,6 +54,25 @@ pub async fn overlay(base: &Path, overlay: &Path) -> Result<()> {
 /// The seed is a plain tar written raw to a second disk: the guest's initrd unpacks it with
 /// busybox tar. It carries the per-machine keys, so it is private and dies with the machine.
 pub fn write_seed(path: &Path, keys: &GuestKeys, hostname: &str) -> Result<()> {
+    write_private(path, &seed(keys, hostname)?)
+}
+
+/// An empty seed disk, for a warm-start template (whose seed comes over its serial port).
+pub fn write_empty_seed(path: &Path) -> Result<()> {
+    let bytes = tar::Builder::new(Vec::new())
+        .into_inner()
+        .ctx(|| "cannot make an empty seed")?;
+    write_private(path, &bytes)
+}
+
+/// The size of a seed sent over the port: one tar record, which the guest reads by count
+/// (`head -c`; the port has no end while the host keeps it open).
+const SEED_RECORD: usize = 10240;
+
+/// A machine's identity as a tar: its keys, hostname and machine-id, and — for a machine
+/// restored from a snapshot — the wall clock and 64 bytes of the host's randomness. Padded
+/// to exactly one tar record.
+pub fn seed(keys: &GuestKeys, hostname: &str) -> Result<Vec<u8>> {
     let mut tar = tar::Builder::new(Vec::new());
     let mut add = |name: &str, mode: u32, data: &[u8]| {
         let mut h = tar::Header::new_gnu();
@@ -44,16 +83,44 @@ pub fn write_seed(path: &Path, keys: &GuestKeys, hostname: &str) -> Result<()> {
         tar.append_data(&mut h, name, data)
     };
     let files = [
-        ("authorized_keys", 0o600, keys.authorized_keys()),
-        ("ssh_host_ed25519_key", 0o600, keys.host_private_openssh()?),
-        ("hostname", 0o644, format!("{}\n", hostname_of(hostname))),
-        ("machine-id", 0o644, format!("{}\n", machine_id())),
+        (
+            "authorized_keys",
+            0o600,
+            keys.authorized_keys().into_bytes(),
+        ),
+        (
+            "ssh_host_ed25519_key",
+            0o600,
+            keys.host_private_openssh()?.into_bytes(),
+        ),
+        (
+            "hostname",
+            0o644,
+            format!("{}\n", hostname_of(hostname)).into_bytes(),
+        ),
+        (
+            "machine-id",
+            0o644,
+            format!("{}\n", machine_id()).into_bytes(),
+        ),
+        (
+            "time",
+            0o644,
+            format!("{}\n", crate::host::now_unix()).into_bytes(),
+        ),
+        ("random", 0o600, rand::random::<[u8; 64]>().to_vec()),
     ];
-    for (name, mode, text) in files {
-        add(name, mode, text.as_bytes()).ctx(|| "cannot build the seed archive")?;
+    for (name, mode, data) in files {
+        add(name, mode, &data).ctx(|| "cannot build the seed archive")?;
     }
-    let bytes = tar.into_inner().ctx(|| "cannot finish the seed archive")?;
-    write_private(path, &bytes)
+    let mut bytes = tar.into_inner().ctx(|| "cannot finish the seed archive")?;
+    if bytes.len() > SEED_RECORD {
+        return Err(Error::other(
+            "a machine's seed outgrew its 10240-byte record",
+        ));
+    }
+    bytes.resize(SEED_RECORD, 0);
+    Ok(bytes)
 }
 
 /// A fresh machine id: 128 random bits as 32 lowercase hex digits, as machine-id(5) wants.

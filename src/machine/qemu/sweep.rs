@@ -1,5 +1,6 @@
 //! What dead runners left of local machines: machine directories whose owner is gone (or
-//! that never got a record), with any QEMU still naming them; and unfinished bakes.
+//! that never got a record), with any QEMU still naming them; unfinished bakes and
+//! warm-start snapshots.
 
 use std::path::PathBuf;
 
@@ -44,6 +45,13 @@ impl Sweeper for QemuSweeper {
             let what = format!("unfinished bake {}", scratch.display());
             found.push(Finding::Found(Leftover::orphan(what, async move {
                 let _ = std::fs::remove_dir_all(&scratch);
+                Ok(String::new())
+            })));
+        }
+        for part in super::warm::stale_parts(&images) {
+            let what = format!("unfinished snapshot {}", part.display());
+            found.push(Finding::Found(Leftover::orphan(what, async move {
+                let _ = std::fs::remove_file(&part);
                 Ok(String::new())
             })));
         }

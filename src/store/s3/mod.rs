@@ -9,6 +9,7 @@
 //! build nor a dangling upload remains.
 
 pub mod journal;
+mod read;
 pub mod sweep;
 mod upload;
 
@@ -20,8 +21,8 @@ use aws_sdk_s3::Client;
 use sha2::{Digest, Sha256};
 
 use self::upload::Uploader;
-use super::{ArtifactStore, Publishing, SHA256SUMS};
-use crate::artifacts::{ArtifactFile, sha256sums};
+use super::{ArtifactStore, Publishing, Records, SHA256SUMS, Shared, Stored};
+use crate::artifacts::ArtifactFile;
 use crate::aws::{self, Retries};
 pub use crate::config::S3Url;
 use crate::error::{Error, IoContext, Result};
@@ -131,13 +132,17 @@ impl S3Store {
         Ok(sent.load(std::sync::atomic::Ordering::Relaxed))
     }
 
-    fn build_prefix(&self, target: &str, build_id: &str) -> String {
-        let mut p = String::new();
-        if !self.url.prefix.is_empty() {
-            p.push_str(&self.url.prefix);
-            p.push('/');
+    /// The store's prefix with its trailing `/`, or nothing.
+    fn prefix_slash(&self) -> String {
+        if self.url.prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{}/", self.url.prefix)
         }
-        format!("{p}{target}/{build_id}/")
+    }
+
+    fn build_prefix(&self, target: &str, build_id: &str) -> String {
+        format!("{}{target}/{build_id}/", self.prefix_slash())
     }
 
     fn uri_of(&self, key: &str) -> String {
@@ -158,95 +163,6 @@ impl S3Store {
             + 'static,
     {
         aws::error(format!("S3 {what} of `s3://{}/{key}`", self.url.bucket), e)
-    }
-
-    /// The newest complete build of `target` whose build id starts with `id_prefix`: build
-    /// directories are listed page by page, newest first by the start time that ends their
-    /// id, and the first with a manifest wins. Errors are the store's, never "no build".
-    async fn find_manifest(
-        &self,
-        target: &str,
-        id_prefix: &str,
-    ) -> Result<Option<(String, Manifest)>> {
-        // `<prefix>/<target>/<id_prefix>`: with an empty id, the target's directory itself.
-        let mut under = self
-            .build_prefix(target, id_prefix)
-            .trim_end_matches('/')
-            .to_owned();
-        if id_prefix.is_empty() {
-            under.push('/'); // `<target>/`, so that target `t` never matches `t2`
-        }
-        let mut builds = self.build_dirs(&under).await?;
-        // Build ids end in their start time: the newest sorts last by that number.
-        builds.sort_by_key(|d| {
-            let id = d
-                .trim_end_matches('/')
-                .rsplit('/')
-                .next()
-                .unwrap_or_default();
-            id.rsplit('-')
-                .next()
-                .and_then(|t| t.parse::<u64>().ok())
-                .unwrap_or(0)
-        });
-        while let Some(dir) = builds.pop() {
-            let key = format!("{dir}{}", manifest::FILE);
-            if let Some(m) = self.read_manifest(&key).await? {
-                return Ok(Some((key, m)));
-            }
-        }
-        Ok(None)
-    }
-
-    /// Build directories (`…/<target>/<build id>/`) under `under`, across every page.
-    async fn build_dirs(&self, under: &str) -> Result<Vec<String>> {
-        let mut out = vec![];
-        let mut pages = self
-            .client
-            .list_objects_v2()
-            .bucket(&self.url.bucket)
-            .prefix(under)
-            .delimiter("/")
-            .into_paginator()
-            .send();
-        while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| self.fail("listing", under, e))?;
-            out.extend(
-                page.common_prefixes()
-                    .iter()
-                    .filter_map(|p| p.prefix().map(str::to_owned)),
-            );
-        }
-        Ok(out)
-    }
-
-    /// The manifest at `key`; `None` if there is none (a build still uploading, or cleaned).
-    async fn read_manifest(&self, key: &str) -> Result<Option<Manifest>> {
-        let got = self
-            .client
-            .get_object()
-            .bucket(&self.url.bucket)
-            .key(key)
-            .send()
-            .await;
-        let body = match got {
-            Ok(o) => o.body,
-            Err(e) if e.as_service_error().is_some_and(|se| se.is_no_such_key()) => {
-                return Ok(None);
-            }
-            Err(e) => return Err(self.fail("download", key, e)),
-        };
-        let bytes = body
-            .collect()
-            .await
-            .map_err(|e| Error::Download {
-                uri: self.uri_of(key),
-                source: Box::new(e),
-            })?
-            .into_bytes();
-        let tmp = tempfile::NamedTempFile::new().ctx(|| "cannot create a temporary file")?;
-        std::fs::write(tmp.path(), &bytes).ctx(|| "cannot write a temporary file")?;
-        Manifest::read(tmp.path()).map(Some)
     }
 }
 
@@ -274,6 +190,7 @@ impl ArtifactStore for S3Store {
         staged: tempfile::TempDir,
         files: &[ArtifactFile],
         manifest: &Manifest,
+        records: &Records,
         how: &Publishing,
     ) -> Result<Vec<PathBuf>> {
         super::check_reserved(target, files)?;
@@ -293,12 +210,9 @@ impl ArtifactStore for S3Store {
                 out.push(PathBuf::from(self.uri_of(&key)));
             }
             // The manifest goes last: its presence is what says the build is complete.
-            for (name, bytes) in [
-                (SHA256SUMS, sha256sums(files).into_bytes()),
-                (manifest::FILE, manifest.to_json()),
-            ] {
+            for (name, bytes) in records.named() {
                 let key = format!("{prefix}{name}");
-                up.put_bytes(bytes, &key).await?;
+                up.put_bytes(bytes.to_vec(), &key).await?;
                 out.push(PathBuf::from(self.uri_of(&key)));
             }
             Ok::<_, Error>(out)
@@ -348,8 +262,69 @@ impl ArtifactStore for S3Store {
             .map(|a| PathBuf::from(a.uri.clone()))
             .collect();
         uris.push(PathBuf::from(self.uri_of(&format!("{prefix}{SHA256SUMS}"))));
+        uris.push(PathBuf::from(
+            self.uri_of(&format!("{prefix}{}", crate::provenance::FILE)),
+        ));
         uris.push(PathBuf::from(self.uri_of(&key)));
         Ok(Some((m, uris)))
+    }
+
+    async fn records(&self, target: &str, build: Option<&str>) -> Result<Option<Stored>> {
+        let Some((key, manifest)) = self.find_manifest(target, build.unwrap_or("")).await? else {
+            return Ok(None);
+        };
+        let prefix = key.trim_end_matches(manifest::FILE);
+        let get = |name: String| async move { self.get_bytes(&name).await };
+        Ok(Some(Stored {
+            manifest,
+            manifest_bytes: get(key.clone()).await?.unwrap_or_default(),
+            sha256sums: get(format!("{prefix}{SHA256SUMS}")).await?,
+            provenance: get(format!("{prefix}{}", crate::provenance::FILE)).await?,
+        }))
+    }
+
+    async fn share(&self, name: &str, file: &Path) -> Result<Option<Shared>> {
+        let key = format!("{}.runner/packs/{name}", self.prefix_slash());
+        let there = self
+            .client
+            .head_object()
+            .bucket(&self.url.bucket)
+            .key(&key)
+            .send()
+            .await;
+        match there {
+            Ok(_) => {}
+            Err(e) if e.as_service_error().is_some_and(|se| se.is_not_found()) => {
+                self.upload_file(file, &key).await?;
+            }
+            Err(e) => return Err(self.fail("check", &key, e)),
+        }
+        let expires = aws_sdk_s3::presigning::PresigningConfig::expires_in(
+            std::time::Duration::from_secs(3600),
+        )
+        .map_err(|e| Error::other(format!("cannot presign `{key}`: {e}")))?;
+        let url = self
+            .client
+            .get_object()
+            .bucket(&self.url.bucket)
+            .key(&key)
+            .presigned(expires)
+            .await
+            .map_err(|e| self.fail("presigning", &key, e))?
+            .uri()
+            .to_owned();
+        Ok(Some(Shared { key, url }))
+    }
+
+    async fn unshare(&self, shared: &Shared) -> Result<()> {
+        self.client
+            .delete_object()
+            .bucket(&self.url.bucket)
+            .key(&shared.key)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| self.fail("delete", &shared.key, e))
     }
 
     async fn latest(&self, target: &str) -> Result<Option<Manifest>> {

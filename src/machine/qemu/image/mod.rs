@@ -27,6 +27,7 @@ pub const GUEST_FILES: &[(&str, &str)] = &[
     ("init-lean.sh", include_str!("guest/init-lean.sh")),
     ("init-systemd.sh", include_str!("guest/init-systemd.sh")),
     ("initrd-init", include_str!("guest/initrd-init")),
+    ("reseed.c", include_str!("guest/reseed.c")),
     ("runner-init", include_str!("guest/runner-init")),
 ];
 

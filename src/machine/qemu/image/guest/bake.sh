@@ -45,8 +45,9 @@ done
 [ "$(id -u)" = 0 ] || { echo "must run as root" >&2; exit 1; }
 
 IMAGE_SIZE=${RUNNER_IMAGE_SIZE:-4G}
-# binfmt_misc is loaded early so the initrd can mount it (cross builds under qemu-user).
-MODULES=${RUNNER_MODULES:-virtio_pci virtio_mmio virtio_blk virtio_net virtio_rng binfmt_misc}
+# binfmt_misc is loaded early so the initrd can mount it (cross builds under qemu-user);
+# virtio_console carries a warm start's seed.
+MODULES=${RUNNER_MODULES:-virtio_pci virtio_mmio virtio_blk virtio_net virtio_rng virtio_console binfmt_misc}
 INIT_KIND=${RUNNER_INIT_KIND:-lean}
 case "$INIT_KIND" in lean|systemd) ;; *) echo "unknown init kind $INIT_KIND" >&2; exit 2 ;; esac
 KERNEL_PKG=${RUNNER_KERNEL_PKG:-linux-image-cloud-$ARCH}
@@ -85,8 +86,9 @@ APT_OPTS=(
 )
 
 # kmod: modprobe, which the kernel also runs to load a module on demand (mounting an
-# overlay, a netfilter table, opening /dev/fuse).
-INCLUDE=openssh-server,kmod
+# overlay, a netfilter table, opening /dev/fuse). zstd and curl: a context pack fetched by
+# URL, artifacts compressed in transit.
+INCLUDE=openssh-server,kmod,zstd,curl
 if [ "$INIT_KIND" = systemd ]; then INCLUDE+=",systemd,systemd-sysv"; fi
 for p in "${EXTRA[@]}"; do INCLUDE+=",$p"; done
 

@@ -8,6 +8,15 @@ mkdir -p "$S"/bin "$S"/lib/modules "$S"/dev "$S"/proc "$S"/sys "$S"/newroot
 install -m 0755 "$BUSYBOX" "$S/bin/busybox"
 ln -s busybox "$S/bin/sh"
 install -m 0755 "$INITRD_INIT" "$S/init"
+# The warm start's reseed helper, built for the guest where the host can (its own arch; an
+# arm64 image needs aarch64-linux-gnu-gcc). Without it a restored arm64 guest reseeds later.
+case "$ARCH" in
+  amd64) CC_FOR_GUEST=$( [ "$(uname -m)" = x86_64 ] && command -v cc || command -v x86_64-linux-gnu-gcc || true) ;;
+  arm64) CC_FOR_GUEST=$( [ "$(uname -m)" = aarch64 ] && command -v cc || command -v aarch64-linux-gnu-gcc || true) ;;
+esac
+if [ -n "$CC_FOR_GUEST" ]; then
+  "$CC_FOR_GUEST" -static -Os -s -o "$S/bin/runner-reseed" "$HERE/reseed.c"
+fi
 
 # Index of every module file (name normalised: '-' -> '_').
 find "$MODDIR" -name '*.ko' -o -name '*.ko.xz' -o -name '*.ko.zst' -o -name '*.ko.gz' \

@@ -1,0 +1,97 @@
+//! Where a boot is, read from the guest's console: the markers runner's initrd, init and the
+//! guest's sshd print, each timed from the machine's start, so a slow or failed boot says how
+//! far it got (they become `boot` JSON events and a log line).
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use serde::Serialize;
+
+/// One boot phase and when (seconds since the machine started) it ended.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BootPhase {
+    pub phase: String,
+    pub seconds: f64,
+}
+
+/// The console markers of runner's own images, in boot order: (phase that ends, text).
+pub const LEAN_MARKERS: &[(&str, &str)] = &[
+    ("firmware+kernel", "runner-initrd: start"),
+    ("initrd", "runner-initrd: switch_root"),
+    ("restore", "runner-warm: restored"),
+    ("identity", "runner-warm: identity"),
+    ("init", "runner-init: starting sshd"),
+    ("sshd", "Server listening"),
+];
+
+pub struct BootWatch {
+    file: PathBuf,
+    markers: &'static [(&'static str, &'static str)],
+    /// The text that says SSH is worth trying.
+    ready: &'static str,
+    started: Instant,
+    seen: Vec<BootPhase>,
+}
+
+impl BootWatch {
+    /// Watches `file` for a machine that started at `started`.
+    pub fn new(
+        file: PathBuf,
+        markers: &'static [(&'static str, &'static str)],
+        ready: &'static str,
+        started: Instant,
+    ) -> BootWatch {
+        BootWatch {
+            file,
+            markers,
+            ready,
+            started,
+            seen: vec![],
+        }
+    }
+
+    /// Notes newly seen markers; true once the ready text has appeared.
+    pub fn poll(&mut self) -> bool {
+        let Ok(text) = std::fs::read(&self.file) else {
+            return false;
+        };
+        let has = |m: &str| text.windows(m.len()).any(|w| w == m.as_bytes());
+        for (phase, marker) in self.markers {
+            if !self.seen.iter().any(|s| s.phase == *phase) && has(marker) {
+                self.seen.push(BootPhase {
+                    phase: (*phase).to_owned(),
+                    seconds: self.started.elapsed().as_secs_f64(),
+                });
+            }
+        }
+        has(self.ready)
+    }
+
+    /// The phases seen, and the SSH handshake as the last, ending now.
+    pub fn finish(mut self) -> Vec<BootPhase> {
+        self.poll();
+        self.seen.push(BootPhase {
+            phase: "ssh".into(),
+            seconds: self.started.elapsed().as_secs_f64(),
+        });
+        self.seen
+    }
+
+    pub fn seen(&self) -> &[BootPhase] {
+        &self.seen
+    }
+}
+
+/// `firmware+kernel 1.9s, initrd 0.4s, init 0.2s, sshd 0.3s, ssh 0.2s`: each phase's own time.
+pub fn describe(phases: &[BootPhase]) -> String {
+    let mut last = 0.0;
+    phases
+        .iter()
+        .map(|p| {
+            let d = p.seconds - last;
+            last = p.seconds;
+            format!("{} {d:.2}s", p.phase)
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}

@@ -1,0 +1,250 @@
+//! Starting a QEMU machine, three ways: a cold boot, a warm start from a snapshot, and the
+//! template a snapshot is made from. All three share one command line (see `command`), so a
+//! snapshot's devices are every machine's.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::command::{Accel, Launch, qemu_binary};
+use super::image::Image;
+use super::instance::QemuInstance;
+use super::warm::{Key, Snapshot};
+use super::{free_port, seed, warm};
+use crate::config::Shape;
+use crate::error::{Error, IoContext, Result};
+use crate::guest::{Endpoint, GuestKeys};
+use crate::machine::boot::{BootWatch, LEAN_MARKERS};
+use crate::machine::dir::MachineDir;
+use crate::machine::record::MachineRecord;
+use crate::machine::{Machine, MachineSpec, Registry};
+use crate::paths::Dirs;
+
+/// What a restored guest prints once it has its identity, and how long that may take on a
+/// busy host before the snapshot counts as damaged.
+const IDENTITY: &str = "runner-warm: identity";
+const IDENTITY_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// What every start needs.
+pub struct Start<'a> {
+    pub dirs: &'a Dirs,
+    pub registry: &'a Arc<Registry>,
+    pub image: &'a Image,
+    pub accel: Accel,
+    pub shape: Shape,
+}
+
+/// A machine's directory and disks, QEMU not yet started.
+struct Prepared {
+    dir: MachineDir,
+    inst: QemuInstance,
+    console: std::path::PathBuf,
+    port: u16,
+    started: Instant,
+}
+
+impl Start<'_> {
+    async fn prepare(&self, label: &str, pack: Option<&Path>) -> Result<Prepared> {
+        let started = Instant::now();
+        let port = free_port()?;
+        let dir = MachineDir::create(self.dirs, |id| MachineRecord::new(id, "qemu", label, port))?;
+        let console = dir.console_log(self.dirs)?;
+        let inst = QemuInstance {
+            id: dir.id.clone(),
+            dir: dir.path.clone(),
+            child: None,
+            registry: self.registry.clone(),
+            seed_port: None,
+        };
+        // From here on, an error or a dropped future drops `inst`, which removes the machine.
+        seed::overlay(&self.image.qcow2, &dir.path.join("overlay.qcow2")).await?;
+        seed::context_slot(&dir.path, pack).await?;
+        Ok(Prepared {
+            dir,
+            inst,
+            console,
+            port,
+            started,
+        })
+    }
+
+    fn spawn(&self, p: &mut Prepared, label: &str, mut cmd: tokio::process::Command) -> Result<()> {
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(open_log(&p.dir.path.join("qemu.stderr"))?)
+            // Its own process group: a terminal's Ctrl-C reaches runner only, which then
+            // tears the machine down in order instead of QEMU vanishing underneath it.
+            .process_group(0)
+            .kill_on_drop(true);
+        let child = cmd.spawn().ctx(|| {
+            format!(
+                "cannot start `{}` for {label}",
+                qemu_binary(self.image.arch)
+            )
+        })?;
+        p.inst.child = Some(child);
+        p.inst.register();
+        Ok(())
+    }
+
+    fn launch<'a>(&'a self, p: &'a Prepared, label: &'a str) -> Launch<'a> {
+        Launch {
+            image: self.image,
+            accel: self.accel,
+            label,
+            shape: self.shape,
+            dir: &p.dir.path,
+            console: &p.console,
+            ssh_port: p.port,
+            extra_disks: &[],
+            warm: false,
+            incoming: None,
+        }
+    }
+
+    fn machine(&self, p: Prepared, spec: &MachineSpec, how: String) -> Machine {
+        let endpoint = Endpoint {
+            host: "127.0.0.1".into(),
+            port: p.port,
+            user: "root".into(),
+        };
+        // sshd runs with -e, so its "Server listening" line reaches the serial console.
+        let watch = BootWatch::new(
+            p.console.clone(),
+            LEAN_MARKERS,
+            "Server listening",
+            p.started,
+        );
+        let mut m =
+            Machine::new(&p.dir, spec, endpoint, p.console, Box::new(p.inst)).watching(watch);
+        // QEMU's user network: the host's loopback is 10.0.2.2 from inside.
+        m.loopback_alias = Some("10.0.2.2");
+        m.start = how;
+        m
+    }
+
+    pub async fn cold(&self, spec: &MachineSpec, keys: &GuestKeys, how: String) -> Result<Machine> {
+        let pack = spec.disks.first().map(|d| d.path.as_path());
+        let mut p = self.prepare(&spec.label, pack).await?;
+        seed::write_seed(&p.dir.path.join("seed.tar"), keys, &spec.label)?;
+        let launch = Launch {
+            extra_disks: spec.disks.get(1..).unwrap_or_default(),
+            ..self.launch(&p, &spec.label)
+        };
+        let cmd = launch.command();
+        self.spawn(&mut p, &spec.label, cmd)?;
+        Ok(self.machine(p, spec, how))
+    }
+
+    /// A machine restored from `snap`; on any error it is torn down again (the caller boots
+    /// cold), and a snapshot that would not load is discarded.
+    pub async fn warm(
+        &self,
+        spec: &MachineSpec,
+        keys: &GuestKeys,
+        snap: &Snapshot,
+    ) -> Result<Machine> {
+        let pack = spec.disks.first().map(|d| d.path.as_path());
+        let mut p = self.prepare(&spec.label, pack).await?;
+        seed::write_empty_seed(&p.dir.path.join("seed.tar"))?;
+        let launch = Launch {
+            warm: true,
+            incoming: Some(&snap.state),
+            ..self.launch(&p, &spec.label)
+        };
+        let cmd = launch.command();
+        self.spawn(&mut p, &spec.label, cmd)?;
+        let seed = seed::seed(keys, &spec.label)?;
+        let dir = p.dir.path.clone();
+        let inst = &mut p.inst;
+        // Err(_, true): the snapshot itself is at fault and is discarded.
+        let resumed = match warm::resume(&dir, &seed, &mut || inst.exited_now()).await {
+            Ok(port) => {
+                p.inst.seed_port = Some(port);
+                // A state QEMU loads but whose guest never takes its seed (damaged memory)
+                // is as unusable as one QEMU refuses.
+                wait_for_console(&p.console, IDENTITY, IDENTITY_TIMEOUT, &mut p.inst)
+                    .await
+                    .map_err(|e| (e, true))
+            }
+            // QEMU exits when it cannot load the state: the snapshot is at fault. (It may
+            // still be exiting when its QMP socket closed.)
+            Err(e) => Err((e, exits_soon(&mut p.inst).await)),
+        };
+        match resumed {
+            Ok(()) => Ok(self.machine(p, spec, format!("warm (snapshot {})", snap.id()))),
+            Err((e, damaged)) => {
+                if damaged {
+                    snap.discard();
+                }
+                let stderr = std::fs::read_to_string(dir.join("qemu.stderr")).unwrap_or_default();
+                Err(Error::other(format!("{e}: {}", stderr.trim())))
+            }
+        }
+    }
+
+    /// Boots the template, saves it once it waits for its seed, tears it down.
+    pub async fn template(
+        &self,
+        label: &str,
+        snap: &Snapshot,
+        key: &Key,
+        timeout: Duration,
+    ) -> Result<()> {
+        let label = format!("snapshot of {label}");
+        let mut p = self.prepare(&label, None).await?;
+        seed::write_empty_seed(&p.dir.path.join("seed.tar"))?;
+        let launch = Launch {
+            warm: true,
+            ..self.launch(&p, &label)
+        };
+        let cmd = launch.command();
+        self.spawn(&mut p, &label, cmd)?;
+        wait_for_console(&p.console, "runner-warm: waiting", timeout, &mut p.inst).await?;
+        // Settled in its wait loop, not in the middle of the line it just printed.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let saved = warm::save(&p.dir.path.join("qmp.sock"), snap, key).await;
+        use crate::machine::Instance;
+        p.inst.terminate(true).await?;
+        saved
+    }
+}
+
+/// Waits until the console shows `marker`; an error names the marker and the console's end.
+async fn wait_for_console(
+    console: &Path,
+    marker: &str,
+    timeout: Duration,
+    inst: &mut QemuInstance,
+) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let text = std::fs::read(console).unwrap_or_default();
+        if text.windows(marker.len()).any(|w| w == marker.as_bytes()) {
+            return Ok(());
+        }
+        if inst.exited_now() || tokio::time::Instant::now() > deadline {
+            let tail = crate::logs::tail(console, 10);
+            return Err(Error::other(format!(
+                "the machine did not reach `{marker}` in {}s: {tail}",
+                timeout.as_secs()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn exits_soon(inst: &mut QemuInstance) -> bool {
+    for _ in 0..100 {
+        if inst.exited_now() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+fn open_log(path: &Path) -> Result<std::fs::File> {
+    std::fs::File::create(path).ctx(|| format!("cannot create `{}`", path.display()))
+}

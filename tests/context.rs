@@ -1,0 +1,151 @@
+//! One context pack per run, on real QEMU guests: a fan-out of eight targets over one context
+//! packs once and every guest sees the same bytes (attached as a disk, nothing over SSH); and
+//! the presigned-fetch path, a guest fetching the pack from the S3 test server through QEMU's
+//! user network, refusing a tampered pack by its digest.
+
+mod common;
+#[path = "common/garage.rs"]
+mod garage;
+
+use std::process::Command;
+
+use common::*;
+use garage::{BUCKET, Garage, KEY, SECRET};
+use serde_json::Value;
+
+/// What the guest saw: a digest of every path, mode and content under the context dir.
+const TREE_DIGEST: &str = "#!/bin/bash\nset -e\nfind . -print0 | LC_ALL=C sort -z | \
+    while IFS= read -r -d '' p; do stat -c '%n %a %F' \"$p\"; [ -f \"$p\" ] && sha256sum \"$p\"; done \
+    | sha256sum > \"$RUNNER_OUT/tree.sha256\"; if grep -q ' /build/src overlay ' /proc/mounts; then echo overlay >> \"$RUNNER_OUT/tree.sha256\"; fi\n";
+
+fn events(out: &std::process::Output) -> Vec<Value> {
+    stdout(out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn a_fan_out_packs_the_context_once_and_every_guest_sees_the_same_tree() {
+    let mut toml = String::new();
+    for n in 0..8 {
+        toml.push_str(&format!(
+            "[target.t{n}]\nbuilder = \"bookworm-amd64\"\nscript = \"tree.sh\"\ncontext = \"src\"\n\n"
+        ));
+    }
+    let p = Project::new()
+        .repo_builder("bookworm-amd64")
+        .file("tree.sh", TREE_DIGEST)
+        .file("src/main.c", "int main(void) { return 0; }\n")
+        .file("src/.hidden", "dotfiles travel\n")
+        .file("src/dir/nested.txt", "nested\n")
+        .toml(&toml)
+        .done();
+    std::os::unix::fs::symlink("main.c", p.path().join("src/link.c")).unwrap();
+    let world = World::with_project(p.path().to_owned());
+    let out = world.run(&["build", "-j", "4", "--message-format", "json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let all = events(&out);
+    let packed: Vec<&Value> = all.iter().filter(|e| e["event"] == "packed").collect();
+    assert_eq!(packed.len(), 8, "one pack event per target");
+    assert_eq!(
+        packed.iter().filter(|e| e["made"] == true).count(),
+        1,
+        "packed once"
+    );
+    let seen: Vec<String> = (0..8)
+        .map(|n| {
+            std::fs::read_to_string(p.path().join(format!("artifacts/t{n}/tree.sha256"))).unwrap()
+        })
+        .collect();
+    assert!(seen.iter().all(|s| *s == seen[0]), "{seen:?}");
+    assert!(
+        seen[0].ends_with("overlay\n"),
+        "the tree was not the attached pack"
+    );
+    let log = std::fs::read_to_string(world.state.path().join("logs/builds/t0.log")).unwrap();
+    assert!(log.contains("context: attached as a disk"), "{log}");
+    world.assert_clean();
+}
+
+/// The pack's content-addressed name, as runner computes it: the sha256 of its tar.
+fn pack_name(src: &std::path::Path, epoch: u64) -> String {
+    let ctx = runner::context::Context::scan(&runner::context::ContextOptions {
+        root: src.to_owned(),
+        exclude: vec![],
+    })
+    .unwrap();
+    let mut tar = vec![];
+    let summary = runner::context::write_tar(&ctx, &mut tar, epoch).unwrap();
+    format!("{}.tar.zst", summary.tar_sha256)
+}
+
+#[test]
+fn a_guest_fetches_the_pack_by_presigned_url_and_refuses_a_tampered_one() {
+    let server = Garage::start();
+    let p = Project::new()
+        .repo_builder("bookworm-amd64")
+        .file("tree.sh", TREE_DIGEST)
+        .file("src/a.txt", "a\n")
+        .toml(&format!(
+            "[store]\nendpoint = \"{}\"\nregion = \"us-east-1\"\npath_style = true\n\n\
+             [target.t]\nbuilder = \"bookworm-amd64\"\nscript = \"tree.sh\"\ncontext = \"src\"\n\
+             context_transfer = \"fetch\"\n",
+            server.endpoint()
+        ))
+        .done();
+    let world = World::with_project(p.path().to_owned());
+    let run = |args: &[&str]| {
+        let mut cmd: Command = world.cmd();
+        cmd.env("AWS_ACCESS_KEY_ID", KEY)
+            .env("AWS_SECRET_ACCESS_KEY", SECRET)
+            .env("AWS_CONFIG_FILE", "/nonexistent")
+            .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("SOURCE_DATE_EPOCH", "1000000000");
+        let out = cmd.args(args).output().unwrap();
+        eprintln!("{}\n{}", stdout(&out), stderr(&out));
+        out
+    };
+    let out = run(&["build", "t", "--upload", "s3://bucket/ci"]);
+    assert!(out.status.success());
+    let log = std::fs::read_to_string(world.state.path().join("logs/builds/t.log")).unwrap();
+    assert!(
+        log.contains("context: fetched by the machine from the store"),
+        "{log}"
+    );
+    let key = format!(
+        "ci/.runner/packs/{}",
+        pack_name(&p.path().join("src"), 1_000_000_000)
+    );
+    assert!(
+        !server
+            .objects()
+            .iter()
+            .any(|(k, _)| k.contains(".runner/packs/")),
+        "the shared pack outlived the run"
+    );
+
+    // Someone with write access to the bucket replaced the pack: the guest refuses it.
+    let c = server.client(SECRET);
+    server.block_on(async {
+        c.put_object()
+            .bucket(BUCKET)
+            .key(&key)
+            .body(aws_sdk_s3::primitives::ByteStream::from_static(
+                b"not the pack",
+            ))
+            .send()
+            .await
+            .unwrap();
+    });
+    let out = run(&["build", "t", "--upload", "s3://bucket/ci", "--force"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("failed in sync"), "{}", stderr(&out));
+    let log = std::fs::read_to_string(world.state.path().join("logs/builds/t.log")).unwrap();
+    assert!(
+        log.contains("context pack refused") || log.contains("not the pack's"),
+        "{log}"
+    );
+    world.assert_clean();
+}

@@ -1,0 +1,240 @@
+//! Warm starts: machines restored from one snapshot, each with its own identity; damaged and
+//! stale snapshots; interruptions mid-restore and mid-snapshot.
+//!
+//! Each test uses its own machine shape (memory), so its snapshot is its own while the image
+//! (whose recipe has no shape) is the shared, already baked bookworm-amd64.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use common::*;
+
+/// A bookworm-amd64 builder with `memory`, in its own project.
+fn world_with_memory(memory: &str) -> (tempfile::TempDir, World) {
+    let text = std::fs::read_to_string(repo().join("builders/bookworm-amd64.toml"))
+        .unwrap()
+        .replace("memory = \"1G\"", &format!("memory = \"{memory}\""));
+    assert!(text.contains(memory));
+    let project = project_with(&[("shaped", &text)]);
+    let world = World::with_project(project.path().to_owned());
+    assert!(world.run(&["image", "build", "shaped"]).status.success());
+    (project, world)
+}
+
+/// The snapshot directories made for machines of `memory_mib`, in any image.
+fn snapshots_of(memory_mib: u64) -> Vec<PathBuf> {
+    let mut out = vec![];
+    for image in std::fs::read_dir(image_cache().join("images"))
+        .unwrap()
+        .flatten()
+    {
+        let Ok(rd) = std::fs::read_dir(image.path().join("snapshots")) else {
+            continue;
+        };
+        for dir in rd.flatten().map(|e| e.path()).filter(|p| p.is_dir()) {
+            let key: serde_json::Value = std::fs::read(dir.join("snapshot.json"))
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok())
+                .unwrap_or_default();
+            if key["memory_mib"] == memory_mib || dir.join("state.part").exists() {
+                out.push(dir);
+            }
+        }
+    }
+    out
+}
+
+fn now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+/// What a machine says about itself, and how far its clock was from the host's when the
+/// line arrived.
+struct Identity {
+    host_key: String,
+    machine_id: String,
+    random: String,
+    boot_id: String,
+    clock_skew: f64,
+    log: String,
+}
+
+const SELF_REPORT: &str = "echo id $(sha256sum < /run/runner/ssh_host_ed25519_key) \
+    $(cat /etc/machine-id) $(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n') \
+    $(cat /proc/sys/kernel/random/boot_id) $(date +%s.%N)";
+
+fn identity(world: &World) -> Identity {
+    let mut child = world.spawn(&["-v", "vm", "run", "shaped", "--", SELF_REPORT]);
+    let stdout = child.stdout.take().unwrap();
+    let mut line = String::new();
+    let mut reader = BufReader::new(stdout);
+    let mut got = None;
+    while reader.read_line(&mut line).unwrap() > 0 {
+        if let Some(rest) = line.trim().strip_prefix("id ") {
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let skew = now() - f[f.len() - 1].parse::<f64>().unwrap();
+            got = Some((
+                f[0].to_owned(),
+                f[2].to_owned(),
+                f[3].to_owned(),
+                f[4].to_owned(),
+                skew,
+            ));
+        }
+        line.clear();
+    }
+    let mut log = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut log).unwrap();
+    assert!(child.wait().unwrap().success(), "{log}");
+    let (host_key, machine_id, random, boot_id, clock_skew) =
+        got.expect("the machine reported itself");
+    Identity {
+        host_key,
+        machine_id,
+        random,
+        boot_id,
+        clock_skew,
+        log,
+    }
+}
+
+#[test]
+fn machines_restored_from_one_snapshot_each_have_their_own_identity_and_the_clock() {
+    let (_p, world) = world_with_memory("1280M");
+    let first = identity(&world);
+    assert!(first.log.contains("warm (snapshot"), "{}", first.log);
+    // Let the snapshot's clock fall behind, so a clock left as it was would show.
+    std::thread::sleep(Duration::from_secs(4));
+    let a = identity(&world);
+    let b = identity(&world);
+    for m in [&a, &b] {
+        assert!(m.log.contains("warm (snapshot"), "{}", m.log);
+        assert!(
+            m.clock_skew.abs() < 2.0,
+            "guest clock off by {}s",
+            m.clock_skew
+        );
+    }
+    assert_ne!(a.host_key, b.host_key);
+    assert_ne!(a.machine_id, b.machine_id);
+    assert_ne!(a.random, b.random);
+    // Made on its first read, which the template never did (see README "Warm starts").
+    assert_ne!(a.boot_id, b.boot_id);
+    assert_eq!(a.machine_id.len(), 32);
+    world.assert_clean();
+}
+
+#[test]
+fn a_damaged_or_stale_snapshot_means_a_cold_boot_and_a_new_snapshot() {
+    let (_p, world) = world_with_memory("1152M");
+    // What an earlier, failed run of this test may have left damaged.
+    for dir in snapshots_of(1152) {
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+    let report = |expect: &str| {
+        let out = world.run(&["-v", "vm", "run", "shaped", "--", "true"]);
+        assert!(out.status.success());
+        assert!(stderr(&out).contains(expect), "{}", stderr(&out));
+    };
+    report("warm (snapshot");
+    let snap = snapshots_of(1152).pop().expect("a snapshot was made");
+
+    // Damaged: QEMU cannot load half a state. The machine boots cold and the snapshot goes.
+    let state = snap.join("state");
+    let len = std::fs::metadata(&state).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&state)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+    report("cold (the warm start failed");
+    assert!(!snap.exists(), "the damaged snapshot was kept");
+    report("making a warm-start snapshot");
+
+    // Stale: made by another QEMU (as its key records) — not used, made again.
+    let key_file = snap.join("snapshot.json");
+    let key = std::fs::read_to_string(&key_file).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&key).unwrap();
+    v["qemu"] = "QEMU emulator version 0.0.1".into();
+    std::fs::write(&key_file, v.to_string()).unwrap();
+    report("making a warm-start snapshot");
+    report("warm (snapshot");
+    world.assert_clean();
+}
+
+/// Waits until `found` says yes, polling fast; panics after `timeout`.
+fn poll(what: &str, timeout: Duration, mut found: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !found() {
+        assert!(Instant::now() < deadline, "{what} never happened");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+fn restoring(state_dir: &Path) -> bool {
+    processes_mentioning(state_dir).into_iter().any(|pid| {
+        std::fs::read(format!("/proc/{pid}/cmdline"))
+            .is_ok_and(|c| c.windows(9).any(|w| w == b"-incoming"))
+    })
+}
+
+#[test]
+fn ctrl_c_mid_restore_and_sigkill_mid_snapshot_leave_only_the_cached_snapshot() {
+    let (_p, world) = world_with_memory("1088M");
+    assert!(
+        world
+            .run(&["vm", "run", "shaped", "--", "true"])
+            .status
+            .success()
+    );
+    let snap = snapshots_of(1088).pop().expect("a snapshot was made");
+
+    // Ctrl-C while QEMU loads the snapshot.
+    let child = world.spawn(&["vm", "run", "shaped", "--", "sleep 600"]);
+    poll("a restore", Duration::from_secs(60), || {
+        restoring(world.state.path())
+    });
+    signal(&child, libc::SIGINT);
+    let mut child = child;
+    assert_eq!(wait_exit(&mut child, Duration::from_secs(60)), Some(130));
+    world.assert_clean();
+    assert!(snap.join("state").is_file() && snap.join("snapshot.json").is_file());
+
+    // SIGKILL while the snapshot is being written: gc removes the template machine and the
+    // unfinished state; the next machine makes a whole snapshot.
+    std::fs::remove_dir_all(&snap).unwrap();
+    let mut child = world.spawn(&["vm", "run", "shaped", "--", "true"]);
+    poll("a snapshot being written", Duration::from_secs(180), || {
+        snap.join("state.part").exists()
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let dry = world.run(&["gc"]);
+    assert!(
+        stdout(&dry).contains("unfinished snapshot"),
+        "{}",
+        stdout(&dry)
+    );
+    assert!(world.run(&["gc", "--force"]).status.success());
+    world.assert_clean();
+    assert!(
+        !snap.join("state.part").exists(),
+        "gc left the unfinished snapshot"
+    );
+    assert!(!snap.join("state").exists());
+    assert!(
+        world
+            .run(&["vm", "run", "shaped", "--", "true"])
+            .status
+            .success()
+    );
+    assert!(snap.join("state").is_file());
+    world.assert_clean();
+}
