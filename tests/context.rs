@@ -41,6 +41,12 @@ fn a_fan_out_packs_the_context_once_and_every_guest_sees_the_same_tree() {
         .file("src/dir/nested.txt", "nested\n")
         .toml(&toml)
         .done();
+    // A context no earlier run has packed (the pack cache outlives test runs).
+    std::fs::write(
+        p.path().join("src/nonce"),
+        p.path().to_string_lossy().as_bytes(),
+    )
+    .unwrap();
     std::os::unix::fs::symlink("main.c", p.path().join("src/link.c")).unwrap();
     let world = World::with_project(p.path().to_owned());
     let out = world.run(&["build", "-j", "4", "--message-format", "json"]);

@@ -113,9 +113,12 @@ fn config() -> Arc<client::Config> {
         // so start large enough that artifact downloads are not window-bound.
         window_size: 32 << 20,
         nodelay: true,
+        // A guest that stops answering for a minute is gone; shorter silences happen to an
+        // emulated (TCG) guest on a busy host during heavy IO (with 20 s, a `docker run`
+        // beside another TCG guest once lost its connection).
         keepalive_interval: Some(Duration::from_secs(5)),
-        keepalive_max: 4,
-        inactivity_timeout: Some(Duration::from_secs(60)),
+        keepalive_max: 12,
+        inactivity_timeout: Some(Duration::from_secs(90)),
         ..Default::default()
     })
 }

@@ -77,6 +77,14 @@ impl BootWatch {
         self.seen
     }
 
+    /// A phase the console cannot show (the host saw it end), `seconds` after the start.
+    pub fn note(&mut self, phase: &str, seconds: f64) {
+        self.seen.push(BootPhase {
+            phase: phase.to_owned(),
+            seconds,
+        });
+    }
+
     pub fn seen(&self) -> &[BootPhase] {
         &self.seen
     }

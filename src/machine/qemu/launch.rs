@@ -159,8 +159,10 @@ impl Start<'_> {
         let dir = p.dir.path.clone();
         let inst = &mut p.inst;
         // Err(_, true): the snapshot itself is at fault and is discarded.
+        let mut loaded = 0.0;
         let resumed = match warm::resume(&dir, &seed, &mut || inst.exited_now()).await {
             Ok(port) => {
+                loaded = p.started.elapsed().as_secs_f64();
                 p.inst.seed_port = Some(port);
                 // A state QEMU loads but whose guest never takes its seed (damaged memory)
                 // is as unusable as one QEMU refuses.
@@ -173,7 +175,14 @@ impl Start<'_> {
             Err(e) => Err((e, exits_soon(&mut p.inst).await)),
         };
         match resumed {
-            Ok(()) => Ok(self.machine(p, spec, format!("warm (snapshot {})", snap.id()))),
+            Ok(()) => {
+                let mut m = self.machine(p, spec, format!("warm (snapshot {})", snap.id()));
+                // QEMU started, the state loaded, the machine resumed and its seed sent.
+                if let Some(w) = m.watch.as_mut() {
+                    w.note("loaded", loaded);
+                }
+                Ok(m)
+            }
             Err((e, damaged)) => {
                 if damaged {
                     snap.discard();

@@ -27,7 +27,7 @@ use self::warm::{Key, Snapshot};
 use super::settings::Settings;
 use super::{Backend, Machine, MachineSpec, Origin, Prepared, Registry, Report};
 use crate::config::{Init, QemuBuilder, Shape};
-use crate::error::{Error, IoContext, Result, joined};
+use crate::error::{Error, IoContext, Result};
 use crate::guest::GuestKeys;
 use crate::paths::Dirs;
 
@@ -93,14 +93,10 @@ impl QemuBackend {
             return Ok(snap);
         }
         let made = async {
-            let lock = {
-                let s = Snapshot::at(&start.image.dir, &key);
-                joined(
-                    "the snapshot lock",
-                    tokio::task::spawn_blocking(move || s.lock()),
-                )
-                .await?
-            };
+            // Waits out another process's template boot and save, at most.
+            let lock = snap
+                .lock(TEMPLATE_TIMEOUT + Duration::from_secs(120))
+                .await?;
             if !snap.usable(&key) {
                 tracing::info!(
                     "{}: making a warm-start snapshot ({})",

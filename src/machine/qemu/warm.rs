@@ -113,13 +113,32 @@ impl Snapshot {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 
-    pub fn lock(&self) -> Result<nix::fcntl::Flock<std::fs::File>> {
+    /// The snapshot's lock, held while one process makes it; others wait at most `timeout`
+    /// (a maker that hangs must not hang them: they boot cold).
+    pub async fn lock(&self, timeout: Duration) -> Result<nix::fcntl::Flock<std::fs::File>> {
+        use nix::fcntl::{Flock, FlockArg};
         std::fs::create_dir_all(&self.dir)
             .ctx(|| format!("cannot create `{}`", self.dir.display()))?;
-        let f = std::fs::File::create(self.dir.with_extension("lock"))
-            .ctx(|| "cannot create a snapshot lock")?;
-        nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
-            .map_err(|(_, e)| Error::other(format!("cannot lock a snapshot: {e}")))
+        let path = self.dir.with_extension("lock");
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let f = std::fs::File::create(&path).ctx(|| "cannot create a snapshot lock")?;
+            match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
+                Ok(held) => return Ok(held),
+                Err((_, nix::errno::Errno::EWOULDBLOCK))
+                    if tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(100)).await
+                }
+                Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+                    return Err(Error::other(format!(
+                        "another runner has been making this snapshot for over {}s",
+                        timeout.as_secs()
+                    )));
+                }
+                Err((_, e)) => return Err(Error::other(format!("cannot lock a snapshot: {e}"))),
+            }
+        }
     }
 }
 
