@@ -48,26 +48,25 @@ pub fn ensure(cache: &Path, ctx: &Context, digest: &str, epoch: u64) -> Result<P
     std::fs::create_dir_all(&packs).ctx(|| format!("cannot create `{}`", packs.display()))?;
     let name = format!("{}-{epoch}", &digest[..32.min(digest.len())]);
     let dir = packs.join(&name);
-    let lock = File::create(packs.join(format!("{name}.lock")))
-        .ctx(|| format!("cannot create a lock in `{}`", packs.display()))?;
-    // Shared while the pack is there (runs over one context go on side by side); exclusive
-    // only to make it, then shared again for as long as the run uses it.
-    let held = Flock::lock(lock, FlockArg::LockShared)
-        .map_err(|(_, e)| Error::other(format!("cannot lock a context pack: {e}")))?;
-    let relock = |arg| {
-        held.relock(arg)
-            .map_err(|e| Error::other(format!("cannot lock a context pack: {e}")))
+    // Two locks: `.lock`, held shared by every run using the pack (so `prune` in another run,
+    // which needs it exclusively, leaves it alone), and `.make.lock`, held exclusively by the
+    // one that makes it while the others wait. A user never waits for another's use.
+    let locked = |file: &str, arg| {
+        let f = File::create(packs.join(file))
+            .ctx(|| format!("cannot create a lock in `{}`", packs.display()))?;
+        Flock::lock(f, arg)
+            .map_err(|(_, e)| Error::other(format!("cannot lock a context pack: {e}")))
     };
+    let in_use = locked(&format!("{name}.lock"), FlockArg::LockShared)?;
     let made = match open(&dir) {
         Some(_) => false,
         None => {
-            relock(FlockArg::LockExclusive)?;
+            let _making = locked(&format!("{name}.make.lock"), FlockArg::LockExclusive)?;
             // Another run may have made it while this one waited for the lock.
             let made = open(&dir).is_none();
             if made {
                 make(&packs, &name, &dir, ctx, epoch)?;
             }
-            relock(FlockArg::LockShared)?;
             made
         }
     };
@@ -78,7 +77,7 @@ pub fn ensure(cache: &Path, ctx: &Context, digest: &str, epoch: u64) -> Result<P
         problem: "the context pack vanished right after it was made".into(),
     })?;
     pack.made = made;
-    pack._in_use = Some(Arc::new(held));
+    pack._in_use = Some(Arc::new(in_use));
     Ok(pack)
 }
 
@@ -238,13 +237,13 @@ pub fn prune(cache: &Path, keep: usize) {
     let excess = dirs.len().saturating_sub(keep);
     for (_, d) in dirs.into_iter().take(excess) {
         // Not one a build is packing or using right now: its lock is held (see `ensure`).
-        let lock = d.with_extension("lock");
-        let free = File::open(&lock)
-            .ok()
-            .is_none_or(|f| Flock::lock(f, FlockArg::LockExclusiveNonblock).is_ok());
-        if free {
+        // Held while removing, so no run starts using it meanwhile. (The lock file stays: a
+        // run may have opened it already, and a removed one would not be the same lock.)
+        let Ok(f) = File::create(d.with_extension("lock")) else {
+            continue;
+        };
+        if let Ok(_held) = Flock::lock(f, FlockArg::LockExclusiveNonblock) {
             let _ = std::fs::remove_dir_all(&d);
-            let _ = std::fs::remove_file(&lock);
         }
     }
 }

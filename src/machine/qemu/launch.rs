@@ -155,7 +155,7 @@ impl Start<'_> {
         };
         let cmd = launch.command();
         self.spawn(&mut p, &spec.label, cmd)?;
-        let seed = seed::seed(keys, &spec.label)?;
+        let seed = || seed::seed(keys, &spec.label);
         let dir = p.dir.path.clone();
         let inst = &mut p.inst;
         // Err(_, true): the snapshot itself is at fault and is discarded.

@@ -103,11 +103,7 @@ pub fn seed(keys: &GuestKeys, hostname: &str) -> Result<Vec<u8>> {
             0o644,
             format!("{}\n", machine_id()).into_bytes(),
         ),
-        (
-            "time",
-            0o644,
-            format!("{}\n", crate::host::now_unix()).into_bytes(),
-        ),
+        ("time", 0o644, format!("{}\n", wall_clock()).into_bytes()),
         ("random", 0o600, rand::random::<[u8; 64]>().to_vec()),
     ];
     for (name, mode, data) in files {
@@ -121,6 +117,14 @@ pub fn seed(keys: &GuestKeys, hostname: &str) -> Result<Vec<u8>> {
     }
     bytes.resize(SEED_RECORD, 0);
     Ok(bytes)
+}
+
+/// Now, as `seconds.nanoseconds` since the epoch: the clock a restored guest sets.
+fn wall_clock() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    format!("{}.{:09}", now.as_secs(), now.subsec_nanos())
 }
 
 /// A fresh machine id: 128 random bits as 32 lowercase hex digits, as machine-id(5) wants.

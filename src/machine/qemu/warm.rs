@@ -250,10 +250,11 @@ fn keep(part: &Path, snap: &Snapshot, key: &Key) -> Result<()> {
 }
 
 /// Waits until the restored machine is loaded (QMP answers `paused` or `running`), resumes
-/// it, and hands it its seed over the serial port. An error means: boot cold instead.
+/// it, and hands it the seed `seed` makes over the serial port. An error means: boot cold
+/// instead.
 pub async fn resume(
     dir: &Path,
-    seed: &[u8],
+    seed: &(dyn Fn() -> Result<Vec<u8>> + Send + Sync),
     exited: &mut (dyn FnMut() -> bool + Send),
 ) -> Result<tokio::net::UnixStream> {
     let deadline = tokio::time::Instant::now() + RESTORE_TIMEOUT;
@@ -283,7 +284,10 @@ pub async fn resume(
     let mut port = tokio::net::UnixStream::connect(dir.join("seed.sock"))
         .await
         .ctx(|| "cannot connect to the machine's seed port")?;
-    port.write_all(seed).await.ctx(|| "cannot send the seed")?;
+    // Made now, so the wall clock in it is as fresh as it can be.
+    port.write_all(&seed()?)
+        .await
+        .ctx(|| "cannot send the seed")?;
     port.flush().await.ctx(|| "cannot send the seed")?;
     // Kept open (by the machine) until its teardown: closed, the guest could see the end of
     // the port before it read all of the seed.
