@@ -77,7 +77,7 @@ fn main() {
             .enumerate()
             .map(|(n, (_, _, p, _, _))| Disk {
                 path: p.image.clone(),
-                serial: format!("ctx{n}"),
+                serial: serial(n),
             })
             .collect(),
         ..MachineSpec::of(&builder, "bench-sync")
@@ -90,7 +90,7 @@ fn main() {
 
     println!("context into one TCG guest (bookworm, q35, qemu64), best of {runs}:");
     for (n, (label, dir, p, files, pack_s)) in packs.iter().enumerate() {
-        let serial = format!("ctx{n}");
+        let serial = serial(n);
         let mut best = [f64::MAX; 4];
         for _ in 0..runs {
             let sides: [&dyn Fn(); 4] = [
@@ -188,4 +188,14 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
+}
+
+/// The first disk goes into the machine's context slot, whose serial is fixed (as a run's
+/// pack is); the others are extra disks with their own.
+fn serial(n: usize) -> String {
+    if n == 0 {
+        "runner-ctx".into()
+    } else {
+        format!("ctx{n}")
+    }
 }
