@@ -125,10 +125,7 @@ fn a_guest_fetches_the_pack_by_presigned_url_and_refuses_a_tampered_one() {
         pack_name(&p.path().join("src"), 1_000_000_000)
     );
     assert!(
-        !server
-            .objects()
-            .iter()
-            .any(|(k, _)| k.contains(".runner/packs/")),
+        !server.holds_a_context_pack(),
         "the shared pack outlived the run"
     );
 

@@ -476,10 +476,7 @@ fn the_user_data_fetches_the_context_pack_by_presigned_url() {
     );
     assert!(ud.contains("X-Amz-Signature"), "a presigned URL: {ud}");
     assert!(
-        !server
-            .objects()
-            .iter()
-            .any(|(k, _)| k.contains(".runner/packs/")),
+        !server.holds_a_context_pack(),
         "the shared pack outlived the run"
     );
     assert_nothing_left(&moto);

@@ -117,6 +117,13 @@ impl Garage {
     }
 
     /// (key, size) of every object in [`BUCKET`], sorted.
+    /// Whether any shared context pack (`.runner/packs/…`) is stored.
+    pub fn holds_a_context_pack(&self) -> bool {
+        self.objects()
+            .iter()
+            .any(|(k, _)| k.contains(".runner/packs/"))
+    }
+
     pub fn objects(&self) -> Vec<(String, i64)> {
         let c = self.client(SECRET);
         let mut out = self.block_on(async {

@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::process::Command;
 
-use super::command::{Accel, board, qemu_binary};
+use super::command::{Accel, board, qemu_binary, qemu_version};
 use super::image::Image;
 use crate::machine::AccelChoice;
 
@@ -93,18 +93,7 @@ struct Cached {
 
 async fn cache_key(image: &Image) -> String {
     let uname = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let qemu = Command::new(qemu_binary(image.arch))
-        .arg("--version")
-        .output()
-        .await
-        .map(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .next()
-                .unwrap_or("")
-                .to_owned()
-        })
-        .unwrap_or_default();
+    let qemu = qemu_version(image.arch).await;
     format!("{}|{qemu}|{}", uname.trim(), image.digest)
 }
 

@@ -134,13 +134,15 @@ impl Launch<'_> {
                 },
                 if self.warm { " runner.warm=1" } else { "" }
             ));
-        self.disk(
-            &mut c,
-            "overlay.qcow2",
-            "root",
-            "format=qcow2,discard=unmap",
-        );
-        self.disk(&mut c, "seed.tar", "seed", "format=raw,readonly=on");
+        self.devices(&mut c);
+        self.host_side(&mut c);
+        c
+    }
+
+    /// The guest's disks and its seed port, in an order a snapshot depends on (see LAYOUT).
+    fn devices(&self, c: &mut Command) {
+        self.disk(c, "overlay.qcow2", "root", "format=qcow2,discard=unmap");
+        self.disk(c, "seed.tar", "seed", "format=raw,readonly=on");
         // The context slot: always there, so a snapshot's devices match every machine's;
         // a machine's is backed by its context pack (see `seed::context_slot`).
         c.arg("-drive")
@@ -171,6 +173,10 @@ impl Launch<'_> {
                     &format!("virtio-blk-pci,drive=extra{n},serial={}", d.serial),
                 ]);
         }
+    }
+
+    /// Network with the forwarded SSH port, console, QMP, pidfile, and the state to restore.
+    fn host_side(&self, c: &mut Command) {
         c.arg("-netdev")
             .arg(format!(
                 "user,id=net0,hostfwd=tcp:127.0.0.1:{}-:22",
@@ -191,7 +197,6 @@ impl Launch<'_> {
             c.arg("-incoming")
                 .arg(format!("exec:cat {}", state.display()));
         }
-        c
     }
 
     fn disk(&self, c: &mut Command, file: &str, id: &str, extra: &str) {
