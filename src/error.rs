@@ -57,6 +57,19 @@ pub enum Error {
         source: BoxError,
     },
 
+    /// A downloaded image is not the one its builder names; the download is removed.
+    #[error(
+        "builder `{builder}`: the image from `{url}` has {algo} {actual}, but {expected} was \
+         expected; the download was removed"
+    )]
+    ChecksumMismatch {
+        algo: &'static str,
+        builder: String,
+        url: String,
+        expected: String,
+        actual: String,
+    },
+
     /// A publish failed and so did removing what it had put; the journal entry stays.
     #[error(
         "{cause}; cleaning up `{location}` also failed; it is recorded in `{}` and \

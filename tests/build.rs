@@ -120,9 +120,9 @@ fn example_builds_three_targets_in_parallel() {
         let info = std::fs::read_to_string(dir.join("build-info.txt")).unwrap();
         assert!(info.contains(&format!("target: {t}")), "{info}");
         let debian = if t.contains("trixie") {
-            "debian: 13"
+            "os: Debian GNU/Linux 13"
         } else {
-            "debian: 12"
+            "os: Debian GNU/Linux 12"
         };
         assert!(info.contains(debian), "{t}: {info}");
         // The program really is the guest's build, and runs.

@@ -1,46 +1,24 @@
 //! The EC2 user data really works: a Debian cloud image (systemd + cloud-init, as the
-//! official AMIs are) boots under QEMU with the exact user data the EC2 backend sends,
-//! delivered through a NoCloud `cidata` seed. It must accept runner's client key, present
+//! official AMIs are; the stand-in of `tests/common/standin.rs`, booted by UEFI firmware
+//! through its own bootloader) boots under QEMU with the exact user data the EC2 backend
+//! sends, delivered through a NoCloud `cidata` seed. It must accept runner's client key, present
 //! runner's host key (OpenSSH with strict checking against that key alone), have none of
 //! its own host keys, and power itself off once its lifetime has passed.
 
 mod common;
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use common::standin::{OVMF, standin_image};
 use common::*;
 use runner::guest::keys::{GuestKeys, openssh_public};
 use runner::machine::ec2::userdata;
 
 /// Long enough to boot systemd + cloud-init under software emulation and log in.
 const LIFETIME: u64 = 300;
-
-/// The image, baked once per version of its script (~3 minutes), under the test cache.
-fn cloud_image() -> PathBuf {
-    let script = repo().join("tests/ec2/cloud-image.sh");
-    let text = std::fs::read(&script).unwrap();
-    let digest = runner::manifest::sha256_hex(&text);
-    let out = image_cache().join(format!("cloud-image-{}", &digest[..16]));
-    std::fs::create_dir_all(image_cache()).unwrap();
-    let lock = std::fs::File::create(image_cache().join("cloud-image.lock")).unwrap();
-    let _held = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive).unwrap();
-    if !out.join("base.qcow2").exists() {
-        let mirror = runner::machine::qemu::image::mirror::resolve(
-            std::env::var("RUNNER_MIRROR").ok().as_deref(),
-        )
-        .unwrap();
-        let status = Command::new(&script)
-            .arg(&mirror)
-            .arg(&out)
-            .status()
-            .unwrap();
-        assert!(status.success(), "cloud image bake failed");
-    }
-    out
-}
 
 /// A `cidata` FAT volume with `user-data` and `meta-data`: cloud-init's NoCloud seed.
 fn nocloud_seed(path: &Path, user_data: &str) {
@@ -72,6 +50,9 @@ fn nocloud_seed(path: &Path, user_data: &str) {
     }
 }
 
+/// The EFI variable the bootloader sets to its name and version (the Boot Loader Interface).
+const LOADER_INFO: &str = "LoaderInfo-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f";
+
 fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -81,7 +62,7 @@ fn now() -> u64 {
 
 #[test]
 fn the_ec2_user_data_pins_both_keys_and_powers_the_machine_off_at_expiry() {
-    let image = cloud_image();
+    let image = standin_image();
     let work = tempfile::tempdir().unwrap();
     let keys = GuestKeys::generate().unwrap();
     let expires = now() + LIFETIME;
@@ -91,7 +72,7 @@ fn the_ec2_user_data_pins_both_keys_and_powers_the_machine_off_at_expiry() {
     let overlay = work.path().join("overlay.qcow2");
     let made = Command::new("qemu-img")
         .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
-        .arg(image.join("base.qcow2"))
+        .arg(image.join("disk.qcow2"))
         .arg(&overlay)
         .status()
         .unwrap();
@@ -103,35 +84,46 @@ fn the_ec2_user_data_pins_both_keys_and_powers_the_machine_off_at_expiry() {
         .unwrap()
         .port();
     let console = work.path().join("console.log");
+    // As a downloaded cloud image boots: OVMF finds systemd-boot on the disk's ESP, which
+    // starts the kernel; no -kernel. No default devices, and no option ROM on the NIC (OVMF
+    // would otherwise try to boot from the network).
     let qemu = Command::new("qemu-system-x86_64")
         .args([
+            "-machine",
+            "q35",
             "-accel",
             "tcg",
+            "-cpu",
+            "qemu64",
             "-m",
             "1024",
             "-smp",
             "2",
+            "-nodefaults",
+            "-no-user-config",
             "-display",
             "none",
             "-no-reboot",
+            "-bios",
+            OVMF,
         ])
-        .arg("-kernel")
-        .arg(image.join("vmlinuz"))
-        .arg("-initrd")
-        .arg(image.join("initrd.img"))
-        .args(["-append", "root=/dev/vda rw console=ttyS0"])
-        .arg("-drive")
-        .arg(format!("file={},if=virtio,format=qcow2", overlay.display()))
         .arg("-drive")
         .arg(format!(
-            "file={},if=virtio,format=raw,readonly=on",
+            "file={},if=none,id=root,format=qcow2",
+            overlay.display()
+        ))
+        .args(["-device", "virtio-blk-pci,drive=root,bootindex=0"])
+        .arg("-drive")
+        .arg(format!(
+            "file={},if=none,id=seed,format=raw,readonly=on",
             work.path().join("seed.img").display()
         ))
+        .args(["-device", "virtio-blk-pci,drive=seed"])
         .args([
             "-netdev",
             &format!("user,id=n0,hostfwd=tcp:127.0.0.1:{port}-:22"),
         ])
-        .args(["-device", "virtio-net-pci,netdev=n0"])
+        .args(["-device", "virtio-net-pci,netdev=n0,romfile="])
         .arg("-serial")
         .arg(format!("file:{}", console.display()))
         .stdin(Stdio::null())
@@ -185,9 +177,10 @@ fn the_ec2_user_data_pins_both_keys_and_powers_the_machine_off_at_expiry() {
             .unwrap()
     };
     let logged_in = loop {
-        let out = ssh(
-            "ls /etc/ssh; cat /etc/ssh/ssh_host_ed25519_key.pub; cloud-init schema --system 2>&1",
-        );
+        let out = ssh(&format!(
+            "ls /etc/ssh; cat /etc/ssh/ssh_host_ed25519_key.pub; cloud-init schema --system 2>&1; \
+             tr -d '\\0' < /sys/firmware/efi/efivars/{LOADER_INFO} 2>&1 || true"
+        ));
         if out.status.success() {
             break out;
         }
@@ -217,6 +210,10 @@ fn the_ec2_user_data_pins_both_keys_and_powers_the_machine_off_at_expiry() {
     assert!(
         !listing.contains("schema errors"),
         "cloud-init found the user data invalid: {listing}"
+    );
+    assert!(
+        listing.contains("systemd-boot"),
+        "not booted by the image's own bootloader: {listing}"
     );
     for other in ["ssh_host_rsa_key", "ssh_host_ecdsa_key"] {
         assert!(

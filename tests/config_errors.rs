@@ -125,6 +125,80 @@ const CASES: &[(&str, usize, &str, &str)] = &[
         "max_lifetime",
         "between 1s and 1day",
     ),
+    // Cloud images: a download that nothing verifies.
+    (
+        "backend = \"qemu\"\narch = \"amd64\"\nimage = { url = \"https://example.invalid/x.qcow2\" }\n",
+        3,
+        "image.sha256",
+        "must be verified",
+    ),
+    (
+        "backend = \"qemu\"\narch = \"amd64\"\nimage = { url = \"https://example.invalid/x.qcow2\", sha256 = \"abc\" }\n",
+        3,
+        "image.sha256",
+        "64 hexadecimal",
+    ),
+    (
+        "backend = \"qemu\"\narch = \"amd64\"\nimage = { path = \"x.img\", checksum_url = \"https://example.invalid/SUMS\" }\n",
+        3,
+        "image.checksum_url",
+        "checked with `sha256`",
+    ),
+    (
+        "backend = \"qemu\"\narch = \"amd64\"\nimage = { url = \"ftp://example.invalid/x.qcow2\", sha256 = \"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\" }\n",
+        3,
+        "image.url",
+        "http:// or https://",
+    ),
+    (
+        "backend = \"qemu\"\narch = \"amd64\"\nimage = { urll = \"https://example.invalid/x.qcow2\" }\n",
+        3,
+        "urll",
+        "unknown field",
+    ),
+    // A cloud image and a Debian suite at once.
+    (
+        "backend = \"qemu\"\narch = \"amd64\"\nsuite = \"bookworm\"\nimage = { path = \"x.img\" }\n",
+        3,
+        "suite",
+        "not both",
+    ),
+    (
+        "backend = \"qemu\"\narch = \"amd64\"\nimage = { path = \"x.img\" }\nssh_user = \"Build User\"\n",
+        4,
+        "ssh_user",
+        "not a user name",
+    ),
+    (
+        "backend = \"qemu\"\narch = \"arm64\"\nimage = { path = \"x.img\" }\nfirmware = \"bios\"\n",
+        4,
+        "firmware",
+        "UEFI only",
+    ),
+    (
+        "backend = \"qemu\"\narch = \"amd64\"\nimage = { path = \"x.img\" }\nbake_script = \"absent.sh\"\n",
+        4,
+        "bake_script",
+        "cannot read",
+    ),
+    (
+        "backend = \"qemu\"\narch = \"amd64\"\nimage = { path = \"x.img\" }\ninit = \"systemd\"\n",
+        4,
+        "init",
+        "boots its own init",
+    ),
+    (
+        "backend = \"qemu\"\narch = \"amd64\"\nimage = { path = \"x.img\" }\npackages = [\"gcc\", \"x;rm\"]\n",
+        4,
+        "packages",
+        "not a package name",
+    ),
+    (
+        "backend = \"qemu\"\ndistro = \"debian\"\nsuite = \"bookworm\"\narch = \"amd64\"\nssh_user = \"admin\"\n",
+        5,
+        "ssh_user",
+        "applies to cloud images",
+    ),
 ];
 
 #[test]

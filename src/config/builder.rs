@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::cloud::{CloudImage, Firmware, RawCloud, RawImage, is_package_name};
 use super::ec2::{Ec2Builder, RawEc2};
 use super::size::{GIB, MIB};
 use super::value::{self, BOOT_TIMEOUT, Example, Range};
@@ -61,12 +62,17 @@ impl Init {
     }
 }
 
-/// A Debian image booted under QEMU.
+/// A machine image booted under QEMU: one runner bakes from a Debian suite, or a
+/// distribution's cloud image (`cloud`), customised once.
 #[derive(Debug, Clone)]
 pub struct QemuBuilder {
+    /// The Debian suite runner bakes from; empty for a cloud image.
     pub suite: String,
+    /// A cloud image instead of a baked Debian image (then `suite` and `init` do not apply,
+    /// and machines always boot cold, by firmware).
+    pub cloud: Option<CloudImage>,
     pub arch: Arch,
-    /// Extra Debian packages baked into the image, sorted and deduplicated.
+    /// Extra packages baked into the image, sorted and deduplicated.
     pub packages: Vec<String>,
     pub init: Init,
     /// Start machines from a snapshot when possible (default); `false` always boots cold.
@@ -86,14 +92,17 @@ struct BackendOnly {
 struct RawQemu {
     #[allow(dead_code)]
     backend: String,
-    distro: Spanned<String>,
-    suite: Spanned<String>,
+    distro: Option<Spanned<String>>,
+    suite: Option<Spanned<String>>,
+    image: Option<Spanned<RawImage>>,
+    ssh_user: Option<Spanned<String>>,
+    firmware: Option<Spanned<Firmware>>,
+    bake_script: Option<Spanned<String>>,
     arch: Arch,
     #[serde(default)]
     packages: Vec<Spanned<String>>,
-    #[serde(default)]
-    init: Init,
-    warm: Option<bool>,
+    init: Option<Spanned<Init>>,
+    warm: Option<Spanned<bool>>,
     vcpus: Option<Spanned<u32>>,
     memory: Option<Spanned<Size>>,
     disk: Option<Spanned<Size>>,
@@ -225,7 +234,10 @@ impl Builder {
         match &self.backend {
             BackendConfig::Qemu(q) => [
                 "qemu".into(),
-                q.suite.clone(),
+                match &q.cloud {
+                    Some(c) => c.source.file_name(),
+                    None => q.suite.clone(),
+                },
                 q.arch.debian().into(),
                 q.shape.vcpus.to_string(),
                 q.shape.memory.to_string(),
@@ -244,32 +256,25 @@ impl Builder {
 impl QemuBuilder {
     fn from_raw(src: &Source, raw: RawQemu) -> Result<QemuBuilder, ConfigError> {
         let bad = |span, key: &str, msg: String| src.error_at(Some(span), Some(key.into()), msg);
-
-        if raw.distro.get_ref() != "debian" {
-            return Err(bad(
-                raw.distro.span(),
-                "distro",
-                format!(
-                    "unsupported distro `{}` (expected `debian`)",
-                    raw.distro.get_ref()
-                ),
-            ));
-        }
-        let suite = raw.suite.get_ref();
-        if !is_debian_name(suite) {
-            return Err(bad(
-                raw.suite.span(),
-                "suite",
-                format!("`{suite}` is not a Debian suite name"),
-            ));
-        }
+        let (suite, cloud) = match &raw.image {
+            Some(image) => (String::new(), Some(cloud_image(src, &raw, image)?)),
+            None => (debian_suite(src, &raw)?, None),
+        };
+        let valid: fn(&str) -> bool = match cloud {
+            Some(_) => is_package_name,
+            None => is_debian_name,
+        };
         let mut packages = Vec::new();
         for p in &raw.packages {
-            if !is_debian_name(p.get_ref()) {
+            if !valid(p.get_ref()) {
                 return Err(bad(
                     p.span(),
                     "packages",
-                    format!("`{}` is not a Debian package name", p.get_ref()),
+                    format!(
+                        "`{}` is not a {}package name",
+                        p.get_ref(),
+                        if cloud.is_some() { "" } else { "Debian " }
+                    ),
                 ));
             }
             packages.push(p.get_ref().clone());
@@ -288,8 +293,13 @@ impl QemuBuilder {
             )?,
         };
         let disk = value::size(src, raw.disk.as_ref(), "disk", DISK, Size(4 * GIB))?;
-        // Foreign architectures are fully emulated and boot several times slower.
-        let default_boot = Duration::from_secs(if raw.arch.is_native() { 120 } else { 300 });
+        // Foreign architectures are fully emulated and boot several times slower; a cloud
+        // image boots firmware, its bootloader, systemd and cloud-init.
+        let default_boot = Duration::from_secs(match (raw.arch.is_native(), cloud.is_some()) {
+            (true, false) => 120,
+            (true, true) | (false, false) => 300,
+            (false, true) => 600,
+        });
         let boot_timeout = value::duration(
             src,
             raw.boot_timeout.as_ref(),
@@ -298,16 +308,116 @@ impl QemuBuilder {
             default_boot,
         )?;
         Ok(QemuBuilder {
-            suite: suite.clone(),
+            warm: cloud.is_none() && raw.warm.map(Spanned::into_inner).unwrap_or(true),
+            suite,
+            cloud,
             arch: raw.arch,
             packages,
-            init: raw.init,
-            warm: raw.warm.unwrap_or(true),
+            init: raw.init.map(Spanned::into_inner).unwrap_or_default(),
             shape,
             disk,
             boot_timeout,
         })
     }
+}
+
+/// `distro` and `suite` of a builder runner bakes from Debian.
+fn debian_suite(src: &Source, raw: &RawQemu) -> Result<String, ConfigError> {
+    let bad = |span, key: &str, msg: String| src.error_at(Some(span), Some(key.into()), msg);
+    let (Some(distro), Some(suite)) = (&raw.distro, &raw.suite) else {
+        let missing = if raw.distro.is_none() {
+            "distro"
+        } else {
+            "suite"
+        };
+        return Err(src.error_at(
+            Some(0..0),
+            Some(missing.into()),
+            format!(
+                "missing field `{missing}`: a QEMU builder bakes a Debian suite \
+                 (distro = \"debian\", suite = \"bookworm\") or boots a cloud image (image = {{ url = …, sha256 = … }})"
+            ),
+        ));
+    };
+    if distro.get_ref() != "debian" {
+        return Err(bad(
+            distro.span(),
+            "distro",
+            format!(
+                "unsupported distro `{}` (runner bakes `debian`; for another distribution, boot \
+                 its cloud image: image = {{ url = …, checksum_url = … }})",
+                distro.get_ref()
+            ),
+        ));
+    }
+    if !is_debian_name(suite.get_ref()) {
+        return Err(bad(
+            suite.span(),
+            "suite",
+            format!("`{}` is not a Debian suite name", suite.get_ref()),
+        ));
+    }
+    for (key, span) in [
+        ("ssh_user", raw.ssh_user.as_ref().map(|v| v.span())),
+        ("firmware", raw.firmware.as_ref().map(|v| v.span())),
+        ("bake_script", raw.bake_script.as_ref().map(|v| v.span())),
+    ] {
+        if let Some(span) = span {
+            return Err(bad(
+                span,
+                key,
+                format!(
+                    "`{key}` applies to cloud images (`image = …`), not to baked Debian images"
+                ),
+            ));
+        }
+    }
+    Ok(suite.get_ref().clone())
+}
+
+/// The cloud-image part of a builder with `image = …`; keys of baked images are refused.
+fn cloud_image(
+    src: &Source,
+    raw: &RawQemu,
+    image: &Spanned<RawImage>,
+) -> Result<CloudImage, ConfigError> {
+    let bad = |span, key: &str, msg: &str| src.error_at(Some(span), Some(key.into()), msg);
+    if let Some(d) = raw.distro.as_ref().or(raw.suite.as_ref()) {
+        let key = if raw.distro.is_some() {
+            "distro"
+        } else {
+            "suite"
+        };
+        return Err(bad(
+            d.span(),
+            key,
+            "a builder boots a cloud image (`image`) or bakes a Debian suite, not both",
+        ));
+    }
+    if let Some(i) = &raw.init {
+        return Err(bad(
+            i.span(),
+            "init",
+            "a cloud image boots its own init (systemd); `init` applies to baked images",
+        ));
+    }
+    if let Some(w) = raw.warm.as_ref().filter(|w| *w.get_ref()) {
+        return Err(bad(
+            w.span(),
+            "warm",
+            "warm starts need runner's own guest init; cloud images always boot cold",
+        ));
+    }
+    CloudImage::from_raw(
+        src,
+        RawCloud {
+            image,
+            ssh_user: raw.ssh_user.as_ref(),
+            firmware: raw.firmware.as_ref(),
+            bake_script: raw.bake_script.as_ref(),
+            arch: raw.arch,
+        },
+    )
 }
 
 /// Debian package and suite names: lowercase alphanumerics and `+-.`, starting alphanumeric.

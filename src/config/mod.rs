@@ -3,6 +3,7 @@
 
 mod arch;
 pub mod builder;
+pub mod cloud;
 pub mod ec2;
 pub mod project;
 pub mod size;
@@ -17,6 +18,7 @@ use serde::de::DeserializeOwned;
 
 pub use arch::Arch;
 pub use builder::{BackendConfig, Builder, Init, QemuBuilder, Shape};
+pub use cloud::{CloudImage, Firmware, ImageSource};
 pub use ec2::{Address, Ami, Ec2Builder};
 pub use project::{Project, Target, Transfer};
 pub use size::Size;

@@ -105,6 +105,8 @@ impl client::Handler for Pinned {
 
 pub struct Session {
     handle: client::Handle<Pinned>,
+    /// Logged in as someone other than root: the guest contract runs through `sudo`.
+    sudo: bool,
 }
 
 fn config() -> Arc<client::Config> {
@@ -162,7 +164,10 @@ pub async fn connect(
             user: endpoint.user.clone(),
         });
     }
-    Ok(Session { handle })
+    Ok(Session {
+        handle,
+        sudo: endpoint.user != "root",
+    })
 }
 
 /// Connects, retrying while the guest boots, until the boot timeout. Gives up early if the
@@ -256,6 +261,13 @@ impl Session {
             .channel_open_session()
             .await
             .map_err(|e| ssh_err("cannot open an SSH channel".into(), e))?;
+        // The contract's commands need root (mounts, /build); a cloud image's login user gets
+        // it through passwordless sudo, which runner's user data grants it. `-n`: never
+        // prompt, fail instead.
+        let command = match self.sudo {
+            true => format!("sudo -n -- sh -c {}", super::quote(command)),
+            false => command.to_owned(),
+        };
         channel
             .exec(true, command)
             .await

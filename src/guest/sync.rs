@@ -31,8 +31,10 @@ pub enum Delivery<'a> {
 }
 
 /// Whatever a previous delivery left (none in a fresh machine, but `vm` sessions reuse one).
-const FRESH: &str =
-    "umount /build/src /build/.ctx 2>/dev/null; rm -rf /build && mkdir -p /build/src";
+/// `/build` itself stays writable by whoever logs in (a cloud image's user, as in
+/// `runner vm shell`), as the guest contract promises.
+const FRESH: &str = "umount /build/src /build/.ctx 2>/dev/null; rm -rf /build && \
+                     install -d -m 1777 /build && mkdir -p /build/src";
 
 pub async fn deliver(session: &Session, how: &Delivery<'_>, log: &LogSink) -> Result<()> {
     match how {

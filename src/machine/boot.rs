@@ -24,12 +24,24 @@ pub const LEAN_MARKERS: &[(&str, &str)] = &[
     ("sshd", "Server listening"),
 ];
 
+/// The console markers of a cloud image: only runner's own user data prints one.
+pub const CLOUD_MARKERS: &[(&str, &str)] = &[(
+    "firmware+kernel+cloud-init",
+    crate::machine::cloud_init::CONSOLE_MARKER,
+)];
+
+/// When a cloud image's console shows nothing (its kernel's console is not the serial port),
+/// SSH is tried anyway after this long.
+pub const QUIET_CONSOLE: std::time::Duration = std::time::Duration::from_secs(60);
+
 pub struct BootWatch {
     file: PathBuf,
     markers: &'static [(&'static str, &'static str)],
     /// The text that says SSH is worth trying.
     ready: &'static str,
     started: Instant,
+    /// Ready regardless of the console after this long (see [`QUIET_CONSOLE`]).
+    ready_after: Option<std::time::Duration>,
     seen: Vec<BootPhase>,
 }
 
@@ -46,8 +58,15 @@ impl BootWatch {
             markers,
             ready,
             started,
+            ready_after: None,
             seen: vec![],
         }
+    }
+
+    /// Ready after `d` even if the ready text never appears.
+    pub fn or_after(mut self, d: std::time::Duration) -> BootWatch {
+        self.ready_after = Some(d);
+        self
     }
 
     /// Notes newly seen markers; true once the ready text has appeared.
@@ -65,6 +84,9 @@ impl BootWatch {
             }
         }
         has(self.ready)
+            || self
+                .ready_after
+                .is_some_and(|d| self.started.elapsed() >= d)
     }
 
     /// The phases seen, and the SSH handshake as the last, ending now.

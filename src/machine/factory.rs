@@ -151,11 +151,14 @@ impl Machines {
             .into_iter()
             .map(|i| CachedImage {
                 bytes: i.disk_usage(),
+                describe: match i.cloud() {
+                    Some(c) => format!("{} {}", c.location(), i.info.recipe.arch.debian()),
+                    None => format!("{}/{}", i.info.recipe.suite, i.info.recipe.arch.debian()),
+                },
+                snapshots: warm::kept(&i.dir).iter().map(CachedSnapshot::of).collect(),
                 builder: i.info.builder,
                 digest: i.digest,
                 created_unix: i.info.created_unix,
-                describe: format!("{}/{}", i.info.recipe.suite, i.info.recipe.arch.debian()),
-                snapshots: warm::kept(&i.dir).iter().map(CachedSnapshot::of).collect(),
             })
             .collect()
     }
@@ -236,12 +239,26 @@ pub fn builder_for(
 }
 
 fn qemu_builder(r: &Recipe, shape: Shape) -> QemuBuilder {
+    // A recorded cloud image: the same file, held to the recorded sha256.
+    let cloud = r.cloud.as_ref().map(|c| crate::config::CloudImage {
+        source: c.source(),
+        ssh_user: c.ssh_user.clone(),
+        firmware: c.firmware,
+        bake_script: c
+            .bake_script
+            .as_ref()
+            .map(|text| crate::config::cloud::BakeScript {
+                path: PathBuf::from("(the manifest's bake_script)"),
+                text: text.clone(),
+            }),
+    });
     QemuBuilder {
         suite: r.suite.clone(),
+        warm: cloud.is_none(),
+        cloud,
         arch: r.arch,
         packages: r.packages.clone(),
         init: r.init,
-        warm: true,
         shape,
         disk: r.disk,
         boot_timeout: Duration::from_secs(if r.arch.is_native() { 120 } else { 300 }),

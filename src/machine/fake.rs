@@ -91,6 +91,7 @@ impl Backend for FakeBackend {
             packages: vec![],
             disk: crate::config::Size(1 << 30),
             init: Default::default(),
+            cloud: None,
         }))
     }
 

@@ -5,6 +5,7 @@
 //! of its machines (see [`crate::leftovers`]).
 
 pub mod boot;
+pub mod cloud_init;
 pub mod dir;
 #[cfg(feature = "ec2")]
 pub mod ec2;
@@ -261,6 +262,9 @@ impl Machine {
                 console,
                 reached: match self.boot_phases.last() {
                     Some(_) => format!("; it reached: {}", boot::describe(&self.boot_phases)),
+                    None if std::fs::metadata(&self.console_log).is_ok_and(|m| m.len() > 0) => {
+                        "; its console shows none of runner's boot markers".into()
+                    }
                     None => "; nothing on its console yet".into(),
                 },
             }),

@@ -82,6 +82,7 @@ impl Origin {
                 if !added.is_empty() || !removed.is_empty() {
                     out.push(format!("packages {}", [added, removed].concat().join(" ")));
                 }
+                cloud_changes(&mut out, a.cloud.as_ref(), b.cloud.as_ref());
                 if out.is_empty() && a.digest() != b.digest() {
                     out.push("runner's guest scripts changed (the image is baked anew)".into());
                 }
@@ -111,5 +112,38 @@ impl Origin {
             Origin::Image(r) => r.arch,
             Origin::Ec2(e) => e.arch,
         }
+    }
+}
+
+/// What differs between two cloud images' recipes: the image itself, who logs in, how it
+/// boots, what the customising boot runs.
+fn cloud_changes(
+    out: &mut Vec<String>,
+    a: Option<&super::qemu::image::CloudRecipe>,
+    b: Option<&super::qemu::image::CloudRecipe>,
+) {
+    let (Some(a), Some(b)) = (a, b) else { return };
+    let short = |s: &str| s.chars().take(16).collect::<String>();
+    if a.sha256 != b.sha256 {
+        out.push(format!(
+            "image {} ({}) → {} ({})",
+            a.location(),
+            short(&a.sha256),
+            b.location(),
+            short(&b.sha256)
+        ));
+    }
+    if a.ssh_user != b.ssh_user {
+        out.push(format!("ssh_user {} → {}", a.ssh_user, b.ssh_user));
+    }
+    if a.firmware != b.firmware {
+        out.push(format!(
+            "firmware {} → {}",
+            a.firmware.as_str(),
+            b.firmware.as_str()
+        ));
+    }
+    if a.bake_script != b.bake_script {
+        out.push("bake_script changed".into());
     }
 }

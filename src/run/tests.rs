@@ -39,6 +39,7 @@ impl World {
             path: self.tmp.path().join("builders/fake.toml"),
             backend: BackendConfig::Qemu(QemuBuilder {
                 suite: "bookworm".into(),
+                cloud: None,
                 arch: crate::config::Arch::Amd64,
                 packages: vec![],
                 init: Default::default(),

@@ -5,6 +5,9 @@
 //! checked precisely: no machine directory, no process naming that directory.
 #![allow(dead_code)]
 
+pub mod http;
+pub mod standin;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -63,16 +66,8 @@ impl World {
     }
 
     pub fn run(&self, args: &[&str]) -> Output {
-        let out = self.cmd().args(args).output().expect("run runner");
-        eprintln!(
-            "runner {args:?} -> {}\n--- stdout\n{}--- stderr\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
+        run_shown(self.cmd(), args)
     }
-
     /// Starts runner in the background with stdout piped.
     pub fn spawn(&self, args: &[&str]) -> Child {
         self.cmd()
@@ -313,4 +308,16 @@ pub fn watch_peak_rss(pid: u32) -> std::sync::Arc<std::sync::atomic::AtomicU64> 
         }
     });
     peak
+}
+
+/// Runs runner (`cmd`) with `args`, its output shown in the test's log.
+pub fn run_shown(mut cmd: Command, args: &[&str]) -> Output {
+    let out = cmd.args(args).output().expect("run runner");
+    eprintln!(
+        "runner {args:?} -> {}\n--- stdout\n{}--- stderr\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
 }

@@ -8,7 +8,8 @@ pub mod cleanup;
 mod instance;
 mod launch;
 pub mod sweep;
-pub mod userdata;
+/// The user data, shared with local cloud images (see [`crate::machine::cloud_init`]).
+pub use super::cloud_init as userdata;
 
 pub use api::{
     Resolved, TAG_EXPIRES, TAG_MACHINE, TAG_OWNER, TAG_RUN, TAG_TARGET, client, resolve, run_id,

@@ -26,6 +26,12 @@ pub async fn resolve(choice: AccelChoice, image: &Image, state_dir: &Path) -> Ac
         // An explicit request is honoured even if it will hang: that is what an override is for.
         AccelChoice::Kvm => Accel::Kvm,
         AccelChoice::Auto if !native || !kvm_accessible() => Accel::Tcg,
+        // A cloud image has no runner initrd to answer the probe: it follows what the last
+        // probe of one of runner's own images on this kernel and QEMU found, else TCG (the
+        // safe side: a guest that hangs under KVM would hang the build).
+        AccelChoice::Auto if image.cloud().is_some() => {
+            unprobed(choice, image.arch, state_dir).await
+        }
         AccelChoice::Auto => {
             let key = cache_key(image).await;
             let cache = state_dir.join("accel-probe.json");
@@ -42,6 +48,24 @@ pub async fn resolve(choice: AccelChoice, image: &Image, state_dir: &Path) -> Ac
             }
             write_cache(&cache, &key, verdict);
             verdict
+        }
+    }
+}
+
+/// The accelerator for an image runner cannot probe with (a cloud image has no runner
+/// initrd to answer): what the last probe of one of runner's own images on this kernel and
+/// QEMU found, else TCG — the safe side, since a guest that hangs under KVM hangs its build.
+pub async fn unprobed(choice: AccelChoice, arch: crate::config::Arch, state_dir: &Path) -> Accel {
+    match choice {
+        AccelChoice::Tcg => Accel::Tcg,
+        AccelChoice::Kvm => Accel::Kvm,
+        AccelChoice::Auto if !arch.is_native() || !kvm_accessible() => Accel::Tcg,
+        AccelChoice::Auto => {
+            let host = host_key(arch).await;
+            match read_cached(&state_dir.join("accel-probe.json")) {
+                Some(c) if c.key.rsplit_once('|').is_some_and(|(h, _)| h == host) => c.accel,
+                _ => Accel::Tcg,
+            }
         }
     }
 }
@@ -92,14 +116,21 @@ struct Cached {
 }
 
 async fn cache_key(image: &Image) -> String {
+    format!("{}|{}", host_key(image.arch).await, image.digest)
+}
+
+/// The host half of a probe's key: the kernel and the QEMU that ran it.
+async fn host_key(arch: crate::config::Arch) -> String {
     let uname = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let qemu = qemu_version(image.arch).await;
-    format!("{}|{qemu}|{}", uname.trim(), image.digest)
+    format!("{}|{}", uname.trim(), qemu_version(arch).await)
 }
 
 fn read_cache(path: &Path, key: &str) -> Option<Accel> {
-    let c: Cached = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
-    (c.key == key).then_some(c.accel)
+    read_cached(path).filter(|c| c.key == key).map(|c| c.accel)
+}
+
+fn read_cached(path: &Path) -> Option<Cached> {
+    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
 }
 
 fn write_cache(path: &Path, key: &str, accel: Accel) {

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use tokio::process::Command;
 
 use super::image::Image;
-use crate::config::{Arch, Init, Shape};
+use crate::config::{Arch, Firmware, Init, Shape};
 
 /// What QEMU will use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -120,20 +120,30 @@ impl Launch<'_> {
             .args(["-cpu", cpu, "-smp", &self.shape.vcpus.to_string()])
             .args(["-m", &format!("{}M", self.shape.memory.mib())])
             .args(["-nodefaults", "-no-user-config", "-display", "none"])
-            .arg("-no-reboot")
-            .arg("-kernel")
-            .arg(&img.kernel)
-            .arg("-initrd")
-            .arg(&img.initrd)
-            .arg("-append")
-            .arg(format!(
-                "console={tty} root=/dev/vda rw panic=-1 quiet{}{}",
-                match img.info.recipe.init {
-                    Init::Lean => "",
-                    Init::Systemd => " runner.init=/lib/systemd/systemd",
-                },
-                if self.warm { " runner.warm=1" } else { "" }
-            ));
+            .arg("-no-reboot");
+        match img.cloud() {
+            // A cloud image boots as it would anywhere: firmware, then its own bootloader.
+            Some(cloud) => {
+                if let Some(code) = firmware_file(cloud.firmware, img.arch) {
+                    c.arg("-bios").arg(code);
+                }
+            }
+            None => {
+                c.arg("-kernel")
+                    .arg(&img.kernel)
+                    .arg("-initrd")
+                    .arg(&img.initrd)
+                    .arg("-append")
+                    .arg(format!(
+                        "console={tty} root=/dev/vda rw panic=-1 quiet{}{}",
+                        match img.info.recipe.init {
+                            Init::Lean => "",
+                            Init::Systemd => " runner.init=/lib/systemd/systemd",
+                        },
+                        if self.warm { " runner.warm=1" } else { "" }
+                    ));
+            }
+        }
         self.devices(&mut c);
         self.host_side(&mut c);
         c
@@ -141,8 +151,23 @@ impl Launch<'_> {
 
     /// The guest's disks and its seed port, in an order a snapshot depends on (see LAYOUT).
     fn devices(&self, c: &mut Command) {
-        self.disk(c, "overlay.qcow2", "root", "format=qcow2,discard=unmap");
-        self.disk(c, "seed.tar", "seed", "format=raw,readonly=on");
+        let cloud = self.image.cloud().is_some();
+        // Firmware boots the root disk first, whatever else is attached.
+        let root = if cloud { ",bootindex=0" } else { "" };
+        self.disk(
+            c,
+            "overlay.qcow2",
+            "root",
+            "format=qcow2,discard=unmap",
+            root,
+        );
+        self.disk(
+            c,
+            seed_file(self.image),
+            "seed",
+            "format=raw,readonly=on",
+            "",
+        );
         // The context slot: always there, so a snapshot's devices match every machine's;
         // a machine's is backed by its context pack (see `seed::context_slot`).
         c.arg("-drive")
@@ -199,12 +224,31 @@ impl Launch<'_> {
         }
     }
 
-    fn disk(&self, c: &mut Command, file: &str, id: &str, extra: &str) {
+    fn disk(&self, c: &mut Command, file: &str, id: &str, extra: &str, device: &str) {
         c.arg("-drive")
             .arg(format!(
                 "file={},if=none,id={id},{extra}",
                 self.dir.join(file).display()
             ))
-            .args(["-device", &format!("virtio-blk-pci,drive={id}")]);
+            .args(["-device", &format!("virtio-blk-pci,drive={id}{device}")]);
+    }
+}
+
+/// The seed disk's file in a machine directory: runner's tar, or a cloud image's NoCloud
+/// volume.
+pub fn seed_file(image: &Image) -> &'static str {
+    match image.cloud() {
+        Some(_) => "seed.img",
+        None => "seed.tar",
+    }
+}
+
+/// The firmware image QEMU starts with: none for SeaBIOS (QEMU's own default on x86); the
+/// distribution's OVMF or QEMU_EFI build for UEFI (Debian: `ovmf`, `qemu-efi-aarch64`).
+pub fn firmware_file(firmware: Firmware, arch: Arch) -> Option<&'static str> {
+    match (firmware, arch) {
+        (Firmware::Bios, _) => None,
+        (Firmware::Uefi, Arch::Amd64) => Some("/usr/share/ovmf/OVMF.fd"),
+        (Firmware::Uefi, Arch::Arm64) => Some("/usr/share/qemu-efi-aarch64/QEMU_EFI.fd"),
     }
 }

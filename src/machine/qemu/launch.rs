@@ -7,7 +7,7 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::command::{Accel, Launch, qemu_binary};
+use super::command::{Accel, Launch, qemu_binary, seed_file};
 use super::image::Image;
 use super::instance::QemuInstance;
 use super::warm::{Key, Snapshot};
@@ -15,7 +15,7 @@ use super::{free_port, seed, warm};
 use crate::config::Shape;
 use crate::error::{Error, IoContext, Result};
 use crate::guest::{Endpoint, GuestKeys};
-use crate::machine::boot::{BootWatch, LEAN_MARKERS};
+use crate::machine::boot::{BootWatch, CLOUD_MARKERS, LEAN_MARKERS, QUIET_CONSOLE};
 use crate::machine::dir::MachineDir;
 use crate::machine::record::MachineRecord;
 use crate::machine::{Machine, MachineSpec, Registry};
@@ -58,7 +58,10 @@ impl Start<'_> {
             seed_port: None,
         };
         // From here on, an error or a dropped future drops `inst`, which removes the machine.
-        seed::overlay(&self.image.qcow2, &dir.path.join("overlay.qcow2")).await?;
+        // A cloud image's machines get its full disk (the first boot grows into it).
+        let size = self.image.cloud().map(|_| self.image.info.recipe.disk);
+        let overlay = dir.path.join("overlay.qcow2");
+        seed::overlay(&self.image.qcow2, &self.image.format, size, &overlay).await?;
         seed::context_slot(&dir.path, pack).await?;
         Ok(Prepared {
             dir,
@@ -104,18 +107,28 @@ impl Start<'_> {
     }
 
     fn machine(&self, p: Prepared, spec: &MachineSpec, how: String) -> Machine {
+        let cloud = self.image.cloud();
         let endpoint = Endpoint {
             host: "127.0.0.1".into(),
             port: p.port,
-            user: "root".into(),
+            user: cloud.map_or("root", |c| c.ssh_user.as_str()).into(),
         };
-        // sshd runs with -e, so its "Server listening" line reaches the serial console.
-        let watch = BootWatch::new(
-            p.console.clone(),
-            LEAN_MARKERS,
-            "Server listening",
-            p.started,
-        );
+        let watch = match cloud {
+            // sshd runs with -e, so its "Server listening" line reaches the serial console.
+            None => BootWatch::new(
+                p.console.clone(),
+                LEAN_MARKERS,
+                "Server listening",
+                p.started,
+            ),
+            Some(_) => BootWatch::new(
+                p.console.clone(),
+                CLOUD_MARKERS,
+                CLOUD_MARKERS[0].1,
+                p.started,
+            )
+            .or_after(QUIET_CONSOLE),
+        };
         let mut m =
             Machine::new(&p.dir, spec, endpoint, p.console, Box::new(p.inst)).watching(watch);
         // QEMU's user network: the host's loopback is 10.0.2.2 from inside.
@@ -127,7 +140,11 @@ impl Start<'_> {
     pub async fn cold(&self, spec: &MachineSpec, keys: &GuestKeys, how: String) -> Result<Machine> {
         let pack = spec.disks.first().map(|d| d.path.as_path());
         let mut p = self.prepare(&spec.label, pack).await?;
-        seed::write_seed(&p.dir.path.join("seed.tar"), keys, &spec.label)?;
+        let seed = p.dir.path.join(seed_file(self.image));
+        match self.image.cloud() {
+            Some(c) => seed::write_nocloud(&seed, keys, &c.ssh_user, &spec.label)?,
+            None => seed::write_seed(&seed, keys, &spec.label)?,
+        }
         let launch = Launch {
             extra_disks: spec.disks.get(1..).unwrap_or_default(),
             ..self.launch(&p, &spec.label)

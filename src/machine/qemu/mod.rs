@@ -6,6 +6,7 @@
 
 pub mod accel;
 mod command;
+pub mod customise;
 pub mod image;
 mod instance;
 mod launch;
@@ -45,6 +46,7 @@ pub struct QemuBackend {
     dirs: Dirs,
     settings: Settings,
     registry: Arc<Registry>,
+    recipe: OnceCell<Recipe>,
     ready: OnceCell<(Image, Accel, Provenance)>,
 }
 
@@ -62,6 +64,7 @@ impl QemuBackend {
             dirs: dirs.clone(),
             settings: settings.clone(),
             registry,
+            recipe: OnceCell::new(),
             ready: OnceCell::new(),
         }
     }
@@ -76,6 +79,9 @@ impl QemuBackend {
     ) -> std::result::Result<Snapshot, String> {
         if self.settings.cold {
             return Err("cold (--cold)".into());
+        }
+        if self.builder.cloud.is_some() {
+            return Err("cold (a cloud image always boots)".into());
         }
         if !self.builder.warm {
             return Err("cold (warm = false)".into());
@@ -116,21 +122,88 @@ impl QemuBackend {
         }
     }
 
-    /// The image (baked on first use) and the accelerator it boots under.
+    /// What the image is made from; a cloud image's sha256 is read from its checksum file
+    /// (once per run).
+    async fn recipe(&self) -> Result<&Recipe> {
+        self.recipe
+            .get_or_try_init(|| async {
+                let sha256 = match &self.builder.cloud {
+                    Some(c) => {
+                        let downloads = Cache::new(&self.dirs).downloads();
+                        let sha = image::download::expected_sha256(
+                            &self.name,
+                            &c.source,
+                            &downloads,
+                            &Report::Lines,
+                        );
+                        Some(sha.await?)
+                    }
+                    None => None,
+                };
+                Ok::<_, Error>(Recipe::of(&self.builder, sha256.as_deref()))
+            })
+            .await
+    }
+
+    /// The image (made on first use) and the accelerator it boots under.
     async fn ready(&self, report: &Report) -> Result<&(Image, Accel, Provenance)> {
         self.ready
             .get_or_try_init(|| async {
-                let opts = image::bake::Options {
-                    mirror: self.settings.mirror.clone(),
-                    force: self.settings.rebake,
-                    report: report.clone(),
+                let recipe = self.recipe().await?;
+                let (img, how) = match &self.builder.cloud {
+                    None => self.bake(recipe, report).await?,
+                    Some(_) => self.derive(recipe, report).await?,
                 };
-                let (img, how) = Cache::new(&self.dirs)
-                    .ensure(&self.name, &Recipe::of(&self.builder), &opts)
-                    .await?;
                 let accel = accel::resolve(self.settings.accel, &img, &self.dirs.state).await;
                 tracing::debug!("{}: accelerator {accel:?}", self.name);
                 Ok::<_, Error>((img, accel, how))
+            })
+            .await
+    }
+
+    /// runner's own image, baked from Debian packages.
+    async fn bake(&self, recipe: &Recipe, report: &Report) -> Result<(Image, Provenance)> {
+        let opts = image::bake::Options {
+            mirror: self.settings.mirror.clone(),
+            force: self.settings.rebake,
+            report: report.clone(),
+        };
+        Cache::new(&self.dirs)
+            .ensure(recipe, opts.force, |images, digest| async move {
+                image::bake::bake(&images, &self.name, recipe, &digest, &opts).await
+            })
+            .await
+    }
+
+    /// A cloud image, downloaded (verified before anything boots it) and customised.
+    async fn derive(&self, recipe: &Recipe, report: &Report) -> Result<(Image, Provenance)> {
+        let cache = Cache::new(&self.dirs);
+        let cloud = recipe.cloud.as_ref().expect("a cloud recipe");
+        let source = &self.builder.cloud.as_ref().expect("a cloud builder").source;
+        let job = customise::Job {
+            dirs: &self.dirs,
+            registry: &self.registry,
+            accel: accel::unprobed(self.settings.accel, recipe.arch, &self.dirs.state).await,
+            name: &self.name,
+            builder: &self.builder,
+            report,
+        };
+        let downloads = cache.downloads();
+        cache
+            .ensure(recipe, self.settings.rebake, |images, digest| async move {
+                let file =
+                    image::download::fetch(&downloads, &self.name, source, &cloud.sha256, report)
+                        .await?;
+                image::bake::derive(
+                    &images,
+                    &self.name,
+                    recipe,
+                    &digest,
+                    |out, log| async move {
+                        customise::customise(&job, recipe, &file, &out, &log).await
+                    },
+                )
+                .await
             })
             .await
     }
@@ -139,7 +212,7 @@ impl QemuBackend {
 #[async_trait]
 impl Backend for QemuBackend {
     async fn origin(&self) -> Result<Origin> {
-        Ok(Origin::Image(Recipe::of(&self.builder)))
+        Ok(Origin::Image(self.recipe().await?.clone()))
     }
 
     async fn prepare(&self, report: &Report) -> Result<Prepared> {

@@ -5,15 +5,20 @@ use std::path::Path;
 
 use tokio::process::Command;
 
+use crate::config::Size;
 use crate::error::{Error, IoContext, Result};
 use crate::guest::GuestKeys;
 use crate::machine::dir::write_private;
 
-pub async fn overlay(base: &Path, overlay: &Path) -> Result<()> {
+/// `size`: grown beyond the base (a cloud image's first boot grows its filesystem to it).
+pub async fn overlay(base: &Path, format: &str, size: Option<Size>, overlay: &Path) -> Result<()> {
     let mut cmd = Command::new("qemu-img");
-    cmd.args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
+    cmd.args(["create", "-q", "-f", "qcow2", "-F", format, "-b"])
         .arg(base)
         .arg(overlay);
+    if let Some(size) = size {
+        cmd.arg(size.0.to_string());
+    }
     qemu_img(cmd, "qemu-img create", overlay).await
 }
 
@@ -145,4 +150,42 @@ pub fn hostname_of(label: &str) -> String {
         })
         .take(63)
         .collect()
+}
+
+/// How long a local cloud machine may live before its own dead-man switch powers it off,
+/// should runner be gone (killed with SIGKILL, say) and nobody run `runner gc`.
+pub const CLOUD_LIFETIME: std::time::Duration = std::time::Duration::from_secs(6 * 3600);
+
+/// A cloud image's seed: a NoCloud `cidata` FAT volume carrying the same user data an EC2
+/// machine gets (runner's client key for `user`, the pinned host key, the dead-man switch)
+/// and a fresh instance id, so cloud-init treats every machine as a first boot.
+pub fn write_nocloud(path: &Path, keys: &GuestKeys, user: &str, hostname: &str) -> Result<()> {
+    use std::io::Write;
+    let expires = crate::host::now_unix() + CLOUD_LIFETIME.as_secs();
+    let user_data = crate::machine::cloud_init::cloud_config(keys, user, expires, None)?;
+    let meta_data = format!(
+        "instance-id: runner-{}\nlocal-hostname: {}\n",
+        machine_id(),
+        hostname_of(hostname)
+    );
+    let mut volume = std::io::Cursor::new(vec![0u8; 2 << 20]);
+    fatfs::format_volume(
+        &mut volume,
+        fatfs::FormatVolumeOptions::new().volume_label(*b"CIDATA     "),
+    )
+    .ctx(|| "cannot format the NoCloud seed")?;
+    {
+        let fs = fatfs::FileSystem::new(&mut volume, fatfs::FsOptions::new())
+            .ctx(|| "cannot open the NoCloud seed")?;
+        for (name, text) in [("user-data", user_data), ("meta-data", meta_data)] {
+            let mut f = fs
+                .root_dir()
+                .create_file(name)
+                .ctx(|| format!("cannot add `{name}` to the NoCloud seed"))?;
+            f.write_all(text.as_bytes())
+                .ctx(|| format!("cannot write `{name}` to the NoCloud seed"))?;
+        }
+        fs.unmount().ctx(|| "cannot finish the NoCloud seed")?;
+    }
+    write_private(path, &volume.into_inner())
 }

@@ -49,6 +49,35 @@ pub async fn bake(
     opts: &Options,
 ) -> Result<()> {
     let mirror = super::mirror::resolve(opts.mirror.as_deref())?;
+    let failed_log = images.join(format!("{digest}.failed.log"));
+    derive(images, builder, recipe, digest, |out, log| async move {
+        let status = run_script(builder, recipe, &mirror, &out, &log, opts).await?;
+        if status.success() {
+            return Ok(());
+        }
+        Err(Error::Tool {
+            program: format!("bake of {builder}"),
+            status: format!("{status}; last lines:\n{}", crate::logs::tail(&log, 15)),
+            log: failed_log,
+        })
+    })
+    .await
+}
+
+/// An image made by `make(out, log)` in a scratch directory, then recorded and moved into
+/// place; on failure its log is kept as `<digest>.failed.log`. The bake script is one maker,
+/// a cloud image's customisation the other.
+pub async fn derive<F, Fut>(
+    images: &Path,
+    builder: &str,
+    recipe: &Recipe,
+    digest: &str,
+    make: F,
+) -> Result<()>
+where
+    F: FnOnce(std::path::PathBuf, std::path::PathBuf) -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
     let started = Instant::now();
     let scratch = tempfile::Builder::new()
         .prefix(&format!(".bake-{}-", &digest[..12]))
@@ -61,16 +90,25 @@ pub async fn bake(
         })?;
     let out = scratch.path().join("out");
     let log_path = scratch.path().join("bake.log");
-    let status = run_script(builder, recipe, &mirror, &out, &log_path, opts).await?;
-    if !status.success() {
+    std::fs::create_dir_all(&out).ctx(|| format!("cannot create `{}`", out.display()))?;
+    if let Err(e) = make(out.clone(), log_path.clone()).await {
         let kept = images.join(format!("{digest}.failed.log"));
         let _ = std::fs::copy(&log_path, &kept);
-        return Err(Error::Tool {
-            program: format!("bake of {builder}"),
-            status: format!("{status}; last lines:\n{}", crate::logs::tail(&kept, 15)),
-            log: kept,
-        });
+        return Err(e);
     }
+    finish(images, builder, recipe, digest, &out, &log_path, started).await
+}
+
+/// Records a made image (`image.json`, its log) and moves it into place.
+async fn finish(
+    images: &Path,
+    builder: &str,
+    recipe: &Recipe,
+    digest: &str,
+    out: &Path,
+    log_path: &Path,
+    started: Instant,
+) -> Result<()> {
     let qcow2 = out.join("base.qcow2");
     let base_sha256 = joined(
         "hashing the image",
@@ -89,8 +127,8 @@ pub async fn bake(
         serde_json::to_vec_pretty(&info).expect("serializes"),
     )
     .ctx(|| "cannot write image.json")?;
-    std::fs::rename(&log_path, out.join("bake.log")).ctx(|| "cannot keep bake.log")?;
-    install(images, digest, &out)
+    std::fs::rename(log_path, out.join("bake.log")).ctx(|| "cannot keep bake.log")?;
+    install(images, digest, out)
 }
 
 /// Runs the embedded bake script into `out` in a private mount namespace, its output into

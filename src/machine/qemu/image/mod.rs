@@ -6,6 +6,9 @@
 //! never visible; a lock file serialises concurrent bakes of the same recipe.
 
 pub mod bake;
+mod checksum;
+pub mod cloud;
+pub mod download;
 pub mod mirror;
 
 use std::fs::File;
@@ -14,6 +17,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+pub use self::cloud::CloudRecipe;
 use crate::config::{Arch, Init, QemuBuilder, Size};
 use crate::error::{Error, IoContext, Result};
 use crate::paths::Dirs;
@@ -31,6 +35,9 @@ pub const GUEST_FILES: &[(&str, &str)] = &[
     ("runner-init", include_str!("guest/runner-init")),
 ];
 
+/// What a cloud image's customising boot runs (hashed into cloud recipes' digests).
+pub const CUSTOMISE: &str = include_str!("guest/customise.sh");
+
 /// Everything that determines an image's content, and nothing else (not vCPUs or memory).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Recipe {
@@ -42,22 +49,42 @@ pub struct Recipe {
     /// Absent in records of lean images, so recipes from before init kinds read the same.
     #[serde(default, skip_serializing_if = "Init::is_lean")]
     pub init: Init,
+    /// A cloud image customised into this one (`distro` is then `cloud`, `suite` empty).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cloud: Option<CloudRecipe>,
 }
 
 impl Recipe {
-    pub fn of(q: &QemuBuilder) -> Recipe {
+    /// The recipe of `q`; a cloud image's needs its sha256 (see `download::expected_sha256`).
+    pub fn of(q: &QemuBuilder, cloud_sha256: Option<&str>) -> Recipe {
+        let cloud = q
+            .cloud
+            .as_ref()
+            .map(|c| CloudRecipe::of(c, cloud_sha256.unwrap_or_default()));
         Recipe {
-            distro: "debian".into(),
+            distro: if cloud.is_some() { "cloud" } else { "debian" }.into(),
             suite: q.suite.clone(),
             arch: q.arch,
             packages: q.packages.clone(),
             disk: q.disk,
             init: q.init,
+            cloud,
         }
     }
 
     pub fn digest(&self) -> String {
         let mut h = Sha256::new();
+        if let Some(c) = &self.cloud {
+            // Runner's own guest files are not in a cloud image; its customising script is.
+            let content = Recipe {
+                cloud: Some(c.content()),
+                ..self.clone()
+            };
+            h.update(b"runner-cloud-image-v1\0");
+            h.update(serde_json::to_vec(&content).expect("recipe serializes"));
+            h.update(CUSTOMISE.as_bytes());
+            return hex::encode(h.finalize());
+        }
         h.update(b"runner-image-v1\0");
         h.update(serde_json::to_vec(self).expect("recipe serializes"));
         for (name, text) in GUEST_FILES {
@@ -78,6 +105,8 @@ pub struct Image {
     pub arch: Arch,
     pub dir: PathBuf,
     pub qcow2: PathBuf,
+    /// `qcow2`'s format: qcow2 in the cache; a cloud image being customised may be raw.
+    pub format: String,
     pub kernel: PathBuf,
     pub initrd: PathBuf,
     pub info: ImageInfo,
@@ -111,6 +140,7 @@ impl Image {
             arch: info.recipe.arch,
             dir: dir.to_owned(),
             qcow2: dir.join("base.qcow2"),
+            format: "qcow2".into(),
             // The uncompressed PVH kernel (amd64) boots faster: no in-guest decompression.
             kernel: Some(dir.join("vmlinux"))
                 .filter(|p| p.exists())
@@ -118,6 +148,11 @@ impl Image {
             initrd: dir.join("initrd.img"),
             info,
         })
+    }
+
+    /// The cloud image this was customised from; `None` for images runner bakes.
+    pub fn cloud(&self) -> Option<&CloudRecipe> {
+        self.info.recipe.cloud.as_ref()
     }
 
     /// Bytes on disk (qcow2 is sparse-aware: this is what the cache really costs).
@@ -155,37 +190,43 @@ impl Cache {
         Image::open(&self.root.join(digest)).ok()
     }
 
-    /// Returns the recipe's image, baking it first (for builder `name`) if the cache does
-    /// not have it.
-    pub async fn ensure(
+    /// Returns the recipe's image, made first (for builder `name`) if the cache does not
+    /// have it, or `force`: `make(images, digest)` makes it (see `bake::bake`,
+    /// `bake::derive`), under a lock per digest.
+    pub async fn ensure<F, Fut>(
         &self,
-        name: &str,
         recipe: &Recipe,
-        opts: &bake::Options,
-    ) -> Result<(Image, Provenance)> {
+        force: bool,
+        make: F,
+    ) -> Result<(Image, Provenance)>
+    where
+        F: FnOnce(PathBuf, String) -> Fut,
+        Fut: std::future::Future<Output = Result<()>>,
+    {
         let digest = recipe.digest();
-        if !opts.force
-            && let Some(img) = self.lookup(&digest)
-        {
+        if !force && let Some(img) = self.lookup(&digest) {
             return Ok((img, Provenance::Cached));
         }
         std::fs::create_dir_all(&self.root)
             .ctx(|| format!("cannot create image cache `{}`", self.root.display()))?;
         let _lock = lock(&self.root.join(format!("{digest}.lock"))).await?;
-        // Someone else may have baked it while we waited for the lock.
-        if !opts.force
-            && let Some(img) = self.lookup(&digest)
-        {
+        // Someone else may have made it while we waited for the lock.
+        if !force && let Some(img) = self.lookup(&digest) {
             return Ok((img, Provenance::Cached));
         }
-        bake::bake(&self.root, name, recipe, &digest, opts).await?;
+        make(self.root.clone(), digest.clone()).await?;
         Ok((
             self.lookup(&digest).ok_or_else(|| Error::BadFile {
                 path: self.root.join(&digest),
-                problem: "the image vanished right after its bake".into(),
+                problem: "the image vanished right after it was made".into(),
             })?,
             Provenance::Baked,
         ))
+    }
+
+    /// Where downloaded cloud images are kept (by sha256).
+    pub fn downloads(&self) -> PathBuf {
+        self.root.join("downloads")
     }
 
     pub fn list(&self) -> Vec<Image> {
@@ -214,12 +255,42 @@ impl Cache {
                 .ctx(|| format!("cannot remove `{}`", img.dir.display()))?;
             let _ = std::fs::remove_file(self.root.join(format!("{}.lock", img.digest)));
         }
+        self.forget_downloads(&matches);
         Ok(matches)
+    }
+
+    /// Removes the downloads of the removed cloud images that no image left in the cache
+    /// was made from (with the SHA-512 notes that point at them).
+    fn forget_downloads(&self, removed: &[Image]) {
+        let left: Vec<String> = self
+            .list()
+            .iter()
+            .filter_map(|i| Some(i.cloud()?.sha256.clone()))
+            .collect();
+        let downloads = self.downloads();
+        for sha in removed.iter().filter_map(|i| i.cloud()).map(|c| &c.sha256) {
+            if left.contains(sha) {
+                continue;
+            }
+            let _ = std::fs::remove_file(downloads.join(format!("{sha}.img")));
+            for note in std::fs::read_dir(&downloads)
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let path = note.path();
+                let points_here = path.extension().is_some_and(|e| e == "sha256")
+                    && std::fs::read_to_string(&path).is_ok_and(|t| t.trim() == sha);
+                if points_here {
+                    let _ = std::fs::remove_file(path);
+                }
+            }
+        }
     }
 }
 
 /// An exclusive advisory lock, taken off the async threads because flock blocks.
-async fn lock(path: &Path) -> Result<nix::fcntl::Flock<File>> {
+pub(super) async fn lock(path: &Path) -> Result<nix::fcntl::Flock<File>> {
     let path = path.to_owned();
     let task = tokio::task::spawn_blocking(move || {
         let f = File::create(&path).ctx(|| format!("cannot open lock `{}`", path.display()))?;

@@ -1,5 +1,5 @@
-//! The cloud-init user data every EC2 machine boots with — the same document a NoCloud seed
-//! carries for a local cloud image. It installs runner's per-machine client key and host key
+//! The cloud-init user data every cloud machine boots with: an EC2 instance, and a local
+//! QEMU machine on a cloud image (through a NoCloud seed). It installs runner's per-machine client key and host key
 //! (so the host key is pinned exactly as with QEMU, never trusted on first use), and arms a
 //! dead-man switch that powers the machine off at its expiry time even if runner is gone;
 //! with `InstanceInitiatedShutdownBehavior=terminate`, powering off ends the billing.
@@ -41,6 +41,11 @@ pub fn cloud_config(
         ));
     }
     y.push_str("bootcmd:\n");
+    // On the serial console: the machine's network is up and its sshd about to start (it is
+    // ordered after this stage), so SSH attempts no longer stall.
+    y.push_str(&format!(
+        "  - [sh, -c, \"echo {CONSOLE_MARKER} > /dev/console\"]\n"
+    ));
     y.push_str(&format!(
         "  - [sh, -c, {}]\n",
         yaml_quote(&deadman(expires_unix))
@@ -61,6 +66,9 @@ pub fn cloud_config(
     }
     Ok(y)
 }
+
+/// What a cloud machine prints on its console once cloud-init runs.
+pub const CONSOLE_MARKER: &str = "runner-cloud: cloud-init";
 
 /// Where a machine's user data fetches its context pack to.
 pub const PREFETCH: &str = crate::guest::PREFETCHED_PACK;
