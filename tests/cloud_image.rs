@@ -173,6 +173,8 @@ fn hello_c_builds_on_a_cloud_image_through_sudo_and_its_derived_image_is_reused(
 
     // Reproducing from the manifest: the recorded image, held to the recorded sha256, in a
     // fresh machine on the same derived image — no download, no customising boot.
+    let made = image_records(&w);
+    assert_eq!(made.len(), 1, "{made:?}");
     let saved = project.path().join("first.json");
     std::fs::copy(artifacts.join("manifest.json"), &saved).unwrap();
     let out = w.run(&[
@@ -192,9 +194,10 @@ fn hello_c_builds_on_a_cloud_image_through_sudo_and_its_derived_image_is_reused(
         2,
         "the image was downloaded again"
     );
-    assert!(
-        !stderr(&out).contains("customising"),
-        "the image was customised again"
+    assert_eq!(
+        image_records(&w),
+        made,
+        "the image was made again (or another one)"
     );
 
     // Nothing left behind: no machine, no process, nothing for gc.
@@ -237,15 +240,24 @@ fn a_wrong_sha256_is_refused_before_any_boot_and_nothing_is_kept() {
     ] {
         assert!(err.contains(needle), "no `{needle}` in: {err}");
     }
-    assert!(
-        w.downloads()
-            .iter()
-            .all(|p| p.extension().is_some_and(|e| e == "lock")),
-        "a download was kept: {:?}",
-        w.downloads()
-    );
+    assert_eq!(w.downloads(), Vec::<PathBuf>::new(), "a download was kept");
     assert!(!w.world.machines().exists(), "a machine was started");
     w.world.assert_clean();
+
+    // A file the server does not have is one refused request, not five.
+    let missing = format!(
+        "url = \"{}\", sha256 = \"{wrong}\"",
+        server.url("absent.qcow2")
+    );
+    std::fs::write(
+        project.path().join("builders/missing.toml"),
+        builder(&missing, ""),
+    )
+    .unwrap();
+    let out = w.run(&["image", "build", "missing"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("404"), "{}", stderr(&out));
+    assert_eq!(server.requests_for("absent.qcow2").len(), 1);
 }
 
 #[test]
@@ -269,6 +281,22 @@ fn a_cloud_image_that_presents_its_own_host_key_is_refused() {
     let err = stderr(&out);
     assert!(err.contains("host key mismatch"), "{err}");
     w.world.assert_clean();
+}
+
+/// Each derived image's record and when it was written.
+fn image_records(w: &CloudWorld) -> Vec<(PathBuf, std::time::SystemTime)> {
+    let mut out: Vec<_> = std::fs::read_dir(w.cache.path().join("images"))
+        .unwrap()
+        .filter_map(|e| {
+            let record = e.ok()?.path().join("image.json");
+            Some((
+                record.clone(),
+                std::fs::metadata(&record).ok()?.modified().ok()?,
+            ))
+        })
+        .collect();
+    out.sort();
+    out
 }
 
 fn read_repo(rel: &str) -> String {

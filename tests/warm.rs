@@ -13,26 +13,32 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use common::*;
 
 /// A bookworm-amd64 builder with `memory`, in its own project.
-fn world_with_memory(memory: &str) -> (tempfile::TempDir, World) {
+fn world_with_memory(memory: &str) -> (tempfile::TempDir, World, PathBuf) {
     let text = std::fs::read_to_string(repo().join("builders/bookworm-amd64.toml"))
         .unwrap()
         .replace("memory = \"1G\"", &format!("memory = \"{memory}\""));
     assert!(text.contains(memory));
     let project = project_with(&[("shaped", &text)]);
     let world = World::with_project(project.path().to_owned());
-    assert!(world.run(&["image", "build", "shaped"]).status.success());
-    (project, world)
+    let built = world.run(&["image", "build", "shaped"]);
+    assert!(built.status.success());
+    // `name  digest  baked|cached in …  <image directory>`
+    let image = stdout(&built)
+        .trim()
+        .rsplit('\t')
+        .next()
+        .map(PathBuf::from)
+        .expect("the image's directory");
+    (project, world, image)
 }
 
-/// The snapshot directories made for machines of `memory_mib`, in any image.
-fn snapshots_of(memory_mib: u64) -> Vec<PathBuf> {
+/// The snapshot directories of `image` made for machines of `memory_mib` (other images in a
+/// long-lived cache may have their own).
+fn snapshots_of(image: &Path, memory_mib: u64) -> Vec<PathBuf> {
     let mut out = vec![];
-    for image in std::fs::read_dir(image_cache().join("images"))
-        .unwrap()
-        .flatten()
     {
-        let Ok(rd) = std::fs::read_dir(image.path().join("snapshots")) else {
-            continue;
+        let Ok(rd) = std::fs::read_dir(image.join("snapshots")) else {
+            return out;
         };
         for dir in rd.flatten().map(|e| e.path()).filter(|p| p.is_dir()) {
             let key: serde_json::Value = std::fs::read(dir.join("snapshot.json"))
@@ -106,7 +112,7 @@ fn identity(world: &World) -> Identity {
 
 #[test]
 fn machines_restored_from_one_snapshot_each_have_their_own_identity_and_the_clock() {
-    let (_p, world) = world_with_memory("1280M");
+    let (_p, world, _) = world_with_memory("1280M");
     let first = identity(&world);
     assert!(first.log.contains("warm (snapshot"), "{}", first.log);
     // Let the snapshot's clock fall behind, so a clock left as it was would show.
@@ -132,9 +138,9 @@ fn machines_restored_from_one_snapshot_each_have_their_own_identity_and_the_cloc
 
 #[test]
 fn a_damaged_or_stale_snapshot_means_a_cold_boot_and_a_new_snapshot() {
-    let (_p, world) = world_with_memory("1152M");
+    let (_p, world, image) = world_with_memory("1152M");
     // What an earlier, failed run of this test may have left damaged.
-    for dir in snapshots_of(1152) {
+    for dir in snapshots_of(&image, 1152) {
         std::fs::remove_dir_all(dir).unwrap();
     }
     let report = |expect: &str| {
@@ -143,7 +149,9 @@ fn a_damaged_or_stale_snapshot_means_a_cold_boot_and_a_new_snapshot() {
         assert!(stderr(&out).contains(expect), "{}", stderr(&out));
     };
     report("warm (snapshot");
-    let snap = snapshots_of(1152).pop().expect("a snapshot was made");
+    let snap = snapshots_of(&image, 1152)
+        .pop()
+        .expect("a snapshot was made");
 
     // Damaged: QEMU cannot load half a state. The machine boots cold and the snapshot goes.
     let state = snap.join("state");
@@ -187,14 +195,16 @@ fn restoring(state_dir: &Path) -> bool {
 
 #[test]
 fn ctrl_c_mid_restore_and_sigkill_mid_snapshot_leave_only_the_cached_snapshot() {
-    let (_p, world) = world_with_memory("1088M");
+    let (_p, world, image) = world_with_memory("1088M");
     assert!(
         world
             .run(&["vm", "run", "shaped", "--", "true"])
             .status
             .success()
     );
-    let snap = snapshots_of(1088).pop().expect("a snapshot was made");
+    let snap = snapshots_of(&image, 1088)
+        .pop()
+        .expect("a snapshot was made");
 
     // Ctrl-C while QEMU loads the snapshot.
     let child = world.spawn(&["vm", "run", "shaped", "--", "sleep 600"]);

@@ -6,6 +6,8 @@ pub mod builder;
 pub mod cloud;
 pub mod ec2;
 pub mod project;
+pub mod qemu;
+pub mod shape;
 pub mod size;
 mod url;
 pub mod value;

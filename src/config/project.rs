@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::builder::Shape;
+use super::shape::Shape;
 use super::size::GIB;
 use super::value::{self, Example, Range};
 use super::{Builder, ConfigError, S3Url, Size, Source};

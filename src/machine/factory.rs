@@ -261,7 +261,12 @@ fn qemu_builder(r: &Recipe, shape: Shape) -> QemuBuilder {
         init: r.init,
         shape,
         disk: r.disk,
-        boot_timeout: Duration::from_secs(if r.arch.is_native() { 120 } else { 300 }),
+        // As a builder file's defaults (`config::builder`).
+        boot_timeout: Duration::from_secs(match (r.arch.is_native(), r.cloud.is_some()) {
+            (true, false) => 120,
+            (true, true) | (false, false) => 300,
+            (false, true) => 600,
+        }),
     }
 }
 

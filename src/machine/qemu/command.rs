@@ -113,6 +113,12 @@ impl Launch<'_> {
             cpu,
             console: tty,
         } = board(img.arch, self.accel);
+        // Distributions built for x86-64-v2 (RHEL 9 and its rebuilds) do not start on
+        // TCG's plain qemu64; runner's own images keep it (faster for SSH's ciphers).
+        let cpu = match (img.cloud(), img.arch, self.accel) {
+            (Some(_), Arch::Amd64, Accel::Tcg) => "Nehalem",
+            _ => cpu,
+        };
         let mut c = Command::new(qemu_binary(img.arch));
         c.arg("-name")
             .arg(format!("runner-{}", self.label))

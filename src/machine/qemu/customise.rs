@@ -11,12 +11,13 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
 use super::command::Accel;
 use super::image::{CUSTOMISE, Image, ImageInfo, Recipe};
 use super::launch::Start;
+use super::packages::{DETECT, PackageManager};
 use crate::config::{QemuBuilder, Size};
 use crate::error::{Error, IoContext, Result};
 use crate::guest::{Guest, GuestKeys, quote};
@@ -25,6 +26,14 @@ use crate::paths::Dirs;
 
 /// How long the sealed machine may take to power off.
 const POWER_OFF: Duration = Duration::from_secs(120);
+/// How long waiting for cloud-init, finding the package manager and sealing may take.
+const CLOUD_INIT: Duration = Duration::from_secs(15 * 60);
+/// How long installing the packages, or the bake script, may take (a hung step must not
+/// hang the build: the image phase is outside the targets' timeouts).
+const STEP: Duration = Duration::from_secs(60 * 60);
+/// Runs the bake script from stdin as an executable file (its shebang decides the shell).
+const BAKE: &str = "f=/var/tmp/runner-bake; install -m 700 /dev/stdin $f && $f; s=$?; \
+                    rm -f $f; exit $s";
 
 /// What one customisation needs.
 pub struct Job<'a> {
@@ -36,56 +45,6 @@ pub struct Job<'a> {
     pub report: &'a Report,
 }
 
-/// A package manager a cloud image may have, found by what is on its `PATH`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PackageManager {
-    Apt,
-    Dnf,
-    Yum,
-    Zypper,
-    Apk,
-}
-
-/// The guest command that names the first package manager it has.
-const DETECT: &str = "for m in apt-get dnf yum zypper apk; do \
-                      command -v $m >/dev/null 2>&1 && { echo $m; exit 0; }; done; exit 1";
-
-impl PackageManager {
-    fn from_detected(out: &str) -> Option<PackageManager> {
-        Some(match out.trim() {
-            "apt-get" => PackageManager::Apt,
-            "dnf" => PackageManager::Dnf,
-            "yum" => PackageManager::Yum,
-            "zypper" => PackageManager::Zypper,
-            "apk" => PackageManager::Apk,
-            _ => return None,
-        })
-    }
-
-    /// The command that installs `packages` non-interactively. Names are checked when a
-    /// builder is read, but a manifest's recipe (`runner reproduce`) is not a builder file:
-    /// they are quoted.
-    pub fn install(self, packages: &[String]) -> String {
-        let list = packages
-            .iter()
-            .map(|p| quote(p))
-            .collect::<Vec<_>>()
-            .join(" ");
-        match self {
-            PackageManager::Apt => format!(
-                "export DEBIAN_FRONTEND=noninteractive; apt-get update -q && \
-                 apt-get install -y -q --no-install-recommends {list}"
-            ),
-            PackageManager::Dnf => format!("dnf install -y -q {list}"),
-            PackageManager::Yum => format!("yum install -y -q {list}"),
-            PackageManager::Zypper => {
-                format!("zypper --non-interactive --quiet install --no-recommends {list}")
-            }
-            PackageManager::Apk => format!("apk add --no-cache {list}"),
-        }
-    }
-}
-
 /// Makes `out/base.qcow2` from the image file `source` (qcow2 or raw), output to `log`.
 pub async fn customise(
     job: &Job<'_>,
@@ -94,31 +53,7 @@ pub async fn customise(
     out: &Path,
     log: &Path,
 ) -> Result<()> {
-    let (format, size) = image_info(source).await?;
-    if size > recipe.disk.0 {
-        return Err(Error::other(format!(
-            "builder `{}`: disk = \"{}\" is smaller than the image ({}); make it at least that",
-            job.name,
-            recipe.disk,
-            Size(size)
-        )));
-    }
-    let image = Image {
-        digest: recipe.digest(),
-        arch: recipe.arch,
-        dir: out.to_owned(),
-        qcow2: source.to_owned(),
-        format,
-        kernel: Default::default(),
-        initrd: Default::default(),
-        info: ImageInfo {
-            builder: job.name.to_owned(),
-            recipe: recipe.clone(),
-            base_sha256: String::new(),
-            created_unix: crate::host::now_unix(),
-            bake_seconds: 0.0,
-        },
-    };
+    let image = staging(job, recipe, source, out).await?;
     let start = Start {
         dirs: job.dirs,
         registry: job.registry,
@@ -141,30 +76,69 @@ pub async fn customise(
         .cold(&spec, &keys, "cold (customising)".into())
         .await?;
     let guest = machine.connect(&keys).await?;
-    let mut log = tokio::fs::File::create(log)
-        .await
-        .ctx(|| format!("cannot create `{}`", log.display()))?;
     let steps = Steps {
         job,
         guest: guest.as_ref(),
+        log: tokio::fs::File::create(log)
+            .await
+            .ctx(|| format!("cannot create `{}`", log.display()))?,
+        log_path: log.to_owned(),
         // Where `bake::derive` keeps the log of a failed customisation.
-        log_path: out
+        kept_log: out
             .parent()
             .and_then(Path::parent)
             .unwrap_or(out)
             .join(format!("{}.failed.log", recipe.digest())),
     };
-    steps.run(&mut log, recipe).await?;
-    log.flush().await.ok();
+    steps.run(recipe).await?;
+    power_off(job, &mut machine, guest).await?;
+    flatten(&machine.dir.join("overlay.qcow2"), &out.join("base.qcow2")).await?;
+    machine.teardown(false).await
+}
+
+/// The image as a machine boots it while it is customised: the downloaded file under the
+/// machine's overlay (grown to the recipe's disk), in the scratch directory `out`.
+async fn staging(job: &Job<'_>, recipe: &Recipe, source: &Path, out: &Path) -> Result<Image> {
+    let (format, size) = image_info(source).await?;
+    if size > recipe.disk.0 {
+        return Err(Error::other(format!(
+            "builder `{}`: disk = \"{}\" is smaller than the image ({}); make it at least that",
+            job.name,
+            recipe.disk,
+            Size(size)
+        )));
+    }
+    Ok(Image {
+        digest: recipe.digest(),
+        arch: recipe.arch,
+        dir: out.to_owned(),
+        qcow2: source.to_owned(),
+        format,
+        kernel: Default::default(),
+        initrd: Default::default(),
+        info: ImageInfo {
+            builder: job.name.to_owned(),
+            recipe: recipe.clone(),
+            base_sha256: String::new(),
+            created_unix: crate::host::now_unix(),
+            bake_seconds: 0.0,
+        },
+    })
+}
+
+/// Powers the sealed machine off and waits until QEMU has exited.
+async fn power_off(
+    job: &Job<'_>,
+    machine: &mut crate::machine::Machine,
+    guest: Box<dyn Guest>,
+) -> Result<()> {
     // Powering off ends the connection (or the command): either is the expected end.
-    let _ = guest
-        .exec(
-            "poweroff",
-            None,
-            Box::new(tokio::io::sink()),
-            Box::new(tokio::io::sink()),
-        )
-        .await;
+    let sink = || Box::new(tokio::io::sink());
+    let _ = tokio::time::timeout(
+        Duration::from_secs(30),
+        guest.exec("poweroff", None, sink(), sink()),
+    )
+    .await;
     guest.close().await;
     let deadline = tokio::time::Instant::now() + POWER_OFF;
     while machine.exited().is_none() {
@@ -177,32 +151,27 @@ pub async fn customise(
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    flatten(&machine.dir.join("overlay.qcow2"), &out.join("base.qcow2")).await?;
-    machine.teardown(false).await
+    Ok(())
 }
 
-/// The customising steps over SSH, each one's output into the log.
+/// The customising steps over SSH, each one's output streamed into the log.
 struct Steps<'a> {
     job: &'a Job<'a>,
     guest: &'a dyn Guest,
+    log: tokio::fs::File,
     log_path: std::path::PathBuf,
+    kept_log: std::path::PathBuf,
 }
 
 impl Steps<'_> {
-    async fn run(&self, log: &mut tokio::fs::File, recipe: &Recipe) -> Result<()> {
+    async fn run(&self, recipe: &Recipe) -> Result<()> {
         // The first boot's own cloud-init work (growing the disk) is done before anything
         // else touches the package manager. A non-zero status only means it logged errors.
-        self.step(
-            log,
-            "waiting for cloud-init",
-            "cloud-init status --wait || true",
-            None,
-        )
-        .await?;
+        let wait = "cloud-init status --wait || true";
+        self.step("waiting for cloud-init", wait, None, CLOUD_INIT)
+            .await?;
         if !recipe.packages.is_empty() {
-            let found = self
-                .step(log, "finding the package manager", DETECT, None)
-                .await?;
+            let found = self.detect().await?;
             let pm = PackageManager::from_detected(&found).ok_or_else(|| {
                 Error::other(format!(
                     "customising {}: the image has none of apt-get, dnf, yum, zypper, apk",
@@ -210,70 +179,103 @@ impl Steps<'_> {
                 ))
             })?;
             let what = format!("installing {}", recipe.packages.join(" "));
-            self.step(log, &what, &pm.install(&recipe.packages), None)
+            self.step(&what, &pm.install(&recipe.packages), None, STEP)
                 .await?;
         }
         if let Some(script) = recipe.cloud.as_ref().and_then(|c| c.bake_script.as_ref()) {
-            let run = "f=/var/tmp/runner-bake; install -m 700 /dev/stdin $f && $f; s=$?; \
-                       rm -f $f; exit $s";
-            self.step(log, "running bake_script", run, Some(script.clone()))
+            self.step("running bake_script", BAKE, Some(script.clone()), STEP)
                 .await?;
         }
         let user = &recipe.cloud.as_ref().expect("a cloud recipe").ssh_user;
         let seal = format!("sh -s -- {}", quote(user));
-        self.step(log, "sealing", &seal, Some(CUSTOMISE.to_owned()))
-            .await?;
-        Ok(())
+        self.step("sealing", &seal, Some(CUSTOMISE.to_owned()), CLOUD_INIT)
+            .await
     }
 
-    /// Runs `command` (as root), its output into the log; returns its stdout.
+    /// The package manager's name, from the little the guest prints for it.
+    async fn detect(&self) -> Result<String> {
+        let what = "finding the package manager";
+        self.line(what).await;
+        let (w, r) = tokio::io::duplex(4096);
+        let run = self
+            .guest
+            .exec(DETECT, None, Box::new(w), Box::new(self.writer().await?));
+        let mut found = Vec::new();
+        let read = async {
+            use tokio::io::AsyncReadExt;
+            let _ = r.take(4096).read_to_end(&mut found).await;
+        };
+        let (status, ()) = tokio::time::timeout(CLOUD_INIT, async { tokio::join!(run, read) })
+            .await
+            .map_err(|_| self.timed_out(what, CLOUD_INIT))?;
+        match status? {
+            s if s.success() => Ok(String::from_utf8_lossy(&found).into_owned()),
+            s => Err(self.failed(what, &s.to_string())),
+        }
+    }
+
+    /// Runs `command` (as root) within `limit`, its output into the log.
     async fn step(
         &self,
-        log: &mut tokio::fs::File,
         what: &str,
         command: &str,
         stdin: Option<String>,
-    ) -> Result<String> {
+        limit: Duration,
+    ) -> Result<()> {
+        self.line(what).await;
+        let _ = self
+            .writer()
+            .await?
+            .write_all(format!("$ {command}\n").as_bytes())
+            .await;
+        let input = stdin.map(|s| Box::new(std::io::Cursor::new(s.into_bytes())) as _);
+        let (out, err) = (self.writer().await?, self.writer().await?);
+        let run = self
+            .guest
+            .exec(command, input, Box::new(out), Box::new(err));
+        let status = tokio::time::timeout(limit, run)
+            .await
+            .map_err(|_| self.timed_out(what, limit))??;
+        match status.success() {
+            true => Ok(()),
+            false => Err(self.failed(what, &status.to_string())),
+        }
+    }
+
+    async fn line(&self, what: &str) {
         self.job
             .report
             .line(format!("customising {}: {what}", self.job.name));
-        log.write_all(format!("== {what}\n$ {command}\n").as_bytes())
-            .await
-            .ok();
-        let (out_w, mut out_r) = tokio::io::duplex(1 << 16);
-        let (err_w, mut err_r) = tokio::io::duplex(1 << 16);
-        let input = stdin.map(|s| Box::new(std::io::Cursor::new(s.into_bytes())) as _);
-        let run = self
-            .guest
-            .exec(command, input, Box::new(out_w), Box::new(err_w));
-        let (mut out, mut err) = (Vec::new(), Vec::new());
-        let (status, _, _) = tokio::join!(
-            run,
-            out_r.read_to_end(&mut out),
-            err_r.read_to_end(&mut err)
-        );
-        log.write_all(&out).await.ok();
-        log.write_all(&err).await.ok();
-        let status = status?;
-        if !status.success() {
-            log.flush().await.ok();
-            return Err(Error::Tool {
-                program: format!("customising {}: {what}", self.job.name),
-                status: format!(
-                    "{status}; last lines:\n{}",
-                    tail(&[out.as_slice(), err.as_slice()].concat(), 15)
-                ),
-                log: self.log_path.clone(),
-            });
+        if let Ok(mut w) = self.writer().await {
+            let _ = w.write_all(format!("== {what}\n").as_bytes()).await;
         }
-        Ok(String::from_utf8_lossy(&out).into_owned())
     }
-}
 
-fn tail(bytes: &[u8], n: usize) -> String {
-    let text = String::from_utf8_lossy(bytes);
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
+    /// Another handle on the log (appending: the file was created for this).
+    async fn writer(&self) -> Result<tokio::fs::File> {
+        self.log
+            .try_clone()
+            .await
+            .ctx(|| "cannot write the customise log")
+    }
+
+    fn failed(&self, what: &str, status: &str) -> Error {
+        Error::Tool {
+            program: format!("customising {}: {what}", self.job.name),
+            status: format!(
+                "{status}; last lines:\n{}",
+                crate::logs::tail(&self.log_path, 15)
+            ),
+            log: self.kept_log.clone(),
+        }
+    }
+
+    fn timed_out(&self, what: &str, limit: Duration) -> Error {
+        self.failed(
+            what,
+            &format!("did not finish within {} minutes", limit.as_secs() / 60),
+        )
+    }
 }
 
 /// The image file's format and virtual size, as `qemu-img info` reads them.
@@ -281,6 +283,7 @@ async fn image_info(path: &Path) -> Result<(String, u64)> {
     let out = Command::new("qemu-img")
         .args(["info", "--output=json"])
         .arg(path)
+        .kill_on_drop(true)
         .output()
         .await
         .ctx(|| "cannot run `qemu-img` (is qemu-utils installed?)")?;
@@ -302,6 +305,14 @@ async fn image_info(path: &Path) -> Result<(String, u64)> {
             "a `{format}` image; runner boots qcow2 or raw cloud images (unpack archives first)"
         )));
     }
+    // A qcow2 may name other files to read through (a backing file, an external data file):
+    // a downloaded one could so hand the guest any file of this host. A cloud image is whole.
+    let data_file = &v["format-specific"]["data"]["data-file"];
+    if !v["backing-filename"].is_null() || !data_file.is_null() {
+        return Err(bad(
+            "the image names a backing or data file; a cloud image must be self-contained".into(),
+        ));
+    }
     Ok((format, v["virtual-size"].as_u64().unwrap_or(0)))
 }
 
@@ -311,6 +322,7 @@ async fn flatten(overlay: &Path, dest: &Path) -> Result<()> {
         .args(["convert", "-q", "-O", "qcow2"])
         .arg(overlay)
         .arg(dest)
+        .kill_on_drop(true)
         .output()
         .await
         .ctx(|| "cannot run `qemu-img convert`")?;
@@ -322,31 +334,4 @@ async fn flatten(overlay: &Path, dest: &Path) -> Result<()> {
         });
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::PackageManager::{self, *};
-
-    #[test]
-    fn install_commands_per_package_manager() {
-        let pkgs = ["gcc".to_owned(), "make".to_owned()];
-        assert_eq!(
-            Apt.install(&pkgs),
-            "export DEBIAN_FRONTEND=noninteractive; apt-get update -q && \
-             apt-get install -y -q --no-install-recommends 'gcc' 'make'"
-        );
-        assert_eq!(Dnf.install(&pkgs), "dnf install -y -q 'gcc' 'make'");
-        assert_eq!(Yum.install(&pkgs), "yum install -y -q 'gcc' 'make'");
-        assert_eq!(
-            Zypper.install(&pkgs),
-            "zypper --non-interactive --quiet install --no-recommends 'gcc' 'make'"
-        );
-        assert_eq!(Apk.install(&pkgs), "apk add --no-cache 'gcc' 'make'");
-        assert_eq!(
-            PackageManager::from_detected("zypper\n"),
-            Some(PackageManager::Zypper)
-        );
-        assert_eq!(PackageManager::from_detected(""), None);
-    }
 }

@@ -10,6 +10,7 @@ pub mod customise;
 pub mod image;
 mod instance;
 mod launch;
+mod packages;
 mod qmp;
 mod seed;
 pub mod sweep;

@@ -39,6 +39,7 @@ pub async fn context_slot(dir: &Path, pack: Option<&Path>) -> Result<()> {
 /// Runs a `qemu-img` command; a failure names `what`, its status and stderr, and `disk`.
 async fn qemu_img(mut cmd: Command, what: &str, disk: &Path) -> Result<()> {
     let out = cmd
+        .kill_on_drop(true)
         .output()
         .await
         .ctx(|| "cannot run `qemu-img` (is qemu-utils installed?)")?;
@@ -153,8 +154,9 @@ pub fn hostname_of(label: &str) -> String {
 }
 
 /// How long a local cloud machine may live before its own dead-man switch powers it off,
-/// should runner be gone (killed with SIGKILL, say) and nobody run `runner gc`.
-pub const CLOUD_LIFETIME: std::time::Duration = std::time::Duration::from_secs(6 * 3600);
+/// should runner be gone (killed with SIGKILL, say) and nobody run `runner gc`: past the
+/// longest target timeout (48 h) and its boot, so it never cuts a build short.
+pub const CLOUD_LIFETIME: std::time::Duration = std::time::Duration::from_secs(50 * 3600);
 
 /// A cloud image's seed: a NoCloud `cidata` FAT volume carrying the same user data an EC2
 /// machine gets (runner's client key for `user`, the pinned host key, the dead-man switch)

@@ -208,7 +208,8 @@ async fn attempts(url: &str, part: &Path, builder: &str, report: &Report) -> Res
         }
         match download(url, part, builder, report).await {
             Ok(()) => return Ok(()),
-            Err(e) => {
+            Err(Broke::Stop(e)) => return Err(e),
+            Err(Broke::Retry(e)) => {
                 report.line(format!("downloading {builder}: {e}; resuming"));
                 last = Some(e);
             }
@@ -245,9 +246,27 @@ async fn verify(
     })
 }
 
+/// Why an attempt ended early: worth another (a broken connection, a server error), or not
+/// (the server refuses the file, or it is too large).
+enum Broke {
+    Retry(Error),
+    Stop(Error),
+}
+
+impl From<Error> for Broke {
+    fn from(e: Error) -> Broke {
+        Broke::Retry(e)
+    }
+}
+
 /// One attempt: appends to `part` from its current length (the server may ignore the range
 /// and send everything, which then replaces it).
-async fn download(url: &str, part: &Path, builder: &str, report: &Report) -> Result<()> {
+async fn download(
+    url: &str,
+    part: &Path,
+    builder: &str,
+    report: &Report,
+) -> std::result::Result<(), Broke> {
     let have = std::fs::metadata(part).map(|m| m.len()).unwrap_or(0);
     let mut req = client()?.get(url);
     if have > 0 {
@@ -264,9 +283,11 @@ async fn download(url: &str, part: &Path, builder: &str, report: &Report) -> Res
         return Ok(());
     }
     if !status.is_success() {
-        return Err(Error::other(format!(
-            "builder `{builder}`: `{url}` answered {status}"
-        )));
+        let e = Error::other(format!("builder `{builder}`: `{url}` answered {status}"));
+        return Err(match status.is_client_error() {
+            true => Broke::Stop(e),
+            false => Broke::Retry(e),
+        });
     }
     let resumed = status == StatusCode::PARTIAL_CONTENT && starts_at(&resp, have);
     let offset = if resumed { have } else { 0 };
@@ -276,9 +297,9 @@ async fn download(url: &str, part: &Path, builder: &str, report: &Report) -> Res
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
         .map(|n| n + offset);
     if total.is_some_and(|t| t > MAX_IMAGE) {
-        return Err(Error::other(format!(
+        return Err(Broke::Stop(Error::other(format!(
             "builder `{builder}`: `{url}` is larger than {MAX_IMAGE} bytes"
-        )));
+        ))));
     }
     let mut file = tokio::fs::OpenOptions::new()
         .create(true)
@@ -295,9 +316,9 @@ async fn download(url: &str, part: &Path, builder: &str, report: &Report) -> Res
         let chunk = chunk.map_err(broke)?;
         written += chunk.len() as u64;
         if written > MAX_IMAGE {
-            return Err(Error::other(format!(
+            return Err(Broke::Stop(Error::other(format!(
                 "builder `{builder}`: `{url}` sent more than {MAX_IMAGE} bytes"
-            )));
+            ))));
         }
         file.write_all(&chunk)
             .await

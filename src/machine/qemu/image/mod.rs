@@ -38,6 +38,12 @@ pub const GUEST_FILES: &[(&str, &str)] = &[
 /// What a cloud image's customising boot runs (hashed into cloud recipes' digests).
 pub const CUSTOMISE: &str = include_str!("guest/customise.sh");
 
+/// The version of the customising steps runner drives from outside the script
+/// (`qemu/customise.rs`: waiting for cloud-init, the package managers' commands, the bake
+/// script's wrapper) and of the user data the customising boot gets: a change to any of
+/// them must bump this, so derived images are made anew.
+pub const CUSTOMISE_STEPS: u32 = 1;
+
 /// Everything that determines an image's content, and nothing else (not vCPUs or memory).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Recipe {
@@ -83,6 +89,7 @@ impl Recipe {
             h.update(b"runner-cloud-image-v1\0");
             h.update(serde_json::to_vec(&content).expect("recipe serializes"));
             h.update(CUSTOMISE.as_bytes());
+            h.update(CUSTOMISE_STEPS.to_le_bytes());
             return hex::encode(h.finalize());
         }
         h.update(b"runner-image-v1\0");
