@@ -94,6 +94,18 @@ fn main() {
         eprintln!("run {}: {}", i + 1, line.join(", "));
     }
     let medians: Vec<f64> = times.iter_mut().map(|t| median(t)).collect();
+    let labels: Vec<&str> = sides.iter().map(|(l, _, _)| *l).collect();
+    print(own_first, cloud_first, &labels, &medians, runs);
+}
+
+/// Both first uses, then each side's boot median with the cloud image's as the ratio's base.
+fn print(
+    own_first: Duration,
+    cloud_first: Duration,
+    labels: &[&str],
+    medians: &[f64],
+    runs: usize,
+) {
     println!("first use, from an empty cache (TCG, 2 vCPU, 1 GiB, 4 GiB disk):");
     println!(
         "  {:<44} {:>7.2} s",
@@ -108,7 +120,7 @@ fn main() {
     );
     println!("per-build boot-to-SSH-ready, median of {runs}:");
     let cloud_s = medians[2];
-    for ((label, _, _), m) in sides.iter().zip(&medians) {
+    for (label, m) in labels.iter().zip(medians) {
         println!(
             "  {label:<44} {m:>7.2} s   cloud/this {:>5.1}x",
             cloud_s / m
@@ -118,7 +130,10 @@ fn main() {
 
 /// The stand-in image, made once, and hard-linked where the server serves it.
 fn standin(repo: &Path, bench: &Path, served: &Path) -> PathBuf {
-    let dir = bench.join("cloud-standin");
+    // Keyed by the script, as the tests' copy is: a changed script makes it anew.
+    let script = std::fs::read(repo.join("tests/cloud/standin-image.sh")).unwrap();
+    let digest = runner::digest::sha256_hex(&script);
+    let dir = bench.join(format!("cloud-standin-{}", &digest[..16]));
     if !dir.join("disk.qcow2").exists() {
         eprintln!("making the stand-in cloud image (once) ...");
         let mirror = runner::machine::qemu::image::mirror::resolve(

@@ -100,49 +100,12 @@ fn hello_c_builds_on_a_cloud_image_through_sudo_and_its_derived_image_is_reused(
         1,
         size / 3,
     );
-    let image = format!(
-        "url = \"{}\", checksum_url = \"{}\"",
-        server.url("standin-cloud-amd64.qcow2"),
-        server.url("SHA256SUMS")
-    );
-    let extra = "ssh_user = \"builder\"\npackages = [\"gcc\", \"libc6-dev\", \"make\"]\n\
-                 bake_script = \"bake.sh\"\n";
-    let project = Project::new()
-        .builder("cloud", &builder(&image, extra))
-        .file(
-            "builders/bake.sh",
-            "#!/bin/sh\nset -e\necho baked > /etc/runner-baked\n",
-        )
-        .file("src/Makefile", &read_repo("examples/hello-c/src/Makefile"))
-        .file("src/hello.c", &read_repo("examples/hello-c/src/hello.c"))
-        .file("src/make.sh", &read_repo("provision-scripts/make.sh"))
-        .file("build.sh", SCRIPT)
-        .toml(
-            "[target.hello]\nbuilder = \"cloud\"\nscript = \"build.sh\"\ncontext = \"src\"\n\
-             artifacts = [\"hello\", \"build-info.txt\", \"build-mode.txt\"]\ntimeout = \"30m\"\n",
-        )
-        .done();
+    let project = hello_project(&server);
     let w = CloudWorld::new(project.path());
 
     let out = w.run(&["build", "hello"]);
     assert!(out.status.success(), "the first build failed");
-    let requests = server.requests_for("standin-cloud-amd64.qcow2");
-    assert_eq!(
-        requests.len(),
-        2,
-        "one cut download, one resume: {requests:?}"
-    );
-    assert_eq!(requests[0].range, None);
-    assert_eq!(
-        requests[1].range.as_deref(),
-        Some(format!("bytes={}-", size / 3).as_str()),
-        "the second request resumes where the first broke off"
-    );
-    assert_eq!(
-        w.downloads(),
-        vec![w.cache.path().join(format!("images/downloads/{sha}.img"))],
-        "one verified download, no partial file"
-    );
+    assert_resumed_once_and_kept(&server, &w, size, &sha);
     let artifacts = project.path().join("artifacts/hello");
     let info = std::fs::read_to_string(artifacts.join("build-info.txt")).unwrap();
     assert!(info.contains("machine: x86_64"), "{info}");
@@ -153,16 +116,7 @@ fn hello_c_builds_on_a_cloud_image_through_sudo_and_its_derived_image_is_reused(
         "/build is writable by the image's user"
     );
 
-    // The manifest records where the image came from and what it was made into.
-    let m: Value =
-        serde_json::from_str(&std::fs::read_to_string(artifacts.join("manifest.json")).unwrap())
-            .unwrap();
-    let cloud = &m["builder"]["recipe"]["cloud"];
-    assert_eq!(cloud["url"], server.url("standin-cloud-amd64.qcow2"), "{m}");
-    assert_eq!(cloud["sha256"], sha.as_str(), "{m}");
-    let derived = m["base_image_sha256"].as_str().unwrap().to_owned();
-    assert_eq!(derived.len(), 64);
-    assert_ne!(derived, sha, "the derived image is not the download");
+    assert_manifest_names_the_image(&artifacts, &server, &sha);
     w.world.assert_clean();
 
     let listed = stdout(&w.run(&["image", "list"]));
@@ -281,6 +235,68 @@ fn a_cloud_image_that_presents_its_own_host_key_is_refused() {
     let err = stderr(&out);
     assert!(err.contains("host key mismatch"), "{err}");
     w.world.assert_clean();
+}
+
+/// A project building hello-c on a cloud builder whose image `server` serves with its
+/// SHA256SUMS; its user is `builder`, its packages the C toolchain, its bake script marks it.
+fn hello_project(server: &FileServer) -> tempfile::TempDir {
+    let image = format!(
+        "url = \"{}\", checksum_url = \"{}\"",
+        server.url("standin-cloud-amd64.qcow2"),
+        server.url("SHA256SUMS")
+    );
+    let extra = "ssh_user = \"builder\"\npackages = [\"gcc\", \"libc6-dev\", \"make\"]\n\
+                 bake_script = \"bake.sh\"\n";
+    Project::new()
+        .builder("cloud", &builder(&image, extra))
+        .file(
+            "builders/bake.sh",
+            "#!/bin/sh\nset -e\necho baked > /etc/runner-baked\n",
+        )
+        .file("src/Makefile", &read_repo("examples/hello-c/src/Makefile"))
+        .file("src/hello.c", &read_repo("examples/hello-c/src/hello.c"))
+        .file("src/make.sh", &read_repo("provision-scripts/make.sh"))
+        .file("build.sh", SCRIPT)
+        .toml(
+            "[target.hello]\nbuilder = \"cloud\"\nscript = \"build.sh\"\ncontext = \"src\"\n\
+             artifacts = [\"hello\", \"build-info.txt\", \"build-mode.txt\"]\ntimeout = \"30m\"\n",
+        )
+        .done()
+}
+
+/// The image was asked for twice, the second time from where the first broke off, and one
+/// verified download is kept.
+fn assert_resumed_once_and_kept(server: &FileServer, w: &CloudWorld, size: u64, sha: &str) {
+    let requests = server.requests_for("standin-cloud-amd64.qcow2");
+    assert_eq!(
+        requests.len(),
+        2,
+        "one cut download, one resume: {requests:?}"
+    );
+    assert_eq!(requests[0].range, None);
+    assert_eq!(
+        requests[1].range.as_deref(),
+        Some(format!("bytes={}-", size / 3).as_str()),
+        "the second request resumes where the first broke off"
+    );
+    assert_eq!(
+        w.downloads(),
+        vec![w.cache.path().join(format!("images/downloads/{sha}.img"))],
+        "one verified download, no partial file"
+    );
+}
+
+/// The manifest records where the image came from and what it was made into.
+fn assert_manifest_names_the_image(artifacts: &Path, server: &FileServer, sha: &str) {
+    let m: Value =
+        serde_json::from_str(&std::fs::read_to_string(artifacts.join("manifest.json")).unwrap())
+            .unwrap();
+    let cloud = &m["builder"]["recipe"]["cloud"];
+    assert_eq!(cloud["url"], server.url("standin-cloud-amd64.qcow2"), "{m}");
+    assert_eq!(cloud["sha256"], sha, "{m}");
+    let derived = m["base_image_sha256"].as_str().unwrap().to_owned();
+    assert_eq!(derived.len(), 64);
+    assert_ne!(derived, sha, "the derived image is not the download");
 }
 
 /// Each derived image's record and when it was written.

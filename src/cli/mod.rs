@@ -153,42 +153,60 @@ async fn dispatch(command: Command, env: &Env) -> Result<i32> {
             commands::why::why(env, &target, upload.as_deref()).await
         }
         Command::Key(KeyCmd::Generate { out }) => commands::key::generate(env, &out),
-        Command::Artifacts(ArtifactsCmd::Ls { target, upload }) => {
-            commands::artifacts::ls(env, &target, upload.as_deref()).await
-        }
-        Command::Artifacts(ArtifactsCmd::Get {
-            target,
-            upload,
-            out,
-        }) => {
-            let out = out.unwrap_or_else(|| PathBuf::from(&target));
-            commands::artifacts::get(env, &target, upload.as_deref(), &out).await
-        }
+        Command::Artifacts(cmd) => artifacts(env, cmd).await,
         Command::List => commands::project::list(env),
         Command::Check => commands::project::check(env),
         Command::Init { dir } => commands::init::init(env, dir.as_deref()),
-        Command::Image(ImageCmd::Build { builders, .. }) => {
-            commands::image::build(env, &builders).await
-        }
-        Command::Image(ImageCmd::List) => commands::image::list(env),
-        Command::Image(ImageCmd::Rm { what }) => commands::image::rm(env, &what).await,
-        Command::Vm(VmCmd::Run { builder, command }) => {
-            commands::vm::run(env, &builder, &command.join(" ")).await
-        }
-        Command::Vm(VmCmd::Shell { builder }) => commands::vm::shell(env, &builder).await,
+        Command::Image(cmd) => image(env, cmd).await,
+        Command::Vm(cmd) => vm(env, cmd).await,
         Command::Gc { force } => commands::gc::gc(env, force).await,
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "runner", &mut std::io::stdout());
             Ok(Exit::Success.code())
         }
-        Command::Man => {
-            clap_mangen::Man::new(Cli::command())
-                .render(&mut std::io::stdout())
-                .map_err(|source| Error::Io {
-                    context: "cannot write the man page".into(),
-                    source,
-                })?;
-            Ok(Exit::Success.code())
+        Command::Man => man_page(),
+    }
+}
+
+async fn artifacts(env: &Env, cmd: ArtifactsCmd) -> Result<i32> {
+    match cmd {
+        ArtifactsCmd::Ls { target, upload } => {
+            commands::artifacts::ls(env, &target, upload.as_deref()).await
+        }
+        ArtifactsCmd::Get {
+            target,
+            upload,
+            out,
+        } => {
+            let out = out.unwrap_or_else(|| PathBuf::from(&target));
+            commands::artifacts::get(env, &target, upload.as_deref(), &out).await
         }
     }
+}
+
+async fn image(env: &Env, cmd: ImageCmd) -> Result<i32> {
+    match cmd {
+        ImageCmd::Build { builders, .. } => commands::image::build(env, &builders).await,
+        ImageCmd::List => commands::image::list(env),
+        ImageCmd::Rm { what } => commands::image::rm(env, &what).await,
+    }
+}
+
+async fn vm(env: &Env, cmd: VmCmd) -> Result<i32> {
+    match cmd {
+        VmCmd::Run { builder, command } => {
+            commands::vm::run(env, &builder, &command.join(" ")).await
+        }
+        VmCmd::Shell { builder } => commands::vm::shell(env, &builder).await,
+    }
+}
+
+fn man_page() -> Result<i32> {
+    clap_mangen::Man::new(Cli::command())
+        .render(&mut std::io::stdout())
+        .map_err(|source| Error::Io {
+            context: "cannot write the man page".into(),
+            source,
+        })?;
+    Ok(Exit::Success.code())
 }

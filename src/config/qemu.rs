@@ -118,13 +118,7 @@ impl QemuBuilder {
             )?,
         };
         let disk = value::size(src, raw.disk.as_ref(), "disk", DISK, Size(4 * GIB))?;
-        // Foreign architectures are fully emulated and boot several times slower; a cloud
-        // image boots firmware, its bootloader, systemd and cloud-init.
-        let default_boot = Duration::from_secs(match (raw.arch.is_native(), cloud.is_some()) {
-            (true, false) => 120,
-            (true, true) | (false, false) => 300,
-            (false, true) => 600,
-        });
+        let default_boot = default_boot_timeout(raw.arch, cloud.is_some());
         let boot_timeout = value::duration(
             src,
             raw.boot_timeout.as_ref(),
@@ -144,6 +138,17 @@ impl QemuBuilder {
             boot_timeout,
         })
     }
+}
+
+/// A QEMU machine's boot timeout when its builder names none (also for builders a manifest
+/// describes). Foreign architectures are fully emulated and boot several times slower; a
+/// cloud image boots firmware, its bootloader, systemd and cloud-init.
+pub fn default_boot_timeout(arch: Arch, cloud: bool) -> Duration {
+    Duration::from_secs(match (arch.is_native(), cloud) {
+        (true, false) => 120,
+        (true, true) | (false, false) => 300,
+        (false, true) => 600,
+    })
 }
 
 /// `distro` and `suite` of a builder runner bakes from Debian.

@@ -6,7 +6,6 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 #[cfg(feature = "ec2")]
 use super::ec2::{Ec2Backend, sweep::Ec2Sweeper};
@@ -261,12 +260,7 @@ fn qemu_builder(r: &Recipe, shape: Shape) -> QemuBuilder {
         init: r.init,
         shape,
         disk: r.disk,
-        // As a builder file's defaults (`config::builder`).
-        boot_timeout: Duration::from_secs(match (r.arch.is_native(), r.cloud.is_some()) {
-            (true, false) => 120,
-            (true, true) | (false, false) => 300,
-            (false, true) => 600,
-        }),
+        boot_timeout: crate::config::qemu::default_boot_timeout(r.arch, r.cloud.is_some()),
     }
 }
 

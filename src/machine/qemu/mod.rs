@@ -6,7 +6,7 @@
 
 pub mod accel;
 mod command;
-pub mod customise;
+mod customise;
 pub mod image;
 mod instance;
 mod launch;

@@ -10,6 +10,7 @@ mod checksum;
 pub mod cloud;
 pub mod download;
 pub mod mirror;
+mod progress;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
