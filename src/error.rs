@@ -136,6 +136,31 @@ pub enum Error {
     #[error("`{}`: {problem}", path.display())]
     BadFile { path: PathBuf, problem: String },
 
+    /// A manifest (read from anywhere, or about to be written) holds a field runner refuses:
+    /// a name that is no single path component, a digest that is not one, a URI outside the
+    /// build's own location, a shape outside the builder limits.
+    #[error("{what}: invalid manifest field `{field}`")]
+    InvalidManifest {
+        what: String,
+        field: String,
+        #[source]
+        source: crate::config::names::Invalid,
+    },
+
+    /// A build context holds a host secret: the guest, and every script it runs, could read it.
+    #[error(
+        "{what} `{}` is inside the build context `{}` (as `{}`): a build could read it. \
+         Keep it outside the project (`runner key generate` writes to your config directory by \
+         default) or leave it out of the context in .runnerignore",
+        secret.display(), context.display(), entry.display()
+    )]
+    SecretInContext {
+        what: &'static str,
+        secret: PathBuf,
+        context: PathBuf,
+        entry: PathBuf,
+    },
+
     /// A background task died (a panic in a blocking reader or writer).
     #[error("{what} failed: {source}")]
     Task {

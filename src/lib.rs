@@ -26,6 +26,7 @@ pub mod paths;
 pub mod progress;
 pub mod provenance;
 pub mod run;
+pub mod safe_read;
 pub mod signals;
 pub mod store;
 

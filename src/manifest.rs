@@ -10,16 +10,24 @@
 //! where the backend sized it, EC2).
 //! The script travels inside the manifest so that a manifest is enough to rebuild.
 
+mod check;
+mod fields;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+pub use self::fields::{BaseImage, FileName, Name, RelPath, Sha256};
+pub use crate::config::names::Invalid;
 pub use crate::digest::sha256_hex;
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
 use crate::machine::Origin;
 
 pub const SCHEMA: u32 = 2;
+/// The largest manifest runner reads: the script travels inside, so allow a large one, but
+/// never let a hostile file decide how much memory a read takes.
+pub const MAX_BYTES: u64 = 32 << 20;
 /// Schema versions this runner reads.
 const READS: [u64; 2] = [1, 2];
 pub const FILE: &str = "manifest.json";
@@ -32,10 +40,10 @@ pub const SHA256SUMS: &str = "SHA256SUMS";
 pub struct Manifest {
     pub schema: u32,
     pub runner_version: String,
-    pub target: String,
+    pub target: Name,
     pub builder: BuilderRecord,
-    pub base_image_sha256: String,
-    pub context_digest: String,
+    pub base_image_sha256: BaseImage,
+    pub context_digest: Sha256,
     /// Exclude patterns applied to the context (e.g. the artifact directory), so that a
     /// reproduction scans the same tree.
     pub context_excludes: Vec<String>,
@@ -43,7 +51,7 @@ pub struct Manifest {
     pub artifact_globs: Vec<String>,
     pub env: BTreeMap<String, String>,
     pub source_date_epoch: u64,
-    pub inputs_digest: String,
+    pub inputs_digest: Sha256,
     pub started_unix: u64,
     pub finished_unix: u64,
     pub artifacts: Vec<ArtifactRecord>,
@@ -81,25 +89,25 @@ impl MachineShape {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct BuilderRecord {
-    pub name: String,
+    pub name: FileName,
     pub recipe: Origin,
-    pub recipe_digest: String,
+    pub recipe_digest: Sha256,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ScriptRecord {
-    pub name: String,
-    pub sha256: String,
+    pub name: FileName,
+    pub sha256: Sha256,
     pub content: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ArtifactRecord {
-    pub path: String,
+    pub path: RelPath,
     pub size: u64,
-    pub sha256: String,
+    pub sha256: Sha256,
     pub uri: String,
 }
 
@@ -116,7 +124,7 @@ pub struct Inputs<'a> {
 }
 
 impl Inputs<'_> {
-    pub fn digest(&self) -> String {
+    pub fn digest(&self) -> Sha256 {
         let canonical = serde_json::json!({
             "v": 1,
             "recipe": self.recipe_digest,
@@ -126,16 +134,13 @@ impl Inputs<'_> {
             "epoch": self.epoch,
             "globs": self.globs,
         });
-        sha256_hex(canonical.to_string().as_bytes())
+        Sha256::of(canonical.to_string().as_bytes())
     }
 }
 
 /// A build's name in a store: the inputs (what it is) and its start (which attempt).
-pub fn build_id(inputs_digest: &str, started_unix: u64) -> String {
-    format!(
-        "{}-{started_unix}",
-        &inputs_digest[..16.min(inputs_digest.len())]
-    )
+pub fn build_id(inputs_digest: &Sha256, started_unix: u64) -> String {
+    format!("{}-{started_unix}", inputs_digest.short())
 }
 
 /// What a build is, known before any machine exists: everything a manifest records but
@@ -158,7 +163,7 @@ pub struct Build<'a> {
 
 impl Build<'_> {
     /// The digest that decides cache hits: see [`Inputs`].
-    pub fn inputs_digest(&self) -> String {
+    pub fn inputs_digest(&self) -> Sha256 {
         Inputs {
             recipe_digest: &self.origin.digest(),
             context_digest: self.context_digest,
@@ -173,26 +178,37 @@ impl Build<'_> {
 
 impl Manifest {
     /// The manifest of a finished build: `build`, the base image its machine booted (a sha256,
-    /// an AMI id), and the artifacts it produced.
-    pub fn new(build: &Build<'_>, base_image: &str, artifacts: Vec<ArtifactRecord>) -> Manifest {
-        let recipe_digest = build.origin.digest();
-        let sha256 = sha256_hex(build.script);
-        Manifest {
+    /// an AMI id), and the artifacts it produced. It passes the checks every manifest read
+    /// passes, so runner never publishes one that `reproduce` or `verify` would refuse.
+    pub fn new(
+        build: &Build<'_>,
+        base_image: &str,
+        artifacts: Vec<ArtifactRecord>,
+    ) -> Result<Manifest> {
+        let invalid = |field: &'static str| {
+            move |source: Invalid| Error::InvalidManifest {
+                what: "the manifest of this build".into(),
+                field: field.into(),
+                source,
+            }
+        };
+        let m = Manifest {
             schema: SCHEMA,
             runner_version: env!("CARGO_PKG_VERSION").to_owned(),
-            target: build.target.to_owned(),
+            target: Name::new(build.target).map_err(invalid("target"))?,
             builder: BuilderRecord {
-                name: build.builder.to_owned(),
+                name: FileName::new(build.builder).map_err(invalid("builder.name"))?,
                 recipe: build.origin.clone(),
-                recipe_digest: recipe_digest.clone(),
+                recipe_digest: Sha256::new(build.origin.digest())
+                    .map_err(invalid("builder.recipe_digest"))?,
             },
-            base_image_sha256: base_image.to_owned(),
-            context_digest: build.context_digest.to_owned(),
+            base_image_sha256: BaseImage::new(base_image).map_err(invalid("base_image_sha256"))?,
+            context_digest: Sha256::new(build.context_digest).map_err(invalid("context_digest"))?,
             context_excludes: build.context_excludes.to_vec(),
             inputs_digest: build.inputs_digest(),
             script: ScriptRecord {
-                name: build.script_name.to_owned(),
-                sha256,
+                name: FileName::new(build.script_name).map_err(invalid("script.name"))?,
+                sha256: Sha256::of(build.script),
                 content: String::from_utf8_lossy(build.script).into_owned(),
             },
             artifact_globs: build.globs.to_vec(),
@@ -203,20 +219,39 @@ impl Manifest {
             artifacts,
             context_tree: build.context_tree.clone(),
             machine: build.shape.map(MachineShape::of),
-        }
+        };
+        check::manifest(&m).map_err(|(field, source)| Error::InvalidManifest {
+            what: "the manifest of this build".into(),
+            field,
+            source,
+        })?;
+        Ok(m)
     }
 
-    /// Reads a manifest, refusing schema versions this runner does not know before looking
-    /// at anything else (a newer schema may mean something else by the same fields).
+    /// Reads a manifest file (a regular file, not followed through a symlink, at most
+    /// [`MAX_BYTES`]); see [`Manifest::from_slice`].
     pub fn read(path: &Path) -> Result<Manifest> {
-        let bytes =
-            std::fs::read(path).ctx(|| format!("cannot read manifest `{}`", path.display()))?;
+        let bytes = crate::safe_read::read_capped(path, MAX_BYTES)?;
+        Manifest::from_slice(&bytes, path)
+    }
+
+    /// The one reader of manifests, whoever wrote them: refuses schema versions this runner
+    /// does not know before looking at anything else (a newer schema may mean something else
+    /// by the same fields), then every field that becomes a path, a file name, a command
+    /// argument, a URL or a number is checked (see `check.rs`). `path` names the source in
+    /// errors.
+    pub fn from_slice(bytes: &[u8], path: &Path) -> Result<Manifest> {
         let bad = |problem: String| Error::BadFile {
             path: path.to_owned(),
             problem,
         };
+        if bytes.len() as u64 > MAX_BYTES {
+            return Err(bad(format!(
+                "larger than {MAX_BYTES} bytes: not a manifest"
+            )));
+        }
         let value: serde_json::Value =
-            serde_json::from_slice(&bytes).map_err(|e| bad(format!("not a JSON manifest: {e}")))?;
+            serde_json::from_slice(bytes).map_err(|e| bad(format!("not a JSON manifest: {e}")))?;
         match value.get("schema").and_then(|v| v.as_u64()) {
             Some(v) if READS.contains(&v) => {}
             Some(v) => {
@@ -226,7 +261,19 @@ impl Manifest {
             }
             None => return Err(bad("no manifest schema version".into())),
         }
-        serde_json::from_value(value).map_err(|e| bad(format!("invalid manifest: {e}")))
+        let m: Manifest = serde_path_to_error::deserialize(value).map_err(|e| {
+            bad(format!(
+                "invalid manifest: field `{}`: {}",
+                e.path(),
+                e.inner()
+            ))
+        })?;
+        check::manifest(&m).map_err(|(field, source)| Error::InvalidManifest {
+            what: path.display().to_string(),
+            field,
+            source,
+        })?;
+        Ok(m)
     }
 
     pub fn to_json(&self) -> Vec<u8> {
@@ -237,62 +284,4 @@ impl Manifest {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn inputs_digest_changes_with_every_input() {
-        let env = BTreeMap::from([("A".to_owned(), "1".to_owned())]);
-        let globs = vec!["*".to_owned()];
-        let base = Inputs {
-            recipe_digest: "r",
-            context_digest: "c",
-            script_sha256: "s",
-            env: &env,
-            epoch: 1,
-            globs: &globs,
-        };
-        let d = base.digest();
-        assert_eq!(d, Inputs { ..base }.digest());
-        let env2 = BTreeMap::from([("A".to_owned(), "2".to_owned())]);
-        let variants = [
-            Inputs {
-                recipe_digest: "r2",
-                ..Inputs { ..base }
-            }
-            .digest(),
-            Inputs {
-                context_digest: "c2",
-                ..Inputs { ..base }
-            }
-            .digest(),
-            Inputs {
-                script_sha256: "s2",
-                ..Inputs { ..base }
-            }
-            .digest(),
-            Inputs {
-                env: &env2,
-                ..Inputs { ..base }
-            }
-            .digest(),
-            Inputs {
-                epoch: 2,
-                ..Inputs { ..base }
-            }
-            .digest(),
-        ];
-        for v in variants {
-            assert_ne!(v, d);
-        }
-    }
-
-    #[test]
-    fn unknown_schema_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("m.json");
-        std::fs::write(&p, r#"{"schema": 99, "target": "x"}"#).unwrap();
-        let e = Manifest::read(&p).unwrap_err().to_string();
-        assert!(e.contains("schema version 99"), "{e}");
-    }
-}
+mod tests;

@@ -291,3 +291,82 @@ fn sha256sums_is_sorted_and_escaped_like_coreutils() {
     let text = sha256sums(&[file("b/c", "22"), file("a\\b", "11"), file("a", "00")]);
     assert_eq!(text, "00  a\n\\11  a\\\\b\n22  b/c\n");
 }
+
+/// Arbitrary archives, entry by entry: names with `..`, absolute paths, links in and out of
+/// the tree, devices, sizes that lie about their data, or plain random bytes. Whatever the
+/// stream, `unpack` returns (Ok or Err) without a panic, and nothing outside `dest` changes.
+mod arbitrary {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn name() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("..".to_owned()),
+            Just("/".to_owned()),
+            Just("../sentinel/keep".to_owned()),
+            Just("a/../../sentinel/x".to_owned()),
+            Just("/tmp/pwned".to_owned()),
+            "[a-c./]{1,12}",
+            "\\PC{1,20}",
+        ]
+        .prop_filter("fits the old header", |n| n.len() < 100)
+    }
+
+    fn entry() -> impl Strategy<Value = (String, u8, Vec<u8>, String, bool)> {
+        (
+            name(),
+            prop::sample::select(vec![
+                b'0', b'1', b'2', b'3', b'4', b'5', b'6', b'7', b'L', b'x', b'g',
+            ]),
+            prop::collection::vec(any::<u8>(), 0..64),
+            prop_oneof![Just(String::new()), name()],
+            any::<bool>(),
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        #[test]
+        fn hostile_archives_never_write_outside_dest(
+            entries in prop::collection::vec(entry(), 0..6),
+            end in any::<bool>(),
+            noise in prop::collection::vec(any::<u8>(), 0..600),
+        ) {
+            let sandbox = Sandbox::new();
+            let mut tar = Tar::default();
+            for (name, ty, data, link, lie) in &entries {
+                tar = if *lie {
+                    // A declared size that is not what follows.
+                    let mut t = tar.header(name, *ty, data.len() as u64 * 7 + 1, link);
+                    t.0.extend_from_slice(data);
+                    t
+                } else {
+                    tar.entry(name, *ty, data, link)
+                };
+            }
+            let mut bytes = if end { tar.done() } else { tar.0 };
+            bytes.extend_from_slice(&noise);
+            let limits = Limits { max_file_bytes: 1 << 16, max_total_bytes: 1 << 18, max_entries: 16 };
+            let _ = unpack(Cursor::new(bytes), &sandbox.dest(), &limits);
+            let mut outside = Vec::new();
+            walk(sandbox.0.path(), sandbox.0.path(), &mut outside);
+            outside.retain(|p| p != "dest" && !p.starts_with("dest/"));
+            outside.sort();
+            prop_assert_eq!(outside, vec!["sentinel".to_owned(), "sentinel/keep".to_owned()]);
+            let keep = sandbox.0.path().join("sentinel/keep");
+            prop_assert_eq!(fs::read_to_string(&keep).unwrap(), "keep");
+            prop_assert_eq!(fs::metadata(&keep).unwrap().nlink(), 1);
+        }
+
+        #[test]
+        fn random_bytes_are_an_error_or_nothing(bytes in prop::collection::vec(any::<u8>(), 0..4096)) {
+            let sandbox = Sandbox::new();
+            let _ = unpack(Cursor::new(bytes), &sandbox.dest(), &Limits::default());
+            let mut outside = Vec::new();
+            walk(sandbox.0.path(), sandbox.0.path(), &mut outside);
+            outside.retain(|p| p != "dest" && !p.starts_with("dest/"));
+            prop_assert_eq!(outside.len(), 2);
+        }
+    }
+}

@@ -138,11 +138,11 @@ pub enum Command {
 
 #[derive(Subcommand)]
 pub enum KeyCmd {
-    /// Make an ed25519 key: OUT (private, PKCS#8 PEM, mode 0600) and OUT.pub (public, hex).
-    Generate {
-        #[arg(default_value = "runner-signing.pem")]
-        out: PathBuf,
-    },
+    /// Make an ed25519 key: OUT (private, PKCS#8 PEM, mode 0600) and OUT with `.pub` (public,
+    /// hex). OUT defaults to `signing.pem` in runner's config directory
+    /// (`$XDG_CONFIG_HOME/runner`, `~/.config/runner`): outside every project, so no build
+    /// context can hold it.
+    Generate { out: Option<PathBuf> },
 }
 
 #[derive(Subcommand)]

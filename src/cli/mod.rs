@@ -152,7 +152,7 @@ async fn dispatch(command: Command, env: &Env) -> Result<i32> {
         Command::Why { target, upload } => {
             commands::why::why(env, &target, upload.as_deref()).await
         }
-        Command::Key(KeyCmd::Generate { out }) => commands::key::generate(env, &out),
+        Command::Key(KeyCmd::Generate { out }) => commands::key::generate(env, out.as_deref()),
         Command::Artifacts(cmd) => artifacts(env, cmd).await,
         Command::List => commands::project::list(env),
         Command::Check => commands::project::check(env),

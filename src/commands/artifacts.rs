@@ -31,7 +31,7 @@ pub async fn ls(env: &Env, target: &str, upload: Option<&str>) -> Result<i32> {
         "{} build {} (inputs {}), finished {}",
         m.target,
         crate::manifest::build_id(&m.inputs_digest, m.started_unix),
-        &m.inputs_digest[..16],
+        m.inputs_digest.short(),
         humantime::format_rfc3339_seconds(
             std::time::UNIX_EPOCH + std::time::Duration::from_secs(m.finished_unix)
         )

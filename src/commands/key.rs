@@ -40,10 +40,32 @@ pub fn verifying_key(arg: Option<&str>, project: Option<&Project>) -> Result<Pub
     }
 }
 
-/// Writes `out` (the private key, mode 0600) and `out.pub` (its public key, hex).
-pub fn generate(env: &Env, out: &Path) -> Result<i32> {
+/// Where `runner key generate` writes by default: runner's config directory, outside every
+/// project (a key inside one would be part of a build context).
+pub fn default_key_path() -> PathBuf {
+    dirs::config_dir()
+        .or_else(|| dirs::home_dir().map(|h| h.join(".config")))
+        .unwrap_or_else(|| PathBuf::from("/etc"))
+        .join("runner")
+        .join("signing.pem")
+}
+
+/// Writes `out` (the private key, mode 0600; default [`default_key_path`]) and its `.pub`
+/// (the public key, hex). Refuses to write into a build context of the project here, and
+/// never overwrites a key.
+pub fn generate(env: &Env, out: Option<&Path>) -> Result<i32> {
+    let out = out.map(Path::to_owned).unwrap_or_else(default_key_path);
+    let out = out.as_path();
     let key = SigningKey::generate();
     let public = out.with_extension("pub");
+    if public == out {
+        return Err(Error::other(format!(
+            "`{}` ends in .pub, the name of the public half: name the private key file (e.g. \
+             signing.pem)",
+            out.display()
+        )));
+    }
+    refuse_context(env, out)?;
     if out.exists() || public.exists() {
         return Err(Error::other(format!(
             "`{}` or `{}` exists: runner never overwrites a key",
@@ -71,4 +93,40 @@ pub fn generate(env: &Env, out: &Path) -> Result<i32> {
         println!("key id       {}", pk.keyid());
     }
     Ok(Exit::Success.code())
+}
+
+/// Refuses a key path inside a build context of the project in `env` (if there is one), or
+/// inside the project itself when a target's context is the whole project.
+fn refuse_context(env: &Env, out: &Path) -> Result<()> {
+    let Some(project) = super::project_if_any(env)? else {
+        return Ok(());
+    };
+    let abs = |p: &Path| {
+        std::path::absolute(p)
+            .ctx(|| format!("cannot resolve `{}`", p.display()))
+            .map(|a| {
+                // The directory may not exist yet: resolve what does (symlinks) and keep the rest.
+                let parent = a.parent().and_then(|d| d.canonicalize().ok());
+                match (parent, a.file_name()) {
+                    (Some(d), Some(n)) => d.join(n),
+                    _ => a,
+                }
+            })
+    };
+    let out = abs(out)?;
+    for t in project.targets.values() {
+        let context = t
+            .context
+            .canonicalize()
+            .unwrap_or_else(|_| t.context.clone());
+        if out.starts_with(&context) {
+            return Err(Error::SecretInContext {
+                what: "the signing key to generate",
+                secret: out.clone(),
+                context: context.clone(),
+                entry: out.strip_prefix(&context).unwrap_or(&out).to_owned(),
+            });
+        }
+    }
+    Ok(())
 }

@@ -80,3 +80,13 @@ impl Env {
         }
     }
 }
+
+/// The project here, if there is one: a directory without `runner.toml` has none, but a
+/// broken `runner.toml` is an error, never silently "no project" (which would publish a
+/// reproduction unsigned, or verify with the wrong key).
+pub fn project_if_any(env: &Env) -> crate::Result<Option<crate::config::Project>> {
+    if !env.project.join("runner.toml").exists() {
+        return Ok(None);
+    }
+    Ok(Some(crate::config::Project::load(&env.project)?))
+}

@@ -73,7 +73,12 @@ pub async fn reproduce(env: &Env, args: Args) -> Result<i32> {
             "statement": statement,
         }));
     } else {
-        report(&m, &rebuilt, &verdicts, &rebuilt_dir, &out);
+        let places = Places {
+            recorded: args.manifest.parent().unwrap_or(Path::new(".")),
+            rebuilt: &rebuilt_dir,
+            out: &out,
+        };
+        report(&m, &rebuilt, &verdicts, &places);
         println!("statement: {}", statement.display());
     }
     Ok(super::Exit::of(all_same))
@@ -82,7 +87,7 @@ pub async fn reproduce(env: &Env, args: Args) -> Result<i32> {
 /// Refuses what cannot be a reproduction: a script that is not the recorded one, a context
 /// other than the recorded one, a machine runner cannot make again.
 async fn check(m: &Manifest, args: &Args) -> Result<()> {
-    if manifest::sha256_hex(m.script.content.as_bytes()) != m.script.sha256 {
+    if m.script.sha256 != manifest::sha256_hex(m.script.content.as_bytes()) {
         return Err(Error::other(
             "the manifest's script does not match its recorded sha256",
         ));
@@ -96,7 +101,7 @@ async fn check(m: &Manifest, args: &Args) -> Result<()> {
         tokio::task::spawn_blocking(move || Context::scan(&opts)?.digest()),
     )
     .await?;
-    if digest != m.context_digest {
+    if m.context_digest != digest {
         return Err(Error::other(format!(
             "context `{}` has digest {digest}, but the manifest records {}: refusing to reproduce from different sources",
             args.context.display(),
@@ -104,12 +109,12 @@ async fn check(m: &Manifest, args: &Args) -> Result<()> {
         )));
     }
     let recipe_now = m.builder.recipe.digest();
-    if recipe_now != m.builder.recipe_digest {
+    if m.builder.recipe_digest != recipe_now {
         eprintln!(
             "runner: note: this runner's guest scripts differ from those of the recorded build \
-             (recipe digest {} now, {} recorded); the image is baked from the same recipe",
-            &recipe_now[..16],
-            &m.builder.recipe_digest[..16]
+             (recipe digest {recipe_now} now, {} recorded); the image is baked from the same \
+             recipe",
+            m.builder.recipe_digest
         );
     }
     Ok(())
@@ -123,7 +128,7 @@ async fn rebuild(env: &Env, m: &Manifest, args: &Args, out: &Path) -> Result<Pat
         .ctx(|| format!("cannot write `{}`", script.display()))?;
     let builder = rebuild_builder(env, m, args)?;
     let target = Target {
-        name: m.target.clone(),
+        name: m.target.to_string(),
         shape: m
             .machine
             .map(|s| s.shape())
@@ -155,7 +160,7 @@ async fn rebuild(env: &Env, m: &Manifest, args: &Args, out: &Path) -> Result<Pat
         logs: out.to_owned(),
         exclude: vec![],
         context_excludes: Some(m.context_excludes.clone()),
-        signing: super::key::signing_key(crate::config::Project::load(&env.project).ok().as_ref())?,
+        signing: super::key::signing_key(super::project_if_any(env)?.as_ref())?,
         packs: env.dirs.cache.clone(),
         shared: Default::default(),
     });
@@ -218,7 +223,7 @@ fn attest(
                 .collect::<Vec<_>>(),
         }),
     };
-    let key = super::key::signing_key(crate::config::Project::load(&env.project).ok().as_ref())?;
+    let key = super::key::signing_key(super::project_if_any(env)?.as_ref())?;
     let payload = serde_json::to_vec(&statement).expect("a statement serializes");
     let envelope = provenance::dsse::Envelope::new(&payload, key.as_deref());
     let path = out.join(provenance::REPRODUCTION_FILE);
@@ -230,7 +235,10 @@ fn attest(
 /// The builder a rebuild runs on: `--on`, else one that makes the recorded machine again (the
 /// recorded recipe; the recorded AMI with the project's EC2 builder of that name).
 fn rebuild_builder(env: &Env, m: &Manifest, args: &Args) -> Result<crate::config::Builder> {
-    let configured = |name: &str| crate::config::Builder::find(&env.project, name);
+    // Always `builders/<name>.toml` of this project: a recorded name is never a path.
+    let configured = |name: &str| {
+        crate::config::Builder::load(&env.project.join("builders").join(format!("{name}.toml")))
+    };
     if let Some(on) = &args.on {
         return Ok(configured(on)?);
     }
@@ -253,18 +261,20 @@ fn rebuild_builder(env: &Env, m: &Manifest, args: &Args) -> Result<crate::config
 
 /// Prints a verdict per artifact (and runs diffoscope on differences); true if every
 /// artifact is identical.
-fn report(
-    m: &Manifest,
-    rebuilt: &Manifest,
-    verdicts: &[(String, Verdict)],
-    rebuilt_dir: &Path,
-    out: &Path,
-) -> bool {
+/// Where a report's files are: the recorded build's (beside its manifest), the rebuild's, and
+/// where reports go.
+struct Places<'a> {
+    recorded: &'a Path,
+    rebuilt: &'a Path,
+    out: &'a Path,
+}
+
+fn report(m: &Manifest, rebuilt: &Manifest, verdicts: &[(String, Verdict)], at: &Places) -> bool {
     if rebuilt.base_image_sha256 != m.base_image_sha256 {
         println!(
             "base image: differs from the recorded one (rebaked here: {} vs {}); same recipe",
-            &rebuilt.base_image_sha256[..16],
-            &m.base_image_sha256[..16]
+            rebuilt.base_image_sha256.short(),
+            m.base_image_sha256.short()
         );
     } else {
         println!("base image: identical");
@@ -278,7 +288,7 @@ fn report(
                 println!(
                     "different  {path}\n           recorded sha256 {recorded}\n           rebuilt  sha256 {rebuilt}"
                 );
-                diffoscope(m, rebuilt_dir, path, out);
+                diffoscope(at.recorded, at.rebuilt, path, at.out);
             }
             Verdict::Missing => println!("missing    {path} (recorded, not rebuilt)"),
             Verdict::Extra { rebuilt } => {
@@ -294,7 +304,7 @@ fn report(
         } else {
             "NOT reproduced"
         },
-        rebuilt_dir.display()
+        at.rebuilt.display()
     );
     all_same
 }
@@ -306,19 +316,19 @@ pub fn compare(recorded: &Manifest, rebuilt: &Manifest) -> Vec<(String, Verdict)
         let v = match rebuilt.artifacts.iter().find(|b| b.path == a.path) {
             Some(b) if b.sha256 == a.sha256 => Verdict::Identical,
             Some(b) => Verdict::Different {
-                recorded: a.sha256.clone(),
-                rebuilt: b.sha256.clone(),
+                recorded: a.sha256.to_string(),
+                rebuilt: b.sha256.to_string(),
             },
             None => Verdict::Missing,
         };
-        out.push((a.path.clone(), v));
+        out.push((a.path.to_string(), v));
     }
     for b in &rebuilt.artifacts {
         if !recorded.artifacts.iter().any(|a| a.path == b.path) {
             out.push((
-                b.path.clone(),
+                b.path.to_string(),
                 Verdict::Extra {
-                    rebuilt: b.sha256.clone(),
+                    rebuilt: b.sha256.to_string(),
                 },
             ));
         }
@@ -327,22 +337,20 @@ pub fn compare(recorded: &Manifest, rebuilt: &Manifest) -> Vec<(String, Verdict)
     out
 }
 
-/// Runs diffoscope on a differing file when both it and the recorded file are at hand.
-fn diffoscope(recorded: &Manifest, rebuilt_dir: &Path, path: &str, out: &Path) {
-    let Some(original) = recorded
-        .artifacts
-        .iter()
-        .find(|a| a.path == path)
-        .and_then(|a| a.uri.strip_prefix("file://"))
-        .map(PathBuf::from)
-        .filter(|p| p.exists())
-    else {
+/// Runs diffoscope on a differing file when both it and the recorded file are at hand: the
+/// recorded one is the file beside the manifest (as `artifacts get` or a local store leaves
+/// it), never what the manifest's URI names — a manifest is untrusted, and its URI could name
+/// any host file.
+fn diffoscope(recorded_dir: &Path, rebuilt_dir: &Path, path: &str, out: &Path) {
+    let original = recorded_dir.join(path);
+    if !std::fs::symlink_metadata(&original).is_ok_and(|m| m.is_file()) {
         return;
-    };
+    }
     let report = out.join(format!("diffoscope-{}.txt", path.replace('/', "_")));
     let ran = std::process::Command::new("diffoscope")
         .arg("--text")
         .arg(&report)
+        .arg("--")
         .arg(&original)
         .arg(rebuilt_dir.join(path))
         .stdout(std::process::Stdio::null())

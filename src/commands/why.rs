@@ -66,7 +66,7 @@ pub async fn why(env: &Env, target: &str, upload: Option<&str>) -> Result<i32> {
     for c in origin.changes_from(&m.builder.recipe) {
         changes.push(format!("builder {}: {c}", t.builder.name));
     }
-    if sha256_hex(&script) != m.script.sha256 {
+    if m.script.sha256 != sha256_hex(&script) {
         changes.push("script changed".into());
     }
     if epoch != m.source_date_epoch {
@@ -102,7 +102,7 @@ fn report(env: &Env, target: &str, hit: Option<bool>, lines: &[String]) -> Resul
 
 /// `context: src/main.c modified, src/new.c added`, from the recorded tree.
 fn context_changes(m: &Manifest, digest: &str, now: &BTreeMap<String, String>) -> Vec<String> {
-    if digest == m.context_digest {
+    if m.context_digest == digest {
         return vec![];
     }
     if m.context_tree.is_empty() {

@@ -247,7 +247,7 @@ pub fn is_sha256(s: &str) -> bool {
 }
 
 /// Login names as `useradd` accepts them by default (and cloud-init passes on).
-fn is_user_name(s: &str) -> bool {
+pub fn is_user_name(s: &str) -> bool {
     (1..=32).contains(&s.len())
         && s.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
         && s.chars()

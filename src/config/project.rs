@@ -211,7 +211,7 @@ impl Project {
             limits,
             store,
             signing: SigningSettings {
-                key: raw.signing.key.map(|k| root.join(k)),
+                key: raw.signing.key.map(|k| expand_home(root, &k)),
                 public_key: raw.signing.public_key,
             },
             targets,
@@ -261,15 +261,14 @@ fn resolve_target(
 ) -> Result<Target, ConfigError> {
     let bad = |span, key: &str, msg: String| src.error_at(Some(span), Some(key.into()), msg);
     let n = name.get_ref();
-    if n.is_empty()
-        || !n
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
-    {
+    if !super::names::is_component_name(n) {
         return Err(bad(
             name.span(),
             "target",
-            format!("target name `{n}` may use only letters, digits, `.`, `_` and `-`"),
+            format!(
+                "target name `{n}` may use only letters, digits, `.`, `_` and `-` (not `.` or \
+                 `..`, not starting with `-`, at most 128 characters)"
+            ),
         ));
     }
     let builder = load_builder(src, root, n, &t.builder)?;
@@ -389,9 +388,7 @@ fn env_vars(
     let mut env = BTreeMap::new();
     for (k, v) in raw {
         let key = k.get_ref();
-        let valid = key.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
-            && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-        if !valid || key.starts_with("RUNNER_") || key == "SOURCE_DATE_EPOCH" {
+        if !super::names::is_env_name(key) {
             return Err(src.error_at(
                 Some(k.span()),
                 Some("env".into()),
@@ -403,4 +400,13 @@ fn env_vars(
         env.insert(key.clone(), v);
     }
     Ok(env)
+}
+
+/// A path from runner.toml: `~/…` is below the user's home (where a signing key belongs,
+/// outside every project), anything else relative to the project root.
+fn expand_home(root: &Path, p: &Path) -> PathBuf {
+    match (p.strip_prefix("~").ok(), dirs::home_dir()) {
+        (Some(rest), Some(home)) => home.join(rest),
+        _ => root.join(p),
+    }
 }

@@ -369,6 +369,7 @@ impl Read for ExactReader {
 }
 
 pub mod pack;
+pub mod secrets;
 mod stream;
 
 pub use stream::{TarSummary, write_tar};

@@ -217,7 +217,10 @@ pub fn builder_for(
     configured: Option<&Builder>,
 ) -> Result<Builder> {
     let backend = match (origin, configured.map(|b| &b.backend)) {
-        (Origin::Image(r), _) => BackendConfig::Qemu(qemu_builder(r, shape)),
+        (Origin::Image(r), _) => {
+            refuse_special_image(name, r)?;
+            BackendConfig::Qemu(qemu_builder(r, shape))
+        }
         (Origin::Ec2(e), Some(BackendConfig::Ec2(b))) => {
             BackendConfig::Ec2(crate::config::Ec2Builder {
                 ami: crate::config::Ami::Id(e.image.clone()),
@@ -235,6 +238,23 @@ pub fn builder_for(
         path: PathBuf::from(format!("(manifest builder {name})")),
         backend,
     })
+}
+
+/// A recorded local image must be a regular file: a manifest naming `/dev/zero` would hash
+/// forever, a FIFO would block.
+fn refuse_special_image(name: &str, r: &Recipe) -> Result<()> {
+    let Some(path) = r.cloud.as_ref().and_then(|c| c.path.as_deref()) else {
+        return Ok(());
+    };
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_file() => Ok(()),
+        _ => Err(Error::BadFile {
+            path: path.into(),
+            problem: format!(
+                "the image builder `{name}` recorded is not a regular file on this host"
+            ),
+        }),
+    }
 }
 
 fn qemu_builder(r: &Recipe, shape: Shape) -> QemuBuilder {

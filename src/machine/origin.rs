@@ -4,9 +4,14 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::qemu::image::Recipe;
+use super::qemu::image::{CloudRecipe, Recipe};
 use crate::config::Arch;
+use crate::config::names::{self, Failed, Invalid, ensure};
+use crate::config::shape::DISK;
 use crate::digest::sha256_hex;
+
+/// The largest bake script a recorded cloud recipe may carry.
+const MAX_BAKE_SCRIPT: usize = 1 << 20;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(untagged)]
@@ -107,6 +112,16 @@ impl Origin {
         }
     }
 
+    /// Checks a recorded origin (from a manifest: untrusted) as a builder file's values are
+    /// checked, since its suite and packages go to mmdebstrap or a package manager and its
+    /// image is downloaded and booted. A failure names the field below `builder.recipe`.
+    pub fn check(&self) -> Result<(), Failed> {
+        match self {
+            Origin::Image(r) => recipe(r),
+            Origin::Ec2(e) => ec2(e),
+        }
+    }
+
     pub fn arch(&self) -> Arch {
         match self {
             Origin::Image(r) => r.arch,
@@ -146,4 +161,133 @@ fn cloud_changes(
     if a.bake_script != b.bake_script {
         out.push("bake_script changed".into());
     }
+}
+
+/// A recipe as a builder file would have to say it.
+fn recipe(r: &Recipe) -> Result<(), Failed> {
+    let f = |name: &str| format!("builder.recipe.{name}");
+    let package_ok: fn(&str) -> bool = match (r.distro.as_str(), &r.cloud) {
+        ("debian", None) => {
+            ensure(
+                names::is_debian_name(&r.suite),
+                || f("suite"),
+                &r.suite,
+                "a Debian suite name",
+            )?;
+            names::is_debian_name
+        }
+        ("cloud", Some(c)) => {
+            ensure(
+                r.suite.is_empty(),
+                || f("suite"),
+                &r.suite,
+                "empty for a cloud image",
+            )?;
+            cloud(c)?;
+            names::is_package_name
+        }
+        _ => {
+            return Err((
+                f("distro"),
+                Invalid::new(
+                    &r.distro,
+                    "`debian` (with a suite) or `cloud` (with an image)",
+                ),
+            ));
+        }
+    };
+    ensure(
+        r.packages.len() <= 4096,
+        || f("packages"),
+        "…",
+        "at most 4096 packages",
+    )?;
+    for (i, p) in r.packages.iter().enumerate() {
+        ensure(
+            package_ok(p),
+            || f(&format!("packages[{i}]")),
+            p,
+            "a package name",
+        )?;
+    }
+    ensure(
+        (DISK.min..=DISK.max).contains(&r.disk),
+        || f("disk"),
+        &r.disk.to_string(),
+        "a disk size within the builder limits (1 GiB to 2 TiB)",
+    )
+}
+
+fn cloud(c: &CloudRecipe) -> Result<(), Failed> {
+    let f = |name: &str| format!("builder.recipe.cloud.{name}");
+    match (&c.url, &c.path) {
+        (Some(url), None) => ensure(
+            url.len() <= 4096
+                && (url.starts_with("https://") || url.starts_with("http://"))
+                && !url.contains(|ch: char| ch.is_whitespace() || ch.is_control()),
+            || f("url"),
+            url,
+            "an http(s) URL",
+        )?,
+        (None, Some(path)) => ensure(
+            path.len() <= 4096
+                && path.starts_with('/')
+                && std::path::Path::new(path).components().all(|c| {
+                    matches!(
+                        c,
+                        std::path::Component::RootDir | std::path::Component::Normal(_)
+                    )
+                }),
+            || f("path"),
+            path,
+            "an absolute path without `.` or `..`",
+        )?,
+        _ => {
+            return Err((
+                f("url"),
+                Invalid::new("", "exactly one of `url` and `path`"),
+            ));
+        }
+    }
+    ensure(
+        names::is_sha256_lower(&c.sha256),
+        || f("sha256"),
+        &c.sha256,
+        "a SHA-256 (64 lowercase hex digits)",
+    )?;
+    ensure(
+        names::is_user_name(&c.ssh_user),
+        || f("ssh_user"),
+        &c.ssh_user,
+        "a login name",
+    )?;
+    let script = c.bake_script.as_deref().unwrap_or_default();
+    ensure(
+        script.len() <= MAX_BAKE_SCRIPT,
+        || f("bake_script"),
+        "…",
+        "at most 1 MiB",
+    )
+}
+
+fn ec2(e: &Ec2Origin) -> Result<(), Failed> {
+    ensure(
+        e.backend == "ec2",
+        || "builder.recipe.backend".into(),
+        &e.backend,
+        "`ec2`",
+    )?;
+    ensure(
+        names::is_ami_id(&e.image),
+        || "builder.recipe.image".into(),
+        &e.image,
+        "an AMI id",
+    )?;
+    let ami = e.ami.to_string();
+    ensure(
+        ami.len() <= 4096,
+        || "builder.recipe.ami".into(),
+        "…",
+        "an AMI definition of at most 4 KiB",
+    )
 }

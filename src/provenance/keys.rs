@@ -12,7 +12,11 @@ use ed25519_dalek::{Signer, Verifier};
 use crate::digest::sha256_hex;
 use crate::error::{Error, IoContext, Result};
 
-pub struct SigningKey(ed25519_dalek::SigningKey);
+pub struct SigningKey {
+    key: ed25519_dalek::SigningKey,
+    /// The file it was loaded from: a secret no build context may hold.
+    path: Option<std::path::PathBuf>,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PublicKey(ed25519_dalek::VerifyingKey);
@@ -23,33 +27,44 @@ impl SigningKey {
     }
 
     pub fn from_seed(seed: [u8; 32]) -> SigningKey {
-        SigningKey(ed25519_dalek::SigningKey::from_bytes(&seed))
+        SigningKey {
+            key: ed25519_dalek::SigningKey::from_bytes(&seed),
+            path: None,
+        }
     }
 
     pub fn load(path: &Path) -> Result<SigningKey> {
         let pem = std::fs::read_to_string(path)
             .ctx(|| format!("cannot read key `{}`", path.display()))?;
         ed25519_dalek::SigningKey::from_pkcs8_pem(&pem)
-            .map(SigningKey)
+            .map(|key| SigningKey {
+                key,
+                path: Some(path.to_owned()),
+            })
             .map_err(|e| Error::BadFile {
                 path: path.to_owned(),
                 problem: format!("not an ed25519 private key in PKCS#8 PEM ({e})"),
             })
     }
 
+    /// The file the key was loaded from, if any.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
     pub fn to_pem(&self) -> String {
-        self.0
+        self.key
             .to_pkcs8_pem(LineEnding::LF)
             .expect("an ed25519 key encodes")
             .to_string()
     }
 
     pub fn public(&self) -> PublicKey {
-        PublicKey(self.0.verifying_key())
+        PublicKey(self.key.verifying_key())
     }
 
     pub fn sign(&self, message: &[u8]) -> [u8; 64] {
-        self.0.sign(message).to_bytes()
+        self.key.sign(message).to_bytes()
     }
 }
 

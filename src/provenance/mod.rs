@@ -151,15 +151,19 @@ pub fn disagreements(s: &Statement, m: &Manifest) -> Vec<String> {
                 .unwrap_or_default(),
             m.target.as_str(),
         ),
-        ("base image", &dep("base-image"), &m.base_image_sha256),
-        ("context", &dep("context"), &m.context_digest),
-        ("script", &dep("script"), &m.script.sha256),
+        (
+            "base image",
+            &dep("base-image"),
+            m.base_image_sha256.as_str(),
+        ),
+        ("context", &dep("context"), m.context_digest.as_str()),
+        ("script", &dep("script"), m.script.sha256.as_str()),
         (
             "inputs digest",
             def["internalParameters"]["inputsDigest"]
                 .as_str()
                 .unwrap_or_default(),
-            &m.inputs_digest,
+            m.inputs_digest.as_str(),
         ),
     ];
     for (what, said, recorded) in checks {
@@ -173,7 +177,7 @@ pub fn disagreements(s: &Statement, m: &Manifest) -> Vec<String> {
         let listed = s
             .subject
             .iter()
-            .any(|x| x.name == a.path && x.digest.get("sha256") == Some(&a.sha256));
+            .any(|x| a.path == x.name && x.digest.get("sha256").is_some_and(|d| a.sha256 == *d));
         if !listed {
             out.push(format!(
                 "artifact {}: in the manifest, not in the provenance",

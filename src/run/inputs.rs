@@ -7,7 +7,7 @@ use crate::config::Target;
 use crate::context::Context;
 use crate::context::pack::Pack;
 use crate::machine::{Backend, Origin};
-use crate::manifest::Build;
+use crate::manifest::{Build, Sha256};
 use crate::store::ArtifactStore;
 
 /// What a build is, known before any machine exists.
@@ -24,7 +24,7 @@ pub struct Inputs {
     pub backend: Arc<dyn Backend>,
     pub store: Arc<dyn ArtifactStore>,
     pub started_unix: u64,
-    pub inputs_digest: String,
+    pub inputs_digest: Sha256,
 }
 
 impl Inputs {

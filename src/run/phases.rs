@@ -12,13 +12,14 @@ use super::{Failure, Run};
 use crate::artifacts::ArtifactFile;
 use crate::config::Target;
 use crate::context::pack::Pack;
+use crate::context::secrets::host_secrets;
 use crate::context::{Context, ContextOptions};
 use crate::error::{Error, IoContext, Result, joined};
 use crate::events::Event;
 use crate::guest::{self, Guest};
 use crate::logs::LogSink;
 use crate::machine::{self, Lease, MachineSpec, Prepared, Report};
-use crate::manifest::{ArtifactRecord, Manifest};
+use crate::manifest::{ArtifactRecord, Manifest, RelPath, Sha256};
 use crate::provenance;
 use crate::store::{Publishing, Records};
 
@@ -39,10 +40,13 @@ pub async fn inputs(run: &Run, t: &Target, log: &LogSink) -> Result<Inputs> {
         root: t.context.clone(),
         exclude: context_excludes.clone(),
     };
+    let signing = run.signing.clone();
     let (context, digests) = joined(
         "the context scan",
         tokio::task::spawn_blocking(move || {
             let ctx = Context::scan(&opts)?;
+            // Before anything is hashed, packed or sent: no host secret enters a guest.
+            ctx.refuse_secrets(&host_secrets(signing.as_deref().and_then(|k| k.path())))?;
             let digests = ctx.digests()?;
             Ok((Arc::new(ctx), digests))
         }),
@@ -72,7 +76,7 @@ pub async fn inputs(run: &Run, t: &Target, log: &LogSink) -> Result<Inputs> {
         backend,
         store,
         started_unix,
-        inputs_digest: String::new(),
+        inputs_digest: Sha256::of(b""),
     };
     inputs.inputs_digest = inputs.build(t, run.epoch).inputs_digest();
     log.note(&format!("inputs digest sha256:{}", inputs.inputs_digest));
@@ -283,17 +287,27 @@ pub async fn publish(
     log: &LogSink,
 ) -> Result<Vec<PathBuf>> {
     let build_id = crate::manifest::build_id(&i.inputs_digest, i.started_unix);
+    let invalid = |field: &str| {
+        let field = field.to_owned();
+        move |source| Error::InvalidManifest {
+            what: format!("the manifest of `{}`", t.name),
+            field,
+            source,
+        }
+    };
     let records = collected
         .files
         .iter()
-        .map(|f| ArtifactRecord {
-            path: f.path.to_string_lossy().into_owned(),
-            size: f.size,
-            sha256: f.sha256.clone(),
-            uri: i.store.uri(&t.name, &build_id, &f.path),
+        .map(|f| {
+            Ok(ArtifactRecord {
+                path: RelPath::new(f.path.to_string_lossy()).map_err(invalid("artifacts.path"))?,
+                size: f.size,
+                sha256: Sha256::new(f.sha256.clone()).map_err(invalid("artifacts.sha256"))?,
+                uri: i.store.uri(&t.name, &build_id, &f.path),
+            })
         })
-        .collect();
-    let manifest = Manifest::new(&i.build(t, run.epoch), &prepared.base_image, records);
+        .collect::<Result<Vec<_>>>()?;
+    let manifest = Manifest::new(&i.build(t, run.epoch), &prepared.base_image, records)?;
     let records = records_of(run, &manifest, &collected.files, log);
     let total = collected.files.iter().map(|f| f.size).sum::<u64>();
     let how = Publishing {
