@@ -127,6 +127,14 @@ pub enum Error {
     #[error("{0}")]
     ArtifactRefused(String),
 
+    /// A guest command printed more than runner keeps of it; runner stopped reading there.
+    #[error("`{command}` in the guest printed more than {cap} bytes on its {stream}, runner's cap for it; stopped reading")]
+    OutputTooLarge {
+        command: String,
+        stream: &'static str,
+        cap: u64,
+    },
+
     /// A remote command of the guest contract failed (unpacking the context, packing
     /// artifacts): the guest is not in the state the contract promises.
     #[error("{what} in the guest failed ({status})")]

@@ -154,23 +154,6 @@ fn a_systemd_builder_boots_its_init_and_runs_services_with_runners_keys() {
     world.assert_clean();
 }
 
-/// A project of one target on the repository's bookworm-amd64 builder.
-fn one_target(script: &str, extra: &str) -> tempfile::TempDir {
-    Project::new()
-        .repo_builder("bookworm-amd64")
-        .file("build.sh", script)
-        .toml(&format!(
-            "[target.t]\nbuilder = \"bookworm-amd64\"\nscript = \"build.sh\"\ncontext = \"src\"\n{extra}"
-        ))
-        .file("src/.keep", "")
-        .done()
-}
-
-fn log_of(world: &World) -> String {
-    let path = world.state.path().join("logs/builds/t.log");
-    String::from_utf8_lossy(&std::fs::read(path).unwrap()).into_owned()
-}
-
 #[test]
 fn a_daemon_left_holding_the_output_does_not_hang_the_build() {
     // With a 60 s deadline: waiting for the leftover would fail the target.

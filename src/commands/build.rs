@@ -73,6 +73,7 @@ pub async fn build(env: &Env, args: Args) -> Result<i32> {
         },
         leak_timeout: project.limits.leak_timeout,
         log_limit: project.limits.max_log.0,
+        console_limit: project.limits.max_console.0,
         emitter,
         cancel: env.shutdown.token.clone(),
         keep_failed: args.keep_failed,

@@ -5,6 +5,7 @@ mod arch;
 pub mod builder;
 pub mod cloud;
 pub mod ec2;
+mod limits;
 pub mod names;
 pub mod project;
 pub mod qemu;

@@ -10,9 +10,10 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::shape::Shape;
-use super::size::GIB;
 use super::value::{self, Example, Range};
 use super::{Builder, ConfigError, S3Url, Size, Source};
+
+pub use super::limits::{DEFAULT_LOG, Limits};
 
 pub const FILE: &str = "runner.toml";
 
@@ -57,18 +58,6 @@ pub struct SigningSettings {
     pub public_key: Option<String>,
 }
 
-/// Caps on what a guest may send back; a hostile or runaway build cannot fill the disk.
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    pub max_file: Size,
-    pub max_total: Size,
-    pub max_files: u64,
-    /// A target log keeps its head and tail within this size.
-    pub max_log: Size,
-    /// How long a finished script's output may stay open before runner stops waiting.
-    pub leak_timeout: Duration,
-}
-
 #[derive(Debug, Clone)]
 pub struct Target {
     pub name: String,
@@ -107,23 +96,13 @@ pub enum Transfer {
 struct RawProject {
     artifact_dir: Option<Spanned<String>>,
     #[serde(default)]
-    limits: RawLimits,
+    limits: super::limits::RawLimits,
     #[serde(default)]
     store: Option<Spanned<StoreSettings>>,
     #[serde(default)]
     signing: SigningSettings,
     #[serde(default)]
     target: BTreeMap<Spanned<String>, RawTarget>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawLimits {
-    max_file_size: Option<Size>,
-    max_total_size: Option<Size>,
-    max_files: Option<u64>,
-    max_log_size: Option<Spanned<Size>>,
-    leak_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -144,16 +123,6 @@ struct RawTarget {
     context_transfer: Transfer,
 }
 
-/// 64 MiB of guest output is more than anyone reads; what matters is kept (head and tail).
-pub const DEFAULT_LOG: Size = Size(64 << 20);
-const LOG_SIZE: Range<Size> = Range {
-    min: Size(64 << 10),
-    max: Size(16 * GIB),
-};
-const LEAK_TIMEOUT: Range<Duration> = Range {
-    min: Duration::from_millis(100),
-    max: Duration::from_secs(3600),
-};
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 const TIMEOUT: Range<Duration> = Range {
     min: Duration::from_secs(1),
@@ -165,25 +134,7 @@ impl Project {
     pub fn load(root: &Path) -> Result<Project, ConfigError> {
         let src = Source::read(&root.join(FILE))?;
         let raw: RawProject = src.parse()?;
-        let limits = Limits {
-            max_file: raw.limits.max_file_size.unwrap_or(Size(4 * GIB)),
-            max_total: raw.limits.max_total_size.unwrap_or(Size(16 * GIB)),
-            max_files: raw.limits.max_files.unwrap_or(100_000),
-            max_log: value::size(
-                &src,
-                raw.limits.max_log_size.as_ref(),
-                "max_log_size",
-                LOG_SIZE,
-                DEFAULT_LOG,
-            )?,
-            leak_timeout: value::duration(
-                &src,
-                raw.limits.leak_timeout.as_ref(),
-                "leak_timeout",
-                (LEAK_TIMEOUT, Example("2s")),
-                Duration::from_secs(2),
-            )?,
-        };
+        let limits = Limits::from_raw(&src, &raw.limits)?;
         let artifact_dir = root.join(
             raw.artifact_dir
                 .as_ref()

@@ -52,10 +52,18 @@ pub async fn collect(
     Ok(files)
 }
 
-/// What the guest says is in `RUNNER_OUT`: names only, capped in number.
+/// The bytes a listing of `max_entries` names may take: room for names of 256 bytes on
+/// average, within [1 MiB, 32 MiB]. The guest's `find` decides how much it prints (it may be
+/// an endless stream); runner stops reading at this cap, not after the whole of it arrived.
+fn listing_cap(max_entries: u64) -> u64 {
+    max_entries.saturating_mul(256).clamp(1 << 20, 32 << 20)
+}
+
+/// What the guest says is in `RUNNER_OUT`: names only, capped in number and in bytes.
 async fn listing(session: &Session, limits: &Limits) -> Result<Vec<String>> {
+    let find = format!("cd {OUT} && find . -type f -print0");
     let listing = session
-        .output(&format!("cd {OUT} && find . -type f -print0"))
+        .output_within(&find, listing_cap(limits.max_entries))
         .await?;
     let names: Vec<String> = listing
         .split(|&b| b == 0)
@@ -201,5 +209,12 @@ mod tests {
         );
         assert_eq!(select(&names, &["**/*.o".into()]).unwrap().len(), 1);
         assert_eq!(select(&names, &[]).unwrap().len(), 3);
+    }
+
+    #[test]
+    fn the_listing_cap_grows_with_the_file_limit_within_bounds() {
+        assert_eq!(listing_cap(10), 1 << 20);
+        assert_eq!(listing_cap(100_000), 25_600_000);
+        assert_eq!(listing_cap(u64::MAX), 32 << 20);
     }
 }

@@ -4,6 +4,7 @@
 //!
 //! The pipeline talks to a machine only through [`Guest`]; [`ssh::Session`] is the real one.
 
+mod capped;
 mod collect;
 pub mod keys;
 mod provision;
@@ -21,7 +22,7 @@ use crate::error::Result;
 use crate::logs::LogSink;
 
 pub use keys::GuestKeys;
-pub use provision::Provisioned;
+pub use provision::{Leftovers, Provisioned};
 pub use ssh::{Endpoint, ExitStatus, Session};
 pub use sync::Delivery;
 

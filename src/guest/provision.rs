@@ -18,13 +18,27 @@ const SCRIPT: &str = "/build/provision";
 /// The script's session id, which is also its first process's pid.
 const SESSION: &str = "/build/.session";
 
+/// How many leftover processes the log names one by one; the rest are counted. Naming one
+/// costs the guest a process of its own (reading a command line), and a script may leave
+/// thousands.
+const NAMED: usize = 20;
+
 /// How a script ended, and what it left running that still held its output.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Provisioned {
     pub status: ExitStatus,
-    /// `pid command line` of each process of the script's session still running once the
-    /// grace was over; `None` when the output ended with the script.
-    pub leftovers: Option<Vec<String>>,
+    /// What of the script's session was still running once the grace was over; `None` when
+    /// the output ended with the script.
+    pub leftovers: Option<Leftovers>,
+}
+
+/// The processes a script left running.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Leftovers {
+    /// How many there were.
+    pub count: usize,
+    /// `pid command line` of the first few (at most [`NAMED`]), or why they cannot be listed.
+    pub named: Vec<String>,
 }
 
 pub async fn run_script(
@@ -77,17 +91,50 @@ pub async fn run_script(
 }
 
 /// The processes of the script's session, read from /proc with the shell alone (the image
-/// may have no `ps`).
-async fn leftovers(session: &Session) -> Vec<String> {
+/// may have no `ps`): the loop itself runs only builtins, so thousands of processes take
+/// about a second; only the first [`NAMED`] have their command lines read.
+async fn leftovers(session: &Session) -> Leftovers {
     let list = format!(
-        r#"sid=$(cat {SESSION}); for d in /proc/[0-9]*; do read -r st < "$d/stat" 2>/dev/null || continue; set -- ${{st##*) }}; [ "$4" = "$sid" ] || continue; printf '%s %s\n' "${{d#/proc/}}" "$(tr '\0' ' ' < "$d/cmdline")"; done"#
+        r#"sid=$(cat {SESSION}); n=0; for d in /proc/[0-9]*; do read -r st < "$d/stat" 2>/dev/null || continue; set -- ${{st##*) }}; [ "$4" = "$sid" ] || continue; n=$((n+1)); [ "$n" -gt {NAMED} ] || printf '%s %s\n' "${{d#/proc/}}" "$(tr '\0' ' ' < "$d/cmdline")"; done; echo "= $n""#
     );
     match session.output(&list).await {
-        Ok(out) => String::from_utf8_lossy(&out)
-            .lines()
-            .map(|l| l.trim_end().to_owned())
-            .filter(|l| !l.is_empty())
-            .collect(),
-        Err(e) => vec![format!("(cannot list them: {e})")],
+        Ok(out) => parse_leftovers(&String::from_utf8_lossy(&out)),
+        Err(e) => Leftovers {
+            count: 0,
+            named: vec![format!("(cannot list them: {e})")],
+        },
+    }
+}
+
+/// The listing's lines: `pid command line` each, then `= count`.
+fn parse_leftovers(text: &str) -> Leftovers {
+    let mut named = vec![];
+    let mut count = None;
+    for line in text.lines().map(str::trim_end).filter(|l| !l.is_empty()) {
+        match line.strip_prefix("= ") {
+            Some(n) => count = n.parse().ok(),
+            None if named.len() < NAMED => named.push(line.to_owned()),
+            None => {}
+        }
+    }
+    Leftovers {
+        count: count.unwrap_or(named.len()),
+        named,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_leftover_listing_counts_all_and_names_a_few() {
+        let text = "12 sleep 3600 \n13 sleep 3600\n= 2000\n";
+        let got = parse_leftovers(text);
+        assert_eq!(got.count, 2000);
+        assert_eq!(got.named, vec!["12 sleep 3600", "13 sleep 3600"]);
+        let many: String = (0..50).map(|i| format!("{i} x\n")).collect();
+        assert_eq!(parse_leftovers(&many).named.len(), NAMED);
+        assert_eq!(parse_leftovers(&many).count, 50);
     }
 }

@@ -11,6 +11,7 @@ use russh::keys::ssh_key::PublicKey;
 use russh::{ChannelMsg, Disconnect, client};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
+use super::capped::{Capped, OUTPUT_CAP, STDERR_CAP};
 use super::keys::{GuestKeys, fingerprint};
 use crate::error::{Error, Result};
 
@@ -299,16 +300,13 @@ impl Session {
                 },
             };
             let Some(msg) = msg else { break };
-            match msg {
-                ChannelMsg::Data { data } => write_out(&mut stdout, &data).await?,
-                ChannelMsg::ExtendedData { data, ext: 1 } => write_out(&mut stderr, &data).await?,
-                ChannelMsg::ExitStatus { exit_status } => {
-                    ended.status = ExitStatus::Code(exit_status)
-                }
-                ChannelMsg::ExitSignal { signal_name, .. } => {
-                    ended.status = ExitStatus::Signal(format!("{signal_name:?}"))
-                }
-                _ => {}
+            if let Err(e) = take(msg, &mut stdout, &mut stderr, &mut ended.status).await {
+                // A sink that refuses more (a cap passed) ends the command here: closing the
+                // channel stops the guest's sending, where returning alone would leave it
+                // streaming into the connection.
+                let _ = tx.close().await;
+                feeder.abort();
+                return Err(e);
             }
             if ended.status != ExitStatus::Lost && deadline.is_none() {
                 deadline = leak.map(|l| tokio::time::Instant::now() + l);
@@ -321,20 +319,38 @@ impl Session {
         Ok(ended)
     }
 
-    /// Runs a command and returns its stdout, failing on a non-zero status.
+    /// Runs a command and returns its stdout (at most [`OUTPUT_CAP`] bytes of it), failing
+    /// on a non-zero status.
     pub async fn output(&self, command: &str) -> Result<Vec<u8>> {
-        let mut out = Vec::new();
-        let mut err = Vec::new();
-        let status = self
+        self.output_within(command, OUTPUT_CAP).await
+    }
+
+    /// [`Session::output`] with a cap of `cap` bytes on stdout (stderr: [`STDERR_CAP`]). The
+    /// guest decides how much it sends, so past a cap runner stops reading and fails: it
+    /// never holds more than the cap.
+    pub async fn output_within(&self, command: &str, cap: u64) -> Result<Vec<u8>> {
+        let mut out = Capped::new(cap);
+        let mut err = Capped::new(STDERR_CAP);
+        let ended = self
             .exec(command, None::<tokio::io::Empty>, &mut out, &mut err)
-            .await?;
+            .await;
+        for (sink, stream) in [(&out, "stdout"), (&err, "stderr")] {
+            if sink.over {
+                return Err(Error::OutputTooLarge {
+                    command: command.to_owned(),
+                    stream,
+                    cap: sink.cap,
+                });
+            }
+        }
+        let status = ended?;
         if !status.success() {
             return Err(Error::Guest {
                 what: format!("`{command}`"),
-                status: format!("{status}: {}", String::from_utf8_lossy(&err).trim()),
+                status: format!("{status}: {}", String::from_utf8_lossy(&err.buf).trim()),
             });
         }
-        Ok(out)
+        Ok(out.buf)
     }
 
     /// Says goodbye, but never waits long for a guest that may already be gone.
@@ -342,6 +358,29 @@ impl Session {
         let bye = self.handle.disconnect(Disconnect::ByApplication, "", "en");
         let _ = tokio::time::timeout(Duration::from_secs(2), bye).await;
     }
+}
+
+/// Writes one message's output to its stream, or notes the status it carries.
+async fn take<O, E>(
+    msg: ChannelMsg,
+    stdout: &mut O,
+    stderr: &mut E,
+    status: &mut ExitStatus,
+) -> Result<()>
+where
+    O: AsyncWrite + Unpin,
+    E: AsyncWrite + Unpin,
+{
+    match msg {
+        ChannelMsg::Data { data } => write_out(stdout, &data).await?,
+        ChannelMsg::ExtendedData { data, ext: 1 } => write_out(stderr, &data).await?,
+        ChannelMsg::ExitStatus { exit_status } => *status = ExitStatus::Code(exit_status),
+        ChannelMsg::ExitSignal { signal_name, .. } => {
+            *status = ExitStatus::Signal(format!("{signal_name:?}"))
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 async fn write_out<W: AsyncWrite + Unpin>(w: &mut W, data: &[u8]) -> Result<()> {

@@ -2,10 +2,11 @@
 //! guest's sshd print, each timed from the machine's start, so a slow or failed boot says how
 //! far it got (they become `boot` JSON events and a log line).
 
-use std::path::PathBuf;
 use std::time::Instant;
 
 use serde::Serialize;
+
+use super::console::Console;
 
 /// One boot phase and when (seconds since the machine started) it ended.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -35,7 +36,7 @@ pub const CLOUD_MARKERS: &[(&str, &str)] = &[(
 pub const QUIET_CONSOLE: std::time::Duration = std::time::Duration::from_secs(60);
 
 pub struct BootWatch {
-    file: PathBuf,
+    console: Console,
     markers: &'static [(&'static str, &'static str)],
     /// The text that says SSH is worth trying.
     ready: &'static str,
@@ -46,15 +47,16 @@ pub struct BootWatch {
 }
 
 impl BootWatch {
-    /// Watches `file` for a machine that started at `started`.
+    /// Watches `console` (which must watch for `markers` and `ready`) for a machine that
+    /// started at `started`.
     pub fn new(
-        file: PathBuf,
+        console: Console,
         markers: &'static [(&'static str, &'static str)],
         ready: &'static str,
         started: Instant,
     ) -> BootWatch {
         BootWatch {
-            file,
+            console,
             markers,
             ready,
             started,
@@ -69,21 +71,24 @@ impl BootWatch {
         self
     }
 
-    /// Notes newly seen markers; true once the ready text has appeared.
+    /// Notes newly seen markers (timed as the console saw them); true once the ready text
+    /// has appeared.
     pub fn poll(&mut self) -> bool {
-        let Ok(text) = std::fs::read(&self.file) else {
-            return false;
-        };
-        let has = |m: &str| text.windows(m.len()).any(|w| w == m.as_bytes());
         for (phase, marker) in self.markers {
-            if !self.seen.iter().any(|s| s.phase == *phase) && has(marker) {
+            if self.seen.iter().any(|s| s.phase == *phase) {
+                continue;
+            }
+            if let Some(at) = self.console.seen(marker) {
                 self.seen.push(BootPhase {
                     phase: (*phase).to_owned(),
-                    seconds: self.started.elapsed().as_secs_f64(),
+                    seconds: at.saturating_duration_since(self.started).as_secs_f64(),
                 });
             }
         }
-        has(self.ready)
+        // Markers seen in one poll are listed in boot order, whatever order they were found.
+        self.seen
+            .sort_by(|a, b| a.seconds.partial_cmp(&b.seconds).unwrap_or(std::cmp::Ordering::Equal));
+        self.console.seen(self.ready).is_some()
             || self
                 .ready_after
                 .is_some_and(|d| self.started.elapsed() >= d)

@@ -6,6 +6,7 @@
 
 pub mod boot;
 pub mod cloud_init;
+pub mod console;
 pub mod dir;
 #[cfg(feature = "ec2")]
 pub mod ec2;
@@ -47,7 +48,13 @@ pub struct MachineSpec {
     pub disks: Vec<Disk>,
     /// A URL the machine fetches its context from as it boots (remote machines).
     pub context_url: Option<String>,
+    /// Its console log keeps at most this many bytes (head and tail), where runner reads
+    /// the console as it goes (QEMU).
+    pub console_limit: u64,
 }
+
+/// A console log's default cap (`max_console_size` in `[limits]`).
+pub const DEFAULT_CONSOLE_LIMIT: u64 = 8 << 20;
 
 /// A read-only disk image, seen in the guest with this serial.
 #[derive(Debug, Clone)]
@@ -65,6 +72,7 @@ impl MachineSpec {
             boot_timeout: builder.boot_timeout(),
             disks: vec![],
             context_url: None,
+            console_limit: DEFAULT_CONSOLE_LIMIT,
         }
     }
 }
@@ -150,6 +158,8 @@ pub struct Machine {
     pub endpoint: Endpoint,
     /// The guest's serial console, kept after teardown for post-mortems.
     pub console_log: PathBuf,
+    /// The console as runner reads it into `console_log`, where it does (QEMU).
+    pub serial: Option<console::Console>,
     /// The machine's private directory (keys for `--keep-failed` and `vm shell` go there).
     pub dir: PathBuf,
     pub boot_timeout: Duration,
@@ -179,6 +189,7 @@ impl Machine {
             label: spec.label.clone(),
             endpoint,
             console_log,
+            serial: None,
             dir: dir.path.clone(),
             boot_timeout: spec.boot_timeout,
             loopback_alias: None,
@@ -214,7 +225,7 @@ impl Machine {
                     machine: self.describe(),
                     status: format!("died during {phase} ({status})"),
                     console: self.console_log.clone(),
-                    tail: crate::logs::tail(&self.console_log, 20),
+                    tail: self.console_tail().await,
                 });
             }
             if tokio::time::Instant::now() >= deadline {
@@ -268,16 +279,36 @@ impl Machine {
                     None => "; nothing on its console yet".into(),
                 },
             }),
+            Err(Error::MachineDied {
+                machine, status, ..
+            }) => Err(Error::MachineDied {
+                machine,
+                status,
+                console: self.console_log.clone(),
+                tail: self.console_tail().await,
+            }),
             Err(e) => Err(e),
         }
     }
 
-    /// Idempotent: the second call does nothing.
+    /// The console's last lines, once a stopped machine's console has been read to its end.
+    async fn console_tail(&self) -> String {
+        if let Some(serial) = &self.serial {
+            serial.closed(Duration::from_secs(1)).await;
+        }
+        crate::logs::tail(&self.console_log, 20)
+    }
+
+    /// Idempotent: the second call does nothing. Returns once the console log is complete.
     pub async fn teardown(&mut self, force: bool) -> Result<()> {
-        match self.instance.take() {
+        let done = match self.instance.take() {
             Some(mut inst) => inst.terminate(force).await,
             None => Ok(()),
+        };
+        if let Some(serial) = &self.serial {
+            serial.closed(Duration::from_secs(2)).await;
         }
+        done
     }
 
     /// Leaves the machine running (for `--keep-failed`); `runner gc` removes it later.

@@ -40,6 +40,8 @@ pub struct Run {
     pub leak_timeout: Duration,
     /// Each target log keeps at most this many bytes (its head and its tail).
     pub log_limit: u64,
+    /// Each machine's console log keeps at most this many bytes (its head and its tail).
+    pub console_limit: u64,
     pub emitter: Emitter,
     /// Cancelled by the first Ctrl-C / SIGTERM: every target tears down in order.
     pub cancel: CancellationToken,

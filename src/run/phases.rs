@@ -170,6 +170,7 @@ pub async fn boot(run: &Run, t: &Target, i: &Inputs, plan: &Plan, log: &LogSink)
             Plan::Fetch { url, .. } => Some(url.clone()),
             _ => None,
         },
+        console_limit: run.console_limit,
         ..MachineSpec::of(&t.builder, &t.name)
     };
     let lease = machine::lease(i.backend.as_ref(), &spec, &run.cancel).await?;
@@ -237,11 +238,15 @@ pub async fn provision(
             "the script exited ({}) but left {} process(es) holding its output; stopped \
              waiting after {} (they end with the machine):",
             done.status,
-            left.len(),
+            left.count,
             humantime::format_duration(run.leak_timeout)
         ));
-        for p in left {
+        for p in &left.named {
             log.note(&format!("  left running: {p}"));
+        }
+        if left.count > left.named.len() {
+            let more = left.count - left.named.len();
+            log.note(&format!("  … and {more} more"));
         }
     }
     if !done.status.success() {

@@ -75,6 +75,7 @@ impl World {
             limits: Limits::default(),
             leak_timeout: Duration::from_millis(100),
             log_limit: 1 << 20,
+            console_limit: 1 << 20,
             emitter,
             cancel: Default::default(),
             keep_failed,

@@ -267,6 +267,23 @@ impl Project {
     }
 }
 
+/// A project of one target `t` on the repository's bookworm-amd64 builder.
+pub fn one_target(script: &str, extra: &str) -> tempfile::TempDir {
+    Project::new()
+        .repo_builder("bookworm-amd64")
+        .file("build.sh", script)
+        .toml(&format!(
+            "[target.t]\nbuilder = \"bookworm-amd64\"\nscript = \"build.sh\"\ncontext = \"src\"\n{extra}"
+        ))
+        .file("src/.keep", "")
+        .done()
+}
+
+pub fn log_of(world: &World) -> String {
+    let path = world.state.path().join("logs/builds/t.log");
+    String::from_utf8_lossy(&std::fs::read(path).unwrap()).into_owned()
+}
+
 /// A project directory with the given builder files.
 pub fn project_with(builders: &[(&str, &str)]) -> tempfile::TempDir {
     builders

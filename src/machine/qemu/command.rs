@@ -90,7 +90,6 @@ pub struct Launch<'a> {
     pub shape: Shape,
     /// The machine directory: overlay, seed, QMP socket, pidfile.
     pub dir: &'a Path,
-    pub console: &'a Path,
     /// Loopback port forwarded to the guest's port 22.
     pub ssh_port: u16,
     /// Read-only disks beyond the context slot (cold boots only: a snapshot's devices are
@@ -206,7 +205,7 @@ impl Launch<'_> {
         }
     }
 
-    /// Network with the forwarded SSH port, console, QMP, pidfile, and the state to restore.
+    /// Network with the forwarded SSH port, console (stdout), QMP, pidfile, and the state to restore.
     fn host_side(&self, c: &mut Command) {
         c.arg("-netdev")
             .arg(format!(
@@ -215,8 +214,9 @@ impl Launch<'_> {
             ))
             .args(["-device", "virtio-net-pci,netdev=net0,romfile="])
             .args(["-device", "virtio-rng-pci"])
-            .arg("-serial")
-            .arg(format!("file:{}", self.console.display()))
+            // The console goes to QEMU's stdout, a pipe runner reads into a capped log (see
+            // `machine::console`); a `file:` backend would grow with whatever the guest prints.
+            .args(["-serial", "stdio"])
             .arg("-qmp")
             .arg(format!(
                 "unix:{},server=on,wait=off",

@@ -21,6 +21,7 @@ use super::packages::{DETECT, PackageManager};
 use crate::config::{QemuBuilder, Size};
 use crate::error::{Error, IoContext, Result};
 use crate::guest::{Guest, GuestKeys, quote};
+use crate::logs::LogSink;
 use crate::machine::{MachineSpec, Registry, Report};
 use crate::paths::Dirs;
 
@@ -68,6 +69,7 @@ pub async fn customise(
         boot_timeout: job.builder.boot_timeout * 2,
         disks: vec![],
         context_url: None,
+        console_limit: crate::machine::DEFAULT_CONSOLE_LIMIT,
     };
     let keys = GuestKeys::generate()?;
     job.report
@@ -79,8 +81,7 @@ pub async fn customise(
     let steps = Steps {
         job,
         guest: guest.as_ref(),
-        log: tokio::fs::File::create(log)
-            .await
+        log: LogSink::create(log, super::image::LOG_LIMIT, |_| {})
             .ctx(|| format!("cannot create `{}`", log.display()))?,
         log_path: log.to_owned(),
         // Where `bake::derive` keeps the log of a failed customisation.
@@ -90,7 +91,9 @@ pub async fn customise(
             .unwrap_or(out)
             .join(format!("{}.failed.log", recipe.digest())),
     };
-    steps.run(recipe).await?;
+    let ran = steps.run(recipe).await;
+    steps.log.finish();
+    ran?;
     power_off(job, &mut machine, guest).await?;
     flatten(&machine.dir.join("overlay.qcow2"), &out.join("base.qcow2")).await?;
     machine.teardown(false).await
@@ -158,7 +161,8 @@ async fn power_off(
 struct Steps<'a> {
     job: &'a Job<'a>,
     guest: &'a dyn Guest,
-    log: tokio::fs::File,
+    /// Capped like a target log: the guest decides how much its package manager prints.
+    log: LogSink,
     log_path: std::path::PathBuf,
     kept_log: std::path::PathBuf,
 }
@@ -199,7 +203,7 @@ impl Steps<'_> {
         let (w, r) = tokio::io::duplex(4096);
         let run = self
             .guest
-            .exec(DETECT, None, Box::new(w), Box::new(self.writer().await?));
+            .exec(DETECT, None, Box::new(w), Box::new(self.log.clone()));
         let mut found = Vec::new();
         let read = async {
             use tokio::io::AsyncReadExt;
@@ -223,13 +227,9 @@ impl Steps<'_> {
         limit: Duration,
     ) -> Result<()> {
         self.line(what).await;
-        let _ = self
-            .writer()
-            .await?
-            .write_all(format!("$ {command}\n").as_bytes())
-            .await;
+        self.log.clone().write_all(format!("$ {command}\n").as_bytes()).await.ok();
         let input = stdin.map(|s| Box::new(std::io::Cursor::new(s.into_bytes())) as _);
-        let (out, err) = (self.writer().await?, self.writer().await?);
+        let (out, err) = (self.log.clone(), self.log.clone());
         let run = self
             .guest
             .exec(command, input, Box::new(out), Box::new(err));
@@ -246,17 +246,8 @@ impl Steps<'_> {
         self.job
             .report
             .line(format!("customising {}: {what}", self.job.name));
-        if let Ok(mut w) = self.writer().await {
-            let _ = w.write_all(format!("== {what}\n").as_bytes()).await;
-        }
-    }
-
-    /// Another handle on the log (appending: the file was created for this).
-    async fn writer(&self) -> Result<tokio::fs::File> {
-        self.log
-            .try_clone()
-            .await
-            .ctx(|| "cannot write the customise log")
+        let line = format!("== {what}\n");
+        self.log.clone().write_all(line.as_bytes()).await.ok();
     }
 
     fn failed(&self, what: &str, status: &str) -> Error {

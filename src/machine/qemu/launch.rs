@@ -15,7 +15,9 @@ use super::{free_port, seed, warm};
 use crate::config::Shape;
 use crate::error::{Error, IoContext, Result};
 use crate::guest::{Endpoint, GuestKeys};
+use crate::logs::LogSink;
 use crate::machine::boot::{BootWatch, CLOUD_MARKERS, LEAN_MARKERS, QUIET_CONSOLE};
+use crate::machine::console::Console;
 use crate::machine::dir::MachineDir;
 use crate::machine::record::MachineRecord;
 use crate::machine::{Machine, MachineSpec, Registry};
@@ -25,6 +27,16 @@ use crate::paths::Dirs;
 /// busy host before the snapshot counts as damaged.
 const IDENTITY: &str = "runner-warm: identity";
 const IDENTITY_TIMEOUT: Duration = Duration::from_secs(20);
+/// What a warm-start template prints once it waits for its seed: the snapshot point.
+const WAITING: &str = "runner-warm: waiting";
+/// A template's console log keeps at most this much: a boot prints a few KiB.
+const TEMPLATE_CONSOLE: u64 = 1 << 20;
+
+/// Every marker any start looks for on the console.
+fn markers() -> Vec<&'static str> {
+    let boot = LEAN_MARKERS.iter().chain(CLOUD_MARKERS).map(|(_, m)| *m);
+    boot.chain([IDENTITY, WAITING]).collect()
+}
 
 /// What every start needs.
 pub struct Start<'a> {
@@ -40,6 +52,8 @@ struct Prepared {
     dir: MachineDir,
     inst: QemuInstance,
     console: std::path::PathBuf,
+    /// The console as runner reads it, once QEMU runs.
+    serial: Option<Console>,
     port: u16,
     started: Instant,
 }
@@ -67,25 +81,37 @@ impl Start<'_> {
             dir,
             inst,
             console,
+            serial: None,
             port,
             started,
         })
     }
 
-    fn spawn(&self, p: &mut Prepared, label: &str, mut cmd: tokio::process::Command) -> Result<()> {
+    /// Starts QEMU, its serial console (stdout) read into a log of at most `console_limit`.
+    fn spawn(
+        &self,
+        p: &mut Prepared,
+        label: &str,
+        mut cmd: tokio::process::Command,
+        console_limit: u64,
+    ) -> Result<()> {
+        let log = LogSink::create(&p.console, console_limit, |_| {})
+            .ctx(|| format!("cannot create `{}`", p.console.display()))?;
         cmd.stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(open_log(&p.dir.path.join("qemu.stderr"))?)
             // Its own process group: a terminal's Ctrl-C reaches runner only, which then
             // tears the machine down in order instead of QEMU vanishing underneath it.
             .process_group(0)
             .kill_on_drop(true);
-        let child = cmd.spawn().ctx(|| {
+        let mut child = cmd.spawn().ctx(|| {
             format!(
                 "cannot start `{}` for {label}",
                 qemu_binary(self.image.arch)
             )
         })?;
+        let serial = child.stdout.take().expect("piped");
+        p.serial = Some(Console::spawn(serial, log, markers()));
         p.inst.child = Some(child);
         p.inst.register();
         Ok(())
@@ -98,7 +124,6 @@ impl Start<'_> {
             label,
             shape: self.shape,
             dir: &p.dir.path,
-            console: &p.console,
             ssh_port: p.port,
             extra_disks: &[],
             warm: false,
@@ -113,16 +138,17 @@ impl Start<'_> {
             port: p.port,
             user: cloud.map_or("root", |c| c.ssh_user.as_str()).into(),
         };
+        let serial = p.serial.clone().expect("QEMU was started");
         let watch = match cloud {
             // sshd runs with -e, so its "Server listening" line reaches the serial console.
             None => BootWatch::new(
-                p.console.clone(),
+                serial.clone(),
                 LEAN_MARKERS,
                 "Server listening",
                 p.started,
             ),
             Some(_) => BootWatch::new(
-                p.console.clone(),
+                serial.clone(),
                 CLOUD_MARKERS,
                 CLOUD_MARKERS[0].1,
                 p.started,
@@ -131,6 +157,7 @@ impl Start<'_> {
         };
         let mut m =
             Machine::new(&p.dir, spec, endpoint, p.console, Box::new(p.inst)).watching(watch);
+        m.serial = Some(serial);
         // QEMU's user network: the host's loopback is 10.0.2.2 from inside.
         m.loopback_alias = Some("10.0.2.2");
         m.start = how;
@@ -150,7 +177,7 @@ impl Start<'_> {
             ..self.launch(&p, &spec.label)
         };
         let cmd = launch.command();
-        self.spawn(&mut p, &spec.label, cmd)?;
+        self.spawn(&mut p, &spec.label, cmd, spec.console_limit)?;
         Ok(self.machine(p, spec, how))
     }
 
@@ -171,7 +198,7 @@ impl Start<'_> {
             ..self.launch(&p, &spec.label)
         };
         let cmd = launch.command();
-        self.spawn(&mut p, &spec.label, cmd)?;
+        self.spawn(&mut p, &spec.label, cmd, spec.console_limit)?;
         let seed = || seed::seed(keys, &spec.label);
         let dir = p.dir.path.clone();
         let inst = &mut p.inst;
@@ -183,7 +210,7 @@ impl Start<'_> {
                 p.inst.seed_port = Some(port);
                 // A state QEMU loads but whose guest never takes its seed (damaged memory)
                 // is as unusable as one QEMU refuses.
-                wait_for_console(&p.console, IDENTITY, IDENTITY_TIMEOUT, &mut p.inst)
+                wait_for_console(&mut p, IDENTITY, IDENTITY_TIMEOUT)
                     .await
                     .map_err(|e| (e, true))
             }
@@ -226,8 +253,8 @@ impl Start<'_> {
             ..self.launch(&p, &label)
         };
         let cmd = launch.command();
-        self.spawn(&mut p, &label, cmd)?;
-        wait_for_console(&p.console, "runner-warm: waiting", timeout, &mut p.inst).await?;
+        self.spawn(&mut p, &label, cmd, TEMPLATE_CONSOLE)?;
+        wait_for_console(&mut p, WAITING, timeout).await?;
         // Settled in its wait loop, not in the middle of the line it just printed.
         tokio::time::sleep(Duration::from_millis(300)).await;
         let saved = warm::save(&p.dir.path.join("qmp.sock"), snap, key).await;
@@ -238,20 +265,20 @@ impl Start<'_> {
 }
 
 /// Waits until the console shows `marker`; an error names the marker and the console's end.
-async fn wait_for_console(
-    console: &Path,
-    marker: &str,
-    timeout: Duration,
-    inst: &mut QemuInstance,
-) -> Result<()> {
+async fn wait_for_console(p: &mut Prepared, marker: &str, timeout: Duration) -> Result<()> {
     let deadline = tokio::time::Instant::now() + timeout;
+    let serial = p.serial.as_ref().expect("QEMU was started");
     loop {
-        let text = std::fs::read(console).unwrap_or_default();
-        if text.windows(marker.len()).any(|w| w == marker.as_bytes()) {
+        if serial.seen(marker).is_some() {
             return Ok(());
         }
-        if inst.exited_now() || tokio::time::Instant::now() > deadline {
-            let tail = crate::logs::tail(console, 10);
+        let exited = p.inst.exited_now();
+        if exited || tokio::time::Instant::now() > deadline {
+            if exited {
+                // The console's last bytes reach its log once the pipe has ended.
+                serial.closed(Duration::from_secs(1)).await;
+            }
+            let tail = crate::logs::tail(&p.console, 10);
             return Err(Error::other(format!(
                 "the machine did not reach `{marker}` in {}s: {tail}",
                 timeout.as_secs()

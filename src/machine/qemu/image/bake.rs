@@ -19,6 +19,7 @@ use tokio::process::Command;
 use super::{GUEST_FILES, ImageInfo, Recipe};
 use crate::digest::sha256_file;
 use crate::error::{Error, IoContext, Result, joined};
+use crate::logs::LogSink;
 use crate::machine::Report;
 
 #[derive(Clone, Default)]
@@ -145,8 +146,8 @@ async fn run_script(
     for (name, text) in GUEST_FILES {
         std::fs::write(scripts.path().join(name), text).ctx(|| format!("cannot write `{name}`"))?;
     }
-    let mut log = tokio::fs::File::create(log_path)
-        .await
+    // Capped like a target log: a bake's output is mostly the guest system's package scripts.
+    let mut log = LogSink::create(log_path, super::LOG_LIMIT, |_| {})
         .ctx(|| format!("cannot create `{}`", log_path.display()))?;
     let mut cmd = Command::new("unshare");
     cmd.args(["--mount", "--propagation", "private", "bash"])
@@ -177,7 +178,7 @@ async fn run_script(
         }
     }
     let status = child.wait().await.ctx(|| "cannot wait for the bake")?;
-    log.flush().await.ok();
+    log.finish();
     bar.finish_and_clear();
     Ok(status)
 }

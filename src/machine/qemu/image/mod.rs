@@ -38,6 +38,9 @@ pub const GUEST_FILES: &[(&str, &str)] = &[
 
 /// What a cloud image's customising boot runs (hashed into cloud recipes' digests).
 pub const CUSTOMISE: &str = include_str!("guest/customise.sh");
+/// A bake's or a customisation's log keeps its head and tail within this: a whole Debian
+/// install prints a few MiB, and a failure is read at its end.
+pub const LOG_LIMIT: u64 = 16 << 20;
 
 /// The version of the customising steps runner drives from outside the script
 /// (`qemu/customise.rs`: waiting for cloud-init, the package managers' commands, the bake

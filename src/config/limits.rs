@@ -1,0 +1,73 @@
+//! `[limits]` of `runner.toml`: caps on what a guest may send back, so that a hostile or
+//! runaway build cannot fill the host's disk or memory.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::size::GIB;
+use super::value::{self, Example, Range};
+use super::{ConfigError, Size, Source};
+
+/// Caps on what a guest may send back; a hostile or runaway build cannot fill the disk.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_file: Size,
+    pub max_total: Size,
+    pub max_files: u64,
+    /// A target log keeps its head and tail within this size.
+    pub max_log: Size,
+    /// A machine's console log keeps its head and tail within this size.
+    pub max_console: Size,
+    /// How long a finished script's output may stay open before runner stops waiting.
+    pub leak_timeout: Duration,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    max_file_size: Option<Size>,
+    max_total_size: Option<Size>,
+    max_files: Option<u64>,
+    max_log_size: Option<Spanned<Size>>,
+    max_console_size: Option<Spanned<Size>>,
+    leak_timeout: Option<Spanned<String>>,
+}
+
+/// 64 MiB of guest output is more than anyone reads; what matters is kept (head and tail).
+pub const DEFAULT_LOG: Size = Size(64 << 20);
+const LOG_SIZE: Range<Size> = Range {
+    min: Size(64 << 10),
+    max: Size(16 * GIB),
+};
+const LEAK_TIMEOUT: Range<Duration> = Range {
+    min: Duration::from_millis(100),
+    max: Duration::from_secs(3600),
+};
+
+impl Limits {
+    pub fn from_raw(src: &Source, raw: &RawLimits) -> Result<Limits, ConfigError> {
+        let size = |v: Option<&Spanned<Size>>, key, default| {
+            value::size(src, v, key, LOG_SIZE, default)
+        };
+        Ok(Limits {
+            max_file: raw.max_file_size.unwrap_or(Size(4 * GIB)),
+            max_total: raw.max_total_size.unwrap_or(Size(16 * GIB)),
+            max_files: raw.max_files.unwrap_or(100_000),
+            max_log: size(raw.max_log_size.as_ref(), "max_log_size", DEFAULT_LOG)?,
+            max_console: size(
+                raw.max_console_size.as_ref(),
+                "max_console_size",
+                Size(crate::machine::DEFAULT_CONSOLE_LIMIT),
+            )?,
+            leak_timeout: value::duration(
+                src,
+                raw.leak_timeout.as_ref(),
+                "leak_timeout",
+                (LEAK_TIMEOUT, Example("2s")),
+                Duration::from_secs(2),
+            )?,
+        })
+    }
+}
