@@ -25,6 +25,8 @@ use crate::paths::Dirs;
 /// busy host before the snapshot counts as damaged.
 const IDENTITY: &str = "runner-warm: identity";
 const IDENTITY_TIMEOUT: Duration = Duration::from_secs(20);
+/// What a restored guest says (and then powers off) when it could not reseed its generator.
+const RESEED_FAILED: &str = "runner-warm: reseed failed";
 
 /// What every start needs.
 pub struct Start<'a> {
@@ -183,9 +185,13 @@ impl Start<'_> {
                 p.inst.seed_port = Some(port);
                 // A state QEMU loads but whose guest never takes its seed (damaged memory)
                 // is as unusable as one QEMU refuses.
-                wait_for_console(&p.console, IDENTITY, IDENTITY_TIMEOUT, &mut p.inst)
-                    .await
-                    .map_err(|e| (e, true))
+                let reached =
+                    wait_for_console(&p.console, IDENTITY, IDENTITY_TIMEOUT, &mut p.inst).await;
+                reached.map_err(|e| match console_shows(&p.console, RESEED_FAILED) {
+                    // Not the snapshot's fault alone (it loaded and took its seed): keep it.
+                    true => (unseeded(&spec.label, &p.console), false),
+                    false => (e, true),
+                })
             }
             // QEMU exits when it cannot load the state: the snapshot is at fault. (It may
             // still be exiting when its QMP socket closed.)
@@ -246,8 +252,7 @@ async fn wait_for_console(
 ) -> Result<()> {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        let text = std::fs::read(console).unwrap_or_default();
-        if text.windows(marker.len()).any(|w| w == marker.as_bytes()) {
+        if console_shows(console, marker) {
             return Ok(());
         }
         if inst.exited_now() || tokio::time::Instant::now() > deadline {
@@ -258,6 +263,18 @@ async fn wait_for_console(
             )));
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn console_shows(console: &Path, marker: &str) -> bool {
+    let text = std::fs::read(console).unwrap_or_default();
+    text.windows(marker.len()).any(|w| w == marker.as_bytes())
+}
+
+fn unseeded(machine: &str, console: &Path) -> Error {
+    Error::Unseeded {
+        machine: machine.to_owned(),
+        console: console.to_owned(),
     }
 }
 
