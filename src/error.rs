@@ -57,6 +57,15 @@ pub enum Error {
         source: BoxError,
     },
 
+    /// A download server's answer was refused: a redirect that leaves https, a range at the
+    /// wrong offset, a trickle, a file over the size cap, an error status.
+    #[error("builder `{builder}`: `{url}` {problem}")]
+    DownloadRefused {
+        builder: String,
+        url: String,
+        problem: String,
+    },
+
     /// A downloaded image is not the one its builder names; the download is removed.
     #[error(
         "builder `{builder}`: the image from `{url}` has {algo} {actual}, but {expected} was \
@@ -94,6 +103,14 @@ pub enum Error {
         expected: String,
         presented: String,
     },
+
+    /// A machine restored from a snapshot could not reseed its random generator: it would
+    /// share the snapshot's random state with every machine restored from it.
+    #[error(
+        "{machine} could not reseed its random generator after the restore (console log: {})",
+        console.display()
+    )]
+    Unseeded { machine: String, console: PathBuf },
 
     #[error("{machine} refused runner's key for user `{user}`")]
     HostRefusedKey { machine: String, user: String },

@@ -92,3 +92,12 @@ pub fn memory_available() -> u64 {
         })
         .map_or(2 << 30, |kib| kib << 10)
 }
+
+/// Whether nobody holds the `flock` on `path` (or it does not exist): whoever made the
+/// scratch it guards is gone.
+pub fn lock_free(path: &Path) -> bool {
+    let Ok(f) = std::fs::File::open(path) else {
+        return true;
+    };
+    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock).is_ok()
+}

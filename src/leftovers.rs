@@ -33,6 +33,18 @@ impl Leftover {
         }
     }
 
+    /// A file or directory nobody owns, removed whole: `<what> <path>`.
+    pub fn path(what: &str, path: std::path::PathBuf) -> Leftover {
+        let shown = format!("{what} {}", path.display());
+        Leftover::orphan(shown, async move {
+            let _ = match path.is_dir() {
+                true => std::fs::remove_dir_all(&path),
+                false => std::fs::remove_file(&path),
+            };
+            Ok(String::new())
+        })
+    }
+
     pub fn in_use(what: String) -> Leftover {
         Leftover {
             what,

@@ -23,6 +23,7 @@ pub mod logs;
 pub mod machine;
 pub mod manifest;
 pub mod paths;
+pub mod private;
 pub mod progress;
 pub mod provenance;
 pub mod run;

@@ -150,6 +150,19 @@ const CASES: &[(&str, usize, &str, &str)] = &[
         "image.url",
         "http:// or https://",
     ),
+    // Plain http that a checksum file, not a pinned digest, would vouch for.
+    (
+        "backend = \"qemu\"\narch = \"amd64\"\nimage = { url = \"http://example.invalid/x.qcow2\", checksum_url = \"https://example.invalid/SUMS\" }\n",
+        3,
+        "image.url",
+        "pinned `sha256`",
+    ),
+    (
+        "backend = \"qemu\"\narch = \"amd64\"\nimage = { url = \"https://example.invalid/x.qcow2\", checksum_url = \"http://example.invalid/SUMS\" }\n",
+        3,
+        "image.checksum_url",
+        "pinned `sha256`",
+    ),
     (
         "backend = \"qemu\"\narch = \"amd64\"\nimage = { urll = \"https://example.invalid/x.qcow2\" }\n",
         3,

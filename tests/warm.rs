@@ -66,13 +66,16 @@ struct Identity {
     host_key: String,
     machine_id: String,
     random: String,
+    uuid: String,
     boot_id: String,
     clock_skew: f64,
     log: String,
 }
 
-const SELF_REPORT: &str = "echo id $(sha256sum < /run/runner/ssh_host_ed25519_key) \
-    $(cat /etc/machine-id) $(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n') \
+// The kernel's uuid first: its first read after the restore, before anything else draws.
+const SELF_REPORT: &str = "u=$(cat /proc/sys/kernel/random/uuid); \
+    echo id $(sha256sum < /run/runner/ssh_host_ed25519_key) \
+    $(cat /etc/machine-id) $(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n') $u \
     $(cat /proc/sys/kernel/random/boot_id) $(date +%s.%N)";
 
 fn identity(world: &World) -> Identity {
@@ -90,6 +93,7 @@ fn identity(world: &World) -> Identity {
                 f[2].to_owned(),
                 f[3].to_owned(),
                 f[4].to_owned(),
+                f[5].to_owned(),
                 skew,
             ));
         }
@@ -98,12 +102,13 @@ fn identity(world: &World) -> Identity {
     let mut log = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut log).unwrap();
     assert!(child.wait().unwrap().success(), "{log}");
-    let (host_key, machine_id, random, boot_id, clock_skew) =
+    let (host_key, machine_id, random, uuid, boot_id, clock_skew) =
         got.expect("the machine reported itself");
     Identity {
         host_key,
         machine_id,
         random,
+        uuid,
         boot_id,
         clock_skew,
         log,
@@ -112,9 +117,17 @@ fn identity(world: &World) -> Identity {
 
 #[test]
 fn machines_restored_from_one_snapshot_each_have_their_own_identity_and_the_clock() {
-    let (_p, world, _) = world_with_memory("1280M");
+    let (_p, world, image) = world_with_memory("1280M");
     let first = identity(&world);
     assert!(first.log.contains("warm (snapshot"), "{}", first.log);
+    // A machine's memory, saved: the user's alone.
+    for snap in snapshots_of(&image, 1280) {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&snap), 0o700, "{}", snap.display());
+        assert_eq!(mode(&snap.join("state")), 0o600);
+        assert_eq!(mode(&snap.join("snapshot.json")), 0o600);
+    }
     // Let the snapshot's clock fall behind, so a clock left as it was would show.
     std::thread::sleep(Duration::from_secs(4));
     let a = identity(&world);
@@ -130,6 +143,7 @@ fn machines_restored_from_one_snapshot_each_have_their_own_identity_and_the_cloc
     assert_ne!(a.host_key, b.host_key);
     assert_ne!(a.machine_id, b.machine_id);
     assert_ne!(a.random, b.random);
+    assert_ne!(a.uuid, b.uuid, "the restored kernels drew the same first uuid");
     // Made on its first read, which the template never did (see README "Warm starts").
     assert_ne!(a.boot_id, b.boot_id);
     assert_eq!(a.machine_id.len(), 32);

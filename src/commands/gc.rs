@@ -24,6 +24,9 @@ pub async fn sweep(env: &Env, force: bool) -> Report {
     let builders = Builder::all(&env.project).unwrap_or_default();
     let mut sweepers = env.machines.sweepers(&builders);
     sweepers.extend(crate::store::sweepers(&env.dirs));
+    sweepers.push(Box::new(crate::context::pack::PackSweeper {
+        cache: env.dirs.cache.clone(),
+    }));
     let mut report = Report::default();
     for sweeper in sweepers {
         for finding in sweeper.find().await {

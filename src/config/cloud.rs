@@ -181,18 +181,24 @@ fn image_source(src: &Source, image: &Spanned<RawImage>) -> Result<ImageSource, 
     };
     match (&raw.url, &raw.path) {
         (Some(url), None) => {
+            // Only a pinned digest makes a plain-http image safe: whoever can rewrite the
+            // traffic would otherwise choose the image (and, through checksum_url, its digest).
             if !is_http(url.get_ref()) {
                 return Err(bad(url.span(), "url", "must be an http:// or https:// URL"));
             }
+            if sha256.is_none() && !transport_is_private(url.get_ref()) {
+                return Err(bad(url.span(), "url", PLAIN_HTTP));
+            }
             let checksum = match (sha256, &raw.checksum_url) {
                 (Some(s), None) => Checksum::Sha256(s),
-                (None, Some(c)) if is_http(c.get_ref()) => Checksum::File(c.get_ref().clone()),
+                (None, Some(c)) if is_http(c.get_ref()) && transport_is_private(c.get_ref()) => {
+                    Checksum::File(c.get_ref().clone())
+                }
+                (None, Some(c)) if is_http(c.get_ref()) => {
+                    return Err(bad(c.span(), "checksum_url", PLAIN_HTTP));
+                }
                 (None, Some(c)) => {
-                    return Err(bad(
-                        c.span(),
-                        "checksum_url",
-                        "must be an http:// or https:// URL",
-                    ));
+                    return Err(bad(c.span(), "checksum_url", "must be an https:// URL"));
                 }
                 (Some(_), Some(c)) => {
                     return Err(bad(
@@ -238,6 +244,29 @@ fn image_source(src: &Source, image: &Spanned<RawImage>) -> Result<ImageSource, 
     }
 }
 
+const PLAIN_HTTP: &str = "an http:// download is allowed only with a pinned `sha256` (or from \
+                          this host's loopback); use https:// or pin the image's sha256";
+
+/// https, or plain http that never leaves this host (a loopback address): what an unpinned
+/// download may travel over. Redirects are held to the same rule (see `download`).
+pub fn transport_is_private(url: &str) -> bool {
+    match reqwest::Url::parse(url) {
+        Ok(u) if u.scheme() == "https" => true,
+        Ok(u) if u.scheme() == "http" => is_loopback(&u),
+        _ => false,
+    }
+}
+
+/// Whether a URL names this host's loopback (127.0.0.0/8, ::1 or `localhost`).
+pub fn is_loopback(url: &reqwest::Url) -> bool {
+    let Some(host) = url.host_str() else {
+        return false;
+    };
+    let ip = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || ip.parse::<std::net::IpAddr>().is_ok_and(|a| a.is_loopback())
+}
+
 fn is_http(s: &str) -> bool {
     (s.starts_with("http://") || s.starts_with("https://")) && !s.contains(char::is_whitespace)
 }
@@ -276,5 +305,28 @@ mod tests {
         assert!(is_user_name("ubuntu") && is_user_name("_build") && is_user_name("ec2-user"));
         assert!(!is_user_name("Root") && !is_user_name("1x") && !is_user_name("a b"));
         assert!(is_sha256(&"a".repeat(64)) && !is_sha256(&"g".repeat(64)));
+    }
+
+    #[test]
+    fn only_https_or_loopback_is_private() {
+        for ok in [
+            "https://example.org/x.img",
+            "http://127.0.0.1:8080/x.img",
+            "http://127.9.0.1/x",
+            "http://[::1]:80/x",
+            "http://LOCALHOST/x",
+        ] {
+            assert!(transport_is_private(ok), "{ok}");
+        }
+        for bad in [
+            "http://example.org/x.img",
+            "http://10.0.0.1/x",
+            "http://localhost.example.org/x",
+            "http://127.0.0.1.example.org/x",
+            "ftp://127.0.0.1/x",
+            "not a url",
+        ] {
+            assert!(!transport_is_private(bad), "{bad}");
+        }
     }
 }

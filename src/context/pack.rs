@@ -45,7 +45,8 @@ impl std::fmt::Debug for Pack {
 /// it. Blocking (hashing, writing, mkfs): run it in `spawn_blocking`.
 pub fn ensure(cache: &Path, ctx: &Context, digest: &str, epoch: u64) -> Result<Pack> {
     let packs = cache.join("packs");
-    std::fs::create_dir_all(&packs).ctx(|| format!("cannot create `{}`", packs.display()))?;
+    // Each pack is a copy of a source tree: the user's alone (0700 here, 0600 inside).
+    crate::private::dir(&packs)?;
     let name = format!("{}-{epoch}", &digest[..32.min(digest.len())]);
     let dir = packs.join(&name);
     // Two locks: `.lock`, held shared by every run using the pack (so `prune` in another run,
@@ -88,11 +89,10 @@ fn make(packs: &Path, name: &str, dir: &Path, ctx: &Context, epoch: u64) -> Resu
         .tempdir_in(packs)
         .ctx(|| format!("cannot create a scratch directory in `{}`", packs.display()))?;
     let tar = scratch.path().join("context.tar");
-    let out = File::create(&tar).ctx(|| format!("cannot create `{}`", tar.display()))?;
+    let out = crate::private::create(&tar)?;
     let summary = write_tar(ctx, BufWriter::new(out), epoch)?;
-    make_image(&tar, &scratch.path().join("context.img"), summary.tar_bytes)?;
-    std::fs::write(scratch.path().join("sha256"), &summary.tar_sha256)
-        .ctx(|| "cannot record the pack's digest")?;
+    make_image(&tar, scratch.path(), summary.tar_bytes)?;
+    crate::private::write(&scratch.path().join("sha256"), &summary.tar_sha256)?;
     let kept = scratch.keep();
     std::fs::rename(&kept, dir).ctx(|| format!("cannot move the pack to `{}`", dir.display()))
 }
@@ -113,10 +113,12 @@ fn open(dir: &Path) -> Option<Pack> {
     })
 }
 
-/// An ext4 filesystem of the tar's tree, made without mounting: the tree is unpacked into a
-/// scratch directory (the tar is runner's own, so it is trusted) and `mkfs.ext4 -d` copies it.
-fn make_image(tar: &Path, image: &Path, tar_bytes: u64) -> Result<()> {
-    let tree = tempfile::tempdir().ctx(|| "cannot create a temporary directory")?;
+/// `context.img` in `scratch`: an ext4 filesystem of the tar's tree, made without mounting:
+/// the tree is unpacked into the pack's own scratch (private, and found by `gc` if runner is
+/// killed meanwhile; the tar is runner's own, so it is trusted) and `mkfs.ext4 -d` copies it.
+fn make_image(tar: &Path, scratch: &Path, tar_bytes: u64) -> Result<()> {
+    let image = &scratch.join("context.img");
+    let tree = tempfile::tempdir_in(scratch).ctx(|| "cannot create a temporary directory")?;
     let mut archive = tar::Archive::new(File::open(tar).ctx(|| "cannot reopen the context tar")?);
     archive.set_preserve_permissions(true);
     archive.set_preserve_mtime(true);
@@ -157,7 +159,7 @@ fn make_image(tar: &Path, image: &Path, tar_bytes: u64) -> Result<()> {
         });
     }
     let _ = std::io::stdout().flush();
-    Ok(())
+    crate::private::restrict(image, 0o600)
 }
 
 fn count_entries(dir: &Path) -> u64 {
@@ -216,7 +218,7 @@ pub async fn compressed(pack: &Pack) -> Result<(PathBuf, String)> {
     part.persist(&out)
         .map_err(|e| e.error)
         .ctx(|| format!("cannot keep `{}`", out.display()))?;
-    std::fs::write(&sum, &sha256).ctx(|| format!("cannot write `{}`", sum.display()))?;
+    crate::private::write(&sum, &sha256)?;
     Ok((out, sha256))
 }
 
@@ -245,5 +247,62 @@ pub fn prune(cache: &Path, keep: usize) {
         if let Ok(_held) = Flock::lock(f, FlockArg::LockExclusiveNonblock) {
             let _ = std::fs::remove_dir_all(&d);
         }
+    }
+}
+
+/// Scratch of packs whose maker is gone (a runner killed mid-pack): a copy of a source tree
+/// each, for `runner gc`.
+pub fn stale_scratch(cache: &Path) -> Vec<PathBuf> {
+    let packs = cache.join("packs");
+    let Ok(rd) = std::fs::read_dir(&packs) else {
+        return vec![];
+    };
+    let mut found: Vec<PathBuf> = rd
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let file = e.file_name().to_string_lossy().into_owned();
+            // `.pack-<name>-<random>`, made while `<name>.make.lock` is held.
+            let (name, _) = file.strip_prefix(".pack-")?.rsplit_once('-')?;
+            let free = crate::host::lock_free(&packs.join(format!("{name}.make.lock")));
+            free.then(|| e.path())
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+/// `runner gc`'s view of the packs: scratch nobody is making any more.
+pub struct PackSweeper {
+    pub cache: PathBuf,
+}
+
+#[async_trait::async_trait]
+impl crate::leftovers::Sweeper for PackSweeper {
+    async fn find(&self) -> Vec<crate::leftovers::Finding> {
+        use crate::leftovers::{Finding, Leftover};
+        stale_scratch(&self.cache)
+            .into_iter()
+            .map(|dir| Finding::Found(Leftover::path("unfinished context pack", dir)))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn scratch_whose_maker_is_gone_is_stale_and_a_held_one_is_not() {
+        let cache = tempfile::tempdir().unwrap();
+        let packs = cache.path().join("packs");
+        let (dead, live) = ("aa-1", "bb-1");
+        for name in [dead, live] {
+            std::fs::create_dir_all(packs.join(format!(".pack-{name}-Xy12Zq"))).unwrap();
+        }
+        std::fs::create_dir_all(packs.join("cc-1")).unwrap();
+        let lock = std::fs::File::create(packs.join(format!("{live}.make.lock"))).unwrap();
+        let _held = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive).unwrap();
+        assert_eq!(
+            super::stale_scratch(cache.path()),
+            vec![packs.join(format!(".pack-{dead}-Xy12Zq"))]
+        );
     }
 }

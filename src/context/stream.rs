@@ -58,6 +58,7 @@ fn append_entries<W: Write>(
 ) -> Result<(u64, u64)> {
     let (mut files, mut file_bytes) = (0, 0);
     for e in &ctx.entries {
+        crate::signals::check()?;
         let mut header = Header::new_gnu();
         header.set_mode(e.mode());
         header.set_uid(0);
@@ -84,6 +85,9 @@ fn append_entries<W: Write>(
                 append_symlink(tar, &mut header, &e.path, target)
             }
         };
+        if appended.is_err() {
+            crate::signals::check()?;
+        }
         appended.ctx(|| format!("adding {} to the context tar", e.path.display()))?;
     }
     Ok((files, file_bytes))
@@ -118,6 +122,10 @@ impl<W: Write> Write for HashingWriter<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         if self.abandoned {
             return Err(io::Error::other("context tar abandoned after an error"));
+        }
+        // A large file is one entry: a signal ends it between writes (see `append_entries`).
+        if crate::signals::stopping() {
+            return Err(io::Error::other("stopped by a signal"));
         }
         let n = self.inner.write(buf)?;
         self.hasher.update(&buf[..n]);

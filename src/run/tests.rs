@@ -310,3 +310,28 @@ async fn each_machine_is_torn_down_after_its_script_and_exactly_once() {
         );
     }
 }
+
+#[tokio::test]
+async fn the_context_pack_a_build_leaves_is_the_users_alone() {
+    use std::os::unix::fs::PermissionsExt;
+    let w = World::new();
+    let (b, _) = fake(&w, &[]);
+    let results = dispatch(&w, w.run(b, false), &names(1), None, false).await;
+    assert_eq!(results[0].outcome, Outcome::Succeeded, "{:?}", results[0].error);
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let packs = w.tmp.path().join("cache/packs");
+    assert_eq!(mode(&packs), 0o700);
+    let made: Vec<_> = std::fs::read_dir(&packs)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .collect();
+    assert_eq!(made.len(), 1, "{made:?}");
+    assert_eq!(mode(&made[0]), 0o700);
+    let files: Vec<_> = std::fs::read_dir(&made[0]).unwrap().flatten().collect();
+    assert!(files.len() >= 3, "{files:?}");
+    for f in files {
+        assert_eq!(mode(&f.path()), 0o600, "{}", f.path().display());
+    }
+}

@@ -31,11 +31,13 @@ const IDENTITY_TIMEOUT: Duration = Duration::from_secs(20);
 const WAITING: &str = "runner-warm: waiting";
 /// A template's console log keeps at most this much: a boot prints a few KiB.
 const TEMPLATE_CONSOLE: u64 = 1 << 20;
+/// What a restored guest says (and then powers off) when it could not reseed its generator.
+const RESEED_FAILED: &str = "runner-warm: reseed failed";
 
 /// Every marker any start looks for on the console.
 fn markers() -> Vec<&'static str> {
     let boot = LEAN_MARKERS.iter().chain(CLOUD_MARKERS).map(|(_, m)| *m);
-    boot.chain([IDENTITY, WAITING]).collect()
+    boot.chain([IDENTITY, WAITING, RESEED_FAILED]).collect()
 }
 
 /// What every start needs.
@@ -210,9 +212,13 @@ impl Start<'_> {
                 p.inst.seed_port = Some(port);
                 // A state QEMU loads but whose guest never takes its seed (damaged memory)
                 // is as unusable as one QEMU refuses.
-                wait_for_console(&mut p, IDENTITY, IDENTITY_TIMEOUT)
-                    .await
-                    .map_err(|e| (e, true))
+                let reached = wait_for_console(&mut p, IDENTITY, IDENTITY_TIMEOUT).await;
+                let serial = p.serial.as_ref().expect("QEMU was started");
+                reached.map_err(|e| match serial.seen(RESEED_FAILED).is_some() {
+                    // Not the snapshot's fault alone (it loaded and took its seed): keep it.
+                    true => (unseeded(&spec.label, &p.console), false),
+                    false => (e, true),
+                })
             }
             // QEMU exits when it cannot load the state: the snapshot is at fault. (It may
             // still be exiting when its QMP socket closed.)
@@ -285,6 +291,13 @@ async fn wait_for_console(p: &mut Prepared, marker: &str, timeout: Duration) -> 
             )));
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn unseeded(machine: &str, console: &Path) -> Error {
+    Error::Unseeded {
+        machine: machine.to_owned(),
+        console: console.to_owned(),
     }
 }
 

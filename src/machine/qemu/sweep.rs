@@ -41,20 +41,13 @@ impl Sweeper for QemuSweeper {
             found.push(Finding::Found(leftover));
         }
         let images = self.dirs.images();
-        for scratch in super::image::stale_bakes(&images) {
-            let what = format!("unfinished bake {}", scratch.display());
-            found.push(Finding::Found(Leftover::orphan(what, async move {
-                let _ = std::fs::remove_dir_all(&scratch);
-                Ok(String::new())
-            })));
-        }
-        for part in super::warm::stale_parts(&images) {
-            let what = format!("unfinished snapshot {}", part.display());
-            found.push(Finding::Found(Leftover::orphan(what, async move {
-                let _ = std::fs::remove_file(&part);
-                Ok(String::new())
-            })));
-        }
+        let downloads = super::image::Cache::new(&self.dirs).downloads();
+        found.extend(removals("unfinished bake", super::image::stale_bakes(&images)));
+        found.extend(removals("unfinished snapshot", super::warm::stale_parts(&images)));
+        found.extend(removals(
+            "unfinished download",
+            super::image::http::stale_parts(&downloads),
+        ));
         found
     }
 }
@@ -65,4 +58,11 @@ async fn remove(path: PathBuf) -> crate::error::Result<String> {
     kill_processes_mentioning(&path);
     let _ = std::fs::remove_dir_all(&path);
     Ok(String::new())
+}
+
+/// Scratch files and directories nobody holds, each one removal.
+fn removals(what: &'static str, paths: Vec<PathBuf>) -> impl Iterator<Item = Finding> {
+    paths
+        .into_iter()
+        .map(move |path| Finding::Found(Leftover::path(what, path)))
 }

@@ -117,8 +117,8 @@ impl Snapshot {
     /// (a maker that hangs must not hang them: they boot cold).
     pub async fn lock(&self, timeout: Duration) -> Result<nix::fcntl::Flock<std::fs::File>> {
         use nix::fcntl::{Flock, FlockArg};
-        std::fs::create_dir_all(&self.dir)
-            .ctx(|| format!("cannot create `{}`", self.dir.display()))?;
+        // A machine's memory, saved: private like the context packs it may come to hold.
+        crate::private::dir(&self.dir)?;
         let path = self.dir.with_extension("lock");
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
@@ -198,19 +198,15 @@ pub fn stale_parts(images: &Path) -> Vec<PathBuf> {
     };
     rd.filter_map(|e| std::fs::read_dir(e.ok()?.path().join("snapshots")).ok())
         .flat_map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())))
-        .filter(|dir| dir.join(PART).exists() && lock_free(&dir.with_extension("lock")))
+        .filter(|dir| dir.join(PART).exists() && crate::host::lock_free(&dir.with_extension("lock")))
         .map(|dir| dir.join(PART))
         .collect()
 }
 
-fn lock_free(path: &Path) -> bool {
-    let Ok(f) = std::fs::File::open(path) else {
-        return true;
-    };
-    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock).is_ok()
-}
 
 async fn save_to(qmp: &Path, part: &Path) -> Result<()> {
+    // Made 0600 here: `cat >` would make it with QEMU's umask (and keeps an existing mode).
+    drop(crate::private::create(part)?);
     let mut q = Qmp::connect(qmp).await?;
     q.execute("stop", json!({})).await?;
     q.execute(
@@ -241,11 +237,10 @@ async fn save_to(qmp: &Path, part: &Path) -> Result<()> {
 /// Renames the saved state into place and records its key: the snapshot is complete.
 fn keep(part: &Path, snap: &Snapshot, key: &Key) -> Result<()> {
     std::fs::rename(part, &snap.state).ctx(|| "cannot keep the snapshot")?;
-    std::fs::write(
-        snap.dir.join("snapshot.json"),
+    crate::private::write(
+        &snap.dir.join("snapshot.json"),
         serde_json::to_vec_pretty(key).expect("a key serializes"),
-    )
-    .ctx(|| "cannot record the snapshot's key")?;
+    )?;
     Ok(())
 }
 

@@ -9,6 +9,7 @@ pub mod bake;
 mod checksum;
 pub mod cloud;
 pub mod download;
+pub mod http;
 pub mod mirror;
 mod progress;
 
@@ -336,16 +337,10 @@ pub fn stale_bakes(images: &Path) -> Vec<PathBuf> {
                             e.file_name().to_string_lossy().starts_with(&short)
                                 && e.file_name().to_string_lossy().ends_with(".lock")
                         })
-                        .all(|e| lock_free(&e.path()))
+                        .all(|e| crate::host::lock_free(&e.path()))
                 })
                 .unwrap_or(true)
         })
         .collect()
 }
 
-fn lock_free(path: &Path) -> bool {
-    let Ok(f) = std::fs::File::open(path) else {
-        return true;
-    };
-    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock).is_ok()
-}
