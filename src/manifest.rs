@@ -211,12 +211,18 @@ impl Manifest {
     pub fn read(path: &Path) -> Result<Manifest> {
         let bytes =
             std::fs::read(path).ctx(|| format!("cannot read manifest `{}`", path.display()))?;
+        Manifest::from_slice(&bytes, path)
+    }
+
+    /// A manifest from its bytes (as read from a store, or capped from a file); `path` names
+    /// where they came from in errors.
+    pub fn from_slice(bytes: &[u8], path: &Path) -> Result<Manifest> {
         let bad = |problem: String| Error::BadFile {
             path: path.to_owned(),
             problem,
         };
         let value: serde_json::Value =
-            serde_json::from_slice(&bytes).map_err(|e| bad(format!("not a JSON manifest: {e}")))?;
+            serde_json::from_slice(bytes).map_err(|e| bad(format!("not a JSON manifest: {e}")))?;
         match value.get("schema").and_then(|v| v.as_u64()) {
             Some(v) if READS.contains(&v) => {}
             Some(v) => {

@@ -21,7 +21,7 @@ use aws_sdk_s3::Client;
 use sha2::{Digest, Sha256};
 
 use self::upload::Uploader;
-use super::{ArtifactStore, Publishing, Records, SHA256SUMS, Shared, Stored};
+use super::{ArtifactStore, Publishing, Records, SHA256SUMS, Shared, Stored, Trust};
 use crate::artifacts::ArtifactFile;
 use crate::aws::{self, Retries};
 pub use crate::config::S3Url;
@@ -45,6 +45,7 @@ pub struct S3Store {
     settings: Settings,
     staging_root: PathBuf,
     journal: PathBuf,
+    trust: Trust,
 }
 
 impl S3Store {
@@ -74,7 +75,14 @@ impl S3Store {
             settings: settings.clone(),
             staging_root: dirs.state.join("staging"),
             journal: dirs.uploads(),
+            trust: Trust::default(),
         }
+    }
+
+    /// The store handing out (as cache hits, or the newest build) only builds `trust`
+    /// accepts.
+    pub fn trusting(self, trust: Trust) -> S3Store {
+        S3Store { trust, ..self }
     }
 
     /// Fails fast, before any machine boots, when the bucket is missing or not ours to use:
@@ -252,35 +260,32 @@ impl ArtifactStore for S3Store {
         target: &str,
         inputs_digest: &str,
     ) -> Result<Option<(Manifest, Vec<PathBuf>)>> {
-        let Some((key, m)) = self.find_manifest(target, &inputs_digest[..16]).await? else {
+        let id = &inputs_digest[..16.min(inputs_digest.len())];
+        let Some((prefix, stored)) = self.find(target, id, &self.trust).await? else {
             return Ok(None);
         };
-        let prefix = key.trim_end_matches(manifest::FILE);
+        // The id holds 16 hex digits of the digest; the build is a hit only for all 64.
+        let m = stored.manifest;
+        if m.inputs_digest != inputs_digest {
+            return Ok(None);
+        }
         let mut uris: Vec<PathBuf> = m
             .artifacts
             .iter()
             .map(|a| PathBuf::from(a.uri.clone()))
             .collect();
-        uris.push(PathBuf::from(self.uri_of(&format!("{prefix}{SHA256SUMS}"))));
-        uris.push(PathBuf::from(
-            self.uri_of(&format!("{prefix}{}", crate::provenance::FILE)),
-        ));
-        uris.push(PathBuf::from(self.uri_of(&key)));
+        for name in [SHA256SUMS, crate::provenance::FILE, manifest::FILE] {
+            uris.push(PathBuf::from(self.uri_of(&format!("{prefix}{name}"))));
+        }
         Ok(Some((m, uris)))
     }
 
     async fn records(&self, target: &str, build: Option<&str>) -> Result<Option<Stored>> {
-        let Some((key, manifest)) = self.find_manifest(target, build.unwrap_or("")).await? else {
-            return Ok(None);
-        };
-        let prefix = key.trim_end_matches(manifest::FILE);
-        let get = |name: String| async move { self.get_bytes(&name).await };
-        Ok(Some(Stored {
-            manifest,
-            manifest_bytes: get(key.clone()).await?.unwrap_or_default(),
-            sha256sums: get(format!("{prefix}{SHA256SUMS}")).await?,
-            provenance: get(format!("{prefix}{}", crate::provenance::FILE)).await?,
-        }))
+        let any = Trust::default();
+        Ok(self
+            .find(target, build.unwrap_or(""), &any)
+            .await?
+            .map(|(_, s)| s))
     }
 
     async fn share(&self, name: &str, file: &Path) -> Result<Option<Shared>> {
@@ -328,7 +333,10 @@ impl ArtifactStore for S3Store {
     }
 
     async fn latest(&self, target: &str) -> Result<Option<Manifest>> {
-        Ok(self.find_manifest(target, "").await?.map(|(_, m)| m))
+        Ok(self
+            .find(target, "", &self.trust)
+            .await?
+            .map(|(_, s)| s.manifest))
     }
 
     async fn fetch(
@@ -362,10 +370,22 @@ impl ArtifactStore for S3Store {
             .await
             .ctx(|| format!("cannot create `{}`", dest.display()))?;
         let mut h = Sha256::new();
+        let mut total = 0u64;
         while let Some(chunk) = body.try_next().await.map_err(|e| Error::Download {
             uri: artifact.uri.clone(),
             source: Box::new(e),
         })? {
+            // Never more than the manifest records: an endless object stops here.
+            total += chunk.len() as u64;
+            if total > artifact.size {
+                return Err(Error::BadFile {
+                    path: dest.to_owned(),
+                    problem: format!(
+                        "`{}` holds more than the {} bytes its manifest records",
+                        artifact.uri, artifact.size
+                    ),
+                });
+            }
             h.update(&chunk);
             tokio::io::AsyncWriteExt::write_all(&mut file, &chunk)
                 .await
