@@ -9,6 +9,7 @@
 //! build nor a dangling upload remains.
 
 pub mod journal;
+mod packs;
 mod read;
 pub mod sweep;
 mod upload;
@@ -46,6 +47,11 @@ pub struct S3Store {
     staging_root: PathBuf,
     journal: PathBuf,
     trust: Trust,
+    /// This process's own directory for shared packs (`.runner/packs/<run>/`): another run's
+    /// cleanup never deletes a pack this run's machines are fetching.
+    run: String,
+    /// The journal entry covering that directory while any pack of it is shared.
+    packs: std::sync::Mutex<packs::Packs>,
 }
 
 impl S3Store {
@@ -76,6 +82,8 @@ impl S3Store {
             staging_root: dirs.state.join("staging"),
             journal: dirs.uploads(),
             trust: Trust::default(),
+            run: hex::encode(rand::random::<[u8; 8]>()),
+            packs: Default::default(),
         }
     }
 
@@ -289,47 +297,11 @@ impl ArtifactStore for S3Store {
     }
 
     async fn share(&self, name: &str, file: &Path) -> Result<Option<Shared>> {
-        let key = format!("{}.runner/packs/{name}", self.prefix_slash());
-        let there = self
-            .client
-            .head_object()
-            .bucket(&self.url.bucket)
-            .key(&key)
-            .send()
-            .await;
-        match there {
-            Ok(_) => {}
-            Err(e) if e.as_service_error().is_some_and(|se| se.is_not_found()) => {
-                self.upload_file(file, &key).await?;
-            }
-            Err(e) => return Err(self.fail("check", &key, e)),
-        }
-        let expires = aws_sdk_s3::presigning::PresigningConfig::expires_in(
-            std::time::Duration::from_secs(3600),
-        )
-        .map_err(|e| Error::other(format!("cannot presign `{key}`: {e}")))?;
-        let url = self
-            .client
-            .get_object()
-            .bucket(&self.url.bucket)
-            .key(&key)
-            .presigned(expires)
-            .await
-            .map_err(|e| self.fail("presigning", &key, e))?
-            .uri()
-            .to_owned();
-        Ok(Some(Shared { key, url }))
+        self.share_pack(name, file).await.map(Some)
     }
 
     async fn unshare(&self, shared: &Shared) -> Result<()> {
-        self.client
-            .delete_object()
-            .bucket(&self.url.bucket)
-            .key(&shared.key)
-            .send()
-            .await
-            .map(|_| ())
-            .map_err(|e| self.fail("delete", &shared.key, e))
+        self.unshare_pack(shared).await
     }
 
     async fn latest(&self, target: &str) -> Result<Option<Manifest>> {
