@@ -54,7 +54,7 @@ impl S3Store {
                 }
                 Err(e) => return Err(e),
             };
-            match trust.check(target, Some(&dir.id), &stored) {
+            match trust.check(target, Some(dir.id.as_str()), &stored) {
                 Ok(()) => return Ok(Some((dir.prefix, stored))),
                 Err(why) => tracing::warn!("ignoring build {}: {why}", self.uri_of(&dir.prefix)),
             }
