@@ -7,6 +7,7 @@
 //! `manifest` are what goes in and comes out; `events` and `progress` report it.
 
 pub mod artifacts;
+pub mod beneath;
 #[cfg(feature = "aws")]
 mod aws;
 pub mod cli;

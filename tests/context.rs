@@ -8,6 +8,10 @@ mod common;
 mod garage;
 
 use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
 
 use common::*;
 use garage::{BUCKET, Garage, KEY, SECRET};
@@ -74,16 +78,31 @@ fn a_fan_out_packs_the_context_once_and_every_guest_sees_the_same_tree() {
     world.assert_clean();
 }
 
-/// The pack's content-addressed name, as runner computes it: the sha256 of its tar.
-fn pack_name(src: &std::path::Path, epoch: u64) -> String {
-    let ctx = runner::context::Context::scan(&runner::context::ContextOptions {
-        root: src.to_owned(),
-        exclude: vec![],
+/// Overwrites every pack that appears under `prefix` (once each) until `stop` is set: someone
+/// with write access to the bucket, racing the run whose pack key it cannot know beforehand.
+fn replace_packs(server: &Garage, prefix: &'static str, stop: Arc<AtomicBool>) -> JoinHandle<usize> {
+    let c = server.client(SECRET);
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let mut done = std::collections::HashSet::new();
+        while !stop.load(Ordering::SeqCst) {
+            rt.block_on(async {
+                let listed = c.list_objects_v2().bucket(BUCKET).prefix(prefix).send().await;
+                for o in listed.map(|l| l.contents().to_vec()).unwrap_or_default() {
+                    let key = o.key().unwrap_or_default().to_owned();
+                    if done.insert(key.clone()) {
+                        let body = aws_sdk_s3::primitives::ByteStream::from_static(b"not the pack");
+                        let _ = c.put_object().bucket(BUCKET).key(key).body(body).send().await;
+                    }
+                }
+            });
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        done.len()
     })
-    .unwrap();
-    let mut tar = vec![];
-    let summary = runner::context::write_tar(&ctx, &mut tar, epoch).unwrap();
-    format!("{}.tar.zst", summary.tar_sha256)
 }
 
 #[test]
@@ -120,29 +139,17 @@ fn a_guest_fetches_the_pack_by_presigned_url_and_refuses_a_tampered_one() {
         log.contains("context: fetched by the machine from the store"),
         "{log}"
     );
-    let key = format!(
-        "ci/.runner/packs/{}",
-        pack_name(&p.path().join("src"), 1_000_000_000)
-    );
     assert!(
         !server.holds_a_context_pack(),
         "the shared pack outlived the run"
     );
 
-    // Someone with write access to the bucket replaced the pack: the guest refuses it.
-    let c = server.client(SECRET);
-    server.block_on(async {
-        c.put_object()
-            .bucket(BUCKET)
-            .key(&key)
-            .body(aws_sdk_s3::primitives::ByteStream::from_static(
-                b"not the pack",
-            ))
-            .send()
-            .await
-            .unwrap();
-    });
+    // Someone with write access to the bucket replaces the pack mid-run: the guest refuses it.
+    let stop = Arc::new(AtomicBool::new(false));
+    let racer = replace_packs(&server, "ci/.runner/packs/", stop.clone());
     let out = run(&["build", "t", "--upload", "s3://bucket/ci", "--force"]);
+    stop.store(true, Ordering::SeqCst);
+    assert_eq!(racer.join().unwrap(), 1, "no pack was there to replace");
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("failed in sync"), "{}", stderr(&out));
     let log = std::fs::read_to_string(world.state.path().join("logs/builds/t.log")).unwrap();
@@ -150,5 +157,57 @@ fn a_guest_fetches_the_pack_by_presigned_url_and_refuses_a_tampered_one() {
         log.contains("context pack refused") || log.contains("not the pack's"),
         "{log}"
     );
+    world.assert_clean();
+}
+
+#[test]
+fn a_killed_runs_shared_pack_is_journaled_and_gc_removes_it() {
+    let server = Garage::start();
+    let p = Project::new()
+        .repo_builder("bookworm-amd64")
+        .file("build.sh", "#!/bin/sh\nsleep 600\n")
+        .file("src/a.txt", "a\n")
+        .toml(&format!(
+            "[store]\nendpoint = \"{}\"\nregion = \"us-east-1\"\npath_style = true\n\n\
+             [target.t]\nbuilder = \"bookworm-amd64\"\nscript = \"build.sh\"\ncontext = \"src\"\n\
+             context_transfer = \"fetch\"\n",
+            server.endpoint()
+        ))
+        .done();
+    let world = World::with_project(p.path().to_owned());
+    let creds = |mut cmd: Command| {
+        cmd.env("AWS_ACCESS_KEY_ID", KEY)
+            .env("AWS_SECRET_ACCESS_KEY", SECRET)
+            .env("AWS_CONFIG_FILE", "/nonexistent")
+            .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+            .env("AWS_EC2_METADATA_DISABLED", "true");
+        cmd
+    };
+    let mut child = creds(world.cmd())
+        .args(["build", "t", "--upload", "s3://bucket/ci"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Killed once its pack is in the bucket: nothing of the run can clean up.
+    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    while !server.holds_a_context_pack() {
+        assert!(std::time::Instant::now() < deadline, "no pack was shared");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    signal(&child, libc::SIGKILL);
+    child.wait().unwrap();
+    let journal: Vec<String> = std::fs::read_dir(world.state.path().join("uploads"))
+        .unwrap()
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+        .collect();
+    assert!(
+        journal.iter().any(|r| r.contains("ci/.runner/packs/")),
+        "the pack is not in the upload journal: {journal:?}"
+    );
+    let forced = run_shown(creds(world.cmd()), &["gc", "--force"]);
+    assert_eq!(forced.status.code(), Some(0));
+    assert!(!server.holds_a_context_pack(), "gc left the pack");
+    server.assert_empty();
     world.assert_clean();
 }

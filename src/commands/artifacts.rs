@@ -70,7 +70,13 @@ pub async fn get(env: &Env, target: &str, upload: Option<&str>, out: &Path) -> R
             std::fs::create_dir_all(dir)
                 .map_err(|e| Error::other(format!("cannot create `{}`: {e}", dir.display())))?;
         }
-        let got = store.fetch(target, &m, a, &dest).await?;
+        let got = match store.fetch(target, &m, a, &dest).await {
+            Ok(got) => got,
+            Err(e) => {
+                let _ = std::fs::remove_file(&dest);
+                return Err(e);
+            }
+        };
         if got == a.sha256 {
             println!("ok        {}", dest.display());
         } else {

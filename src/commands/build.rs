@@ -64,7 +64,7 @@ pub async fn build(env: &Env, args: Args) -> Result<i32> {
     let (emitter, rx) = Emitter::channel();
     let run = Arc::new(Run {
         machines: env.machines.clone(),
-        store: Arc::new(LocalStore::new(&project.artifact_dir)),
+        store: Arc::new(LocalStore::new(&project.artifact_dir).trusting(super::key::trust(&project)?)),
         remote,
         limits: Limits {
             max_file_bytes: project.limits.max_file.0,
@@ -114,7 +114,8 @@ pub async fn build(env: &Env, args: Args) -> Result<i32> {
 /// An S3 store for `url` with the project's `[store]` settings, checked before use.
 pub async fn s3_store(env: &Env, project: &Project, url: &str) -> Result<Arc<dyn ArtifactStore>> {
     let parsed: S3Url = url.parse().map_err(Error::Other)?;
-    crate::store::remote(&parsed, &project.store, &env.dirs).await
+    let trust = super::key::trust(project)?;
+    crate::store::remote(&parsed, &project.store, &env.dirs, trust).await
 }
 
 /// Where `target` publishes: `upload` (a flag), else the target's own, else `[store]`, else
@@ -135,7 +136,9 @@ pub async fn store_for(
         .or(project.store.upload.clone())
     {
         Some(url) => s3_store(env, project, &url).await,
-        None => Ok(Arc::new(LocalStore::new(&project.artifact_dir))),
+        None => Ok(Arc::new(
+            LocalStore::new(&project.artifact_dir).trusting(super::key::trust(project)?),
+        )),
     }
 }
 

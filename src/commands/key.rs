@@ -18,26 +18,44 @@ pub fn signing_key(project: Option<&Project>) -> Result<Option<Arc<SigningKey>>>
     path.map(|p| SigningKey::load(&p).map(Arc::new)).transpose()
 }
 
-/// The key `runner verify` checks against: `--key`, else `[signing] public_key`, else the
-/// public half of the signing key.
+/// The key `runner verify` checks against: `--key`, else [`trusted_key`].
 pub fn verifying_key(arg: Option<&str>, project: Option<&Project>) -> Result<PublicKey> {
-    if let Some(a) = arg.or_else(|| project?.signing.public_key.as_deref()) {
-        let base = project.map(|p| p.root.clone()).unwrap_or_default();
-        let path = base.join(a);
-        let arg = if path.is_file() {
-            path.to_string_lossy().into_owned()
-        } else {
-            a.to_owned()
-        };
-        return PublicKey::load(&arg);
+    if let Some(a) = arg {
+        return load_public(a, project);
     }
-    match signing_key(project)? {
-        Some(k) => Ok(k.public()),
-        None => Err(Error::other(
+    trusted_key(project)?.ok_or_else(|| {
+        Error::other(
             "no key to verify with: pass --key (a public key file or 64 hex digits), or set \
              [signing] public_key",
-        )),
+        )
+    })
+}
+
+/// The key published builds must verify with before a store hands them out (cache hits,
+/// `artifacts`, `why`): `[signing] public_key`, else the public half of the signing key, else
+/// none (every build counts).
+pub fn trusted_key(project: Option<&Project>) -> Result<Option<PublicKey>> {
+    if let Some(a) = project.and_then(|p| p.signing.public_key.as_deref()) {
+        return load_public(a, project).map(Some);
     }
+    Ok(signing_key(project)?.map(|k| k.public()))
+}
+
+/// The trust a store of `project` hands builds out under.
+pub fn trust(project: &Project) -> Result<crate::store::Trust> {
+    trusted_key(Some(project)).map(crate::store::Trust)
+}
+
+/// A public key named relative to the project (a file), or given as itself.
+fn load_public(a: &str, project: Option<&Project>) -> Result<PublicKey> {
+    let base = project.map(|p| p.root.clone()).unwrap_or_default();
+    let path = base.join(a);
+    let arg = if path.is_file() {
+        path.to_string_lossy().into_owned()
+    } else {
+        a.to_owned()
+    };
+    PublicKey::load(&arg)
 }
 
 /// Where `runner key generate` writes by default: runner's config directory, outside every

@@ -36,6 +36,8 @@ pub enum Refused {
     BadSignature(String),
     #[error("the envelope's payload is not valid base64")]
     BadPayload,
+    #[error("the envelope's payloadType is `{0}`, not `{}`", PAYLOAD_TYPE)]
+    WrongType(String),
 }
 
 pub fn pae(payload_type: &str, body: &[u8]) -> Vec<u8> {
@@ -66,25 +68,32 @@ impl Envelope {
         }
     }
 
-    /// The payload bytes, once a signature by `key` verifies over them.
+    /// The payload bytes, once the envelope's type is in-toto's and one of its signatures by
+    /// `key` verifies over them. Every signature is tried, whatever key id it claims: an id
+    /// is only a hint, and a bogus signature listed first must not hide a good one.
     pub fn verify(&self, key: &PublicKey) -> Result<Vec<u8>, Refused> {
+        if self.payload_type != PAYLOAD_TYPE {
+            return Err(Refused::WrongType(self.payload_type.clone()));
+        }
         let body = self.payload_bytes()?;
         if self.signatures.is_empty() {
             return Err(Refused::Unsigned);
         }
-        let keyid = key.keyid();
-        let Some(sig) = self.signatures.iter().find(|s| s.keyid == keyid) else {
-            let ids: Vec<&str> = self.signatures.iter().map(|s| s.keyid.as_str()).collect();
-            return Err(Refused::OtherKey(keyid, ids.join(", ")));
+        let message = pae(&self.payload_type, &body);
+        let good = |s: &Signature| {
+            STANDARD
+                .decode(&s.sig)
+                .is_ok_and(|raw| key.verify(&message, &raw))
         };
-        let raw = STANDARD
-            .decode(&sig.sig)
-            .map_err(|_| Refused::BadSignature(keyid.clone()))?;
-        if key.verify(&pae(&self.payload_type, &body), &raw) {
-            Ok(body)
-        } else {
-            Err(Refused::BadSignature(keyid))
+        if self.signatures.iter().any(good) {
+            return Ok(body);
         }
+        let keyid = key.keyid();
+        if self.signatures.iter().any(|s| s.keyid == keyid) {
+            return Err(Refused::BadSignature(keyid));
+        }
+        let ids: Vec<&str> = self.signatures.iter().map(|s| s.keyid.as_str()).collect();
+        Err(Refused::OtherKey(keyid, ids.join(", ")))
     }
 
     pub fn payload_bytes(&self) -> Result<Vec<u8>, Refused> {
@@ -145,5 +154,42 @@ mod tests {
         ));
         let unsigned = Envelope::new(b"{}", None);
         assert_eq!(unsigned.verify(&key.public()), Err(Refused::Unsigned));
+    }
+
+    #[test]
+    fn a_bogus_first_signature_does_not_hide_a_good_one() {
+        let key = SigningKey::from_seed([1; 32]);
+        let mut env = Envelope::new(b"{}", Some(&key));
+        let good = env.signatures[0].clone();
+        let bogus = Signature {
+            keyid: good.keyid.clone(),
+            sig: STANDARD.encode([0u8; 64]),
+        };
+        env.signatures = vec![bogus.clone(), good.clone()];
+        assert_eq!(env.verify(&key.public()).unwrap(), b"{}");
+        // A good signature under another key id still counts: ids are hints.
+        env.signatures = vec![Signature {
+            keyid: "elsewhere".into(),
+            sig: good.sig,
+        }];
+        assert_eq!(env.verify(&key.public()).unwrap(), b"{}");
+        env.signatures = vec![bogus];
+        assert!(matches!(
+            env.verify(&key.public()),
+            Err(Refused::BadSignature(_))
+        ));
+    }
+
+    #[test]
+    fn another_payload_type_is_refused_even_when_signed_for() {
+        let key = SigningKey::from_seed([1; 32]);
+        let mut env = Envelope::new(b"{}", Some(&key));
+        let other = "application/json";
+        env.payload_type = other.into();
+        env.signatures[0].sig = STANDARD.encode(key.sign(&pae(other, b"{}")));
+        assert_eq!(
+            env.verify(&key.public()),
+            Err(Refused::WrongType(other.into()))
+        );
     }
 }

@@ -51,6 +51,35 @@ pub struct Statement {
     pub predicate: Value,
 }
 
+/// Why an envelope's bytes yield no statement to trust.
+#[derive(Debug, thiserror::Error)]
+pub enum Untrusted {
+    #[error("not a DSSE envelope: {0}")]
+    NotEnvelope(#[source] serde_json::Error),
+    #[error(transparent)]
+    Refused(#[from] dsse::Refused),
+    #[error("the signed payload is not a statement: {0}")]
+    NotStatement(#[source] serde_json::Error),
+}
+
+/// The statement inside the envelope `bytes`, once a signature by `key` holds over it.
+pub fn signed_statement(bytes: &[u8], key: &keys::PublicKey) -> Result<Statement, Untrusted> {
+    let env: dsse::Envelope = serde_json::from_slice(bytes).map_err(Untrusted::NotEnvelope)?;
+    let payload = env.verify(key)?;
+    serde_json::from_slice(&payload).map_err(Untrusted::NotStatement)
+}
+
+impl Statement {
+    /// The sha256 the statement gives the subject `name`.
+    pub fn sha256_of(&self, name: &str) -> Option<&str> {
+        self.subject
+            .iter()
+            .find(|s| s.name == name)
+            .and_then(|s| s.digest.get("sha256"))
+            .map(String::as_str)
+    }
+}
+
 /// The published documents a statement covers besides the artifacts.
 pub struct Documents<'a> {
     pub sha256sums: &'a [u8],

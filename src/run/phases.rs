@@ -329,19 +329,6 @@ pub async fn publish(
 /// artifact, signed with the run's key (or unsigned, which the log says).
 fn records_of(run: &Run, m: &Manifest, files: &[ArtifactFile], log: &LogSink) -> Records {
     let sha256sums = crate::artifacts::sha256sums(files).into_bytes();
-    let manifest = m.to_json();
-    let docs = provenance::Documents {
-        sha256sums: &sha256sums,
-        manifest: &manifest,
-    };
-    let builder_id = format!(
-        "urn:runner:builder:{}:{}",
-        m.builder.recipe.kind(),
-        m.builder.name
-    );
-    let statement = provenance::statement(m, &docs, &builder_id);
-    let payload = serde_json::to_vec(&statement).expect("a statement serializes");
-    let envelope = provenance::dsse::Envelope::new(&payload, run.signing.as_deref());
     match &run.signing {
         Some(k) => log.note(&format!("provenance signed by key {}", k.public().keyid())),
         None => log.note(
@@ -349,11 +336,7 @@ fn records_of(run: &Run, m: &Manifest, files: &[ArtifactFile], log: &LogSink) ->
              RUNNER_SIGNING_KEY)",
         ),
     }
-    Records {
-        sha256sums,
-        provenance: envelope.to_line(),
-        manifest,
-    }
+    Records::of(m, sha256sums, run.signing.as_deref())
 }
 
 /// Turns "n more bytes stored" into [`Event::Transfer`]s: at most a few a second, and always

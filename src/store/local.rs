@@ -7,20 +7,42 @@ use std::path::{Path, PathBuf};
 use async_trait::async_trait;
 use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
 
-use super::{ArtifactStore, Publishing, Records, SHA256SUMS, Stored};
+use super::{ArtifactStore, Publishing, Records, SHA256SUMS, Stored, Trust};
 use crate::artifacts::ArtifactFile;
-use crate::digest::sha256_file;
+use crate::beneath;
 use crate::error::{IoContext, Result};
 use crate::manifest::{self, ArtifactRecord, Manifest};
 
 pub struct LocalStore {
     root: PathBuf,
+    trust: Trust,
 }
 
 impl LocalStore {
     pub fn new(root: &Path) -> LocalStore {
         LocalStore {
             root: root.to_owned(),
+            trust: Trust::default(),
+        }
+    }
+
+    /// The store handing out only builds `trust` accepts.
+    pub fn trusting(self, trust: Trust) -> LocalStore {
+        LocalStore { trust, ..self }
+    }
+
+    /// The target's build, if there is one the store's trust accepts; errors are the
+    /// records' (unreadable, a link, too large).
+    fn accepted(&self, target: &str) -> Result<Option<Stored>> {
+        let Some(stored) = read_records(&self.target_dir(target))? else {
+            return Ok(None);
+        };
+        match self.trust.check(target, None, &stored) {
+            Ok(()) => Ok(Some(stored)),
+            Err(why) => {
+                tracing::warn!("ignoring the published build of `{target}`: {why}");
+                Ok(None)
+            }
         }
     }
 
@@ -89,9 +111,9 @@ impl ArtifactStore for LocalStore {
         inputs_digest: &str,
     ) -> Result<Option<(Manifest, Vec<PathBuf>)>> {
         let dir = self.target_dir(target);
-        // A missing or unreadable manifest here means no usable build: the local store is
-        // rebuilt by the next publish, never trusted half-way.
-        let Ok(m) = Manifest::read(&dir.join(manifest::FILE)) else {
+        // A missing, unreadable or refused build here means no usable build: the local store
+        // is rebuilt by the next publish, never trusted half-way.
+        let Ok(Some(Stored { manifest: m, .. })) = self.accepted(target) else {
             return Ok(None);
         };
         if m.inputs_digest != inputs_digest {
@@ -99,11 +121,10 @@ impl ArtifactStore for LocalStore {
         }
         let check = m.clone();
         let dir2 = dir.clone();
+        let never = tokio_util::sync::CancellationToken::new();
         let intact = tokio::task::spawn_blocking(move || {
             check.artifacts.iter().all(|a| {
-                let p = dir2.join(&a.path);
-                std::fs::metadata(&p).is_ok_and(|md| md.len() == a.size)
-                    && sha256_file(&p).is_ok_and(|h| h == a.sha256)
+                beneath::sha256(&dir2, &a.path, Some(a.size), &never).is_ok_and(|h| h == a.sha256)
             })
         })
         .await
@@ -121,11 +142,7 @@ impl ArtifactStore for LocalStore {
     }
 
     async fn latest(&self, target: &str) -> Result<Option<Manifest>> {
-        let path = self.target_dir(target).join(manifest::FILE);
-        if !path.exists() {
-            return Ok(None);
-        }
-        Manifest::read(&path).map(Some)
+        Ok(self.accepted(target)?.map(|s| s.manifest))
     }
 
     async fn records(&self, target: &str, _build: Option<&str>) -> Result<Option<Stored>> {
@@ -139,22 +156,34 @@ impl ArtifactStore for LocalStore {
         artifact: &ArtifactRecord,
         dest: &Path,
     ) -> Result<String> {
-        let src = self.target_dir(target).join(&artifact.path);
-        std::fs::copy(&src, dest).ctx(|| format!("cannot copy `{}`", src.display()))?;
-        sha256_file(dest)
+        let dir = self.target_dir(target);
+        let (rel, size) = (artifact.path.clone(), artifact.size);
+        let dest = dest.to_owned();
+        crate::error::joined(
+            "copying an artifact",
+            tokio::task::spawn_blocking(move || {
+                let mut out = std::fs::File::create(&dest)
+                    .ctx(|| format!("cannot create `{}`", dest.display()))?;
+                let never = tokio_util::sync::CancellationToken::new();
+                beneath::sha256_into(&dir, &rel, Some(size), &never, &mut out)
+            }),
+        )
+        .await
     }
 }
 
-/// The records in a build's directory (a local store's target directory, or any copy of one).
+/// The records in a build's directory (a local store's target directory, or any copy of one),
+/// each read capped and refused if it is a link or not a regular file.
 pub fn read_records(dir: &Path) -> Result<Option<Stored>> {
-    let read = |name: &str| std::fs::read(dir.join(name)).ok();
-    let Some(manifest_bytes) = read(manifest::FILE) else {
+    let read = |name: &str| beneath::read(dir, name, beneath::MAX_RECORD);
+    let Some(manifest_bytes) = read(manifest::FILE)? else {
         return Ok(None);
     };
-    Ok(Some(Stored {
-        manifest: Manifest::read(&dir.join(manifest::FILE))?,
+    Stored::parse(
         manifest_bytes,
-        sha256sums: read(SHA256SUMS),
-        provenance: read(crate::provenance::FILE),
-    }))
+        &dir.join(manifest::FILE),
+        read(SHA256SUMS)?,
+        read(crate::provenance::FILE)?,
+    )
+    .map(Some)
 }

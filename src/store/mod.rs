@@ -5,12 +5,17 @@
 pub mod local;
 #[cfg(feature = "s3")]
 pub mod s3;
+mod trust;
 
-/// The store at `url`, configured by `[store]`, checked before anything starts.
+pub use trust::{Rejected, Trust};
+
+/// The store at `url`, configured by `[store]`, checked before anything starts; it hands out
+/// only builds `trust` accepts.
 pub async fn remote(
     url: &crate::config::S3Url,
     settings: &crate::config::project::StoreSettings,
     dirs: &crate::paths::Dirs,
+    trust: Trust,
 ) -> Result<Arc<dyn ArtifactStore>> {
     #[cfg(feature = "s3")]
     {
@@ -19,13 +24,15 @@ pub async fn remote(
             region: settings.region.clone(),
             path_style: settings.path_style,
         };
-        let store = s3::S3Store::connect(url.clone(), &settings, dirs).await;
+        let store = s3::S3Store::connect(url.clone(), &settings, dirs)
+            .await
+            .trusting(trust);
         store.preflight().await?;
         Ok(Arc::new(store))
     }
     #[cfg(not(feature = "s3"))]
     {
-        let _ = (settings, dirs);
+        let _ = (settings, dirs, trust);
         Err(crate::error::Error::other(format!(
             "`{url}` needs a runner built with the `s3` feature"
         )))
@@ -128,7 +135,8 @@ pub struct Shared {
     pub url: String,
 }
 
-/// A published build's records as the store holds them.
+/// A published build's records as the store holds them; made by [`Stored::parse`], so the
+/// manifest is always the one its bytes say.
 pub struct Stored {
     pub manifest: Manifest,
     pub manifest_bytes: Vec<u8>,
@@ -160,11 +168,12 @@ pub trait ArtifactStore: Send + Sync {
     ) -> Result<Vec<PathBuf>>;
 
     /// The published records of `target`'s newest complete build (or of build `build`), as
-    /// stored, for `runner verify`.
+    /// stored, for `runner verify`, whatever the store's trust (verify checks them itself).
     async fn records(&self, target: &str, build: Option<&str>) -> Result<Option<Stored>>;
 
-    /// A complete published build of `target` with these inputs, if the store has one (for a
-    /// local store: its artifacts still there with the recorded digests); with locations.
+    /// A complete published build of `target` with these inputs that the store's trust
+    /// accepts, if the store has one (for a local store: its artifacts still there with the
+    /// recorded digests); with locations.
     /// Errors are the store's (unreachable, refused), never a silent "no build".
     async fn published(
         &self,
@@ -172,7 +181,8 @@ pub trait ArtifactStore: Send + Sync {
         inputs_digest: &str,
     ) -> Result<Option<(Manifest, Vec<PathBuf>)>>;
 
-    /// The newest complete build of `target`, whatever its inputs (for `runner artifacts`).
+    /// The newest complete build of `target` that the store's trust accepts, whatever its
+    /// inputs (for `runner artifacts` and `runner why`).
     async fn latest(&self, target: &str) -> Result<Option<Manifest>>;
 
     /// Puts `file` in the store as `name` (content-addressed by the caller, so one already

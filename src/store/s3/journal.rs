@@ -15,8 +15,9 @@ use crate::host::{Owner, now_unix};
 #[serde(deny_unknown_fields)]
 pub struct PendingUpload {
     pub bucket: String,
-    /// The build's own prefix (`…/<target>/<build id>/`): everything under it is this
-    /// publish's, so cleaning it up can never touch another build.
+    /// The build's own prefix (`…/<target>/<build id>/`), or a run's own pack directory
+    /// (`….runner/packs/<run>/`): everything under it is this publish's or this run's, so
+    /// cleaning it up can never touch another build or run.
     pub prefix: String,
     pub endpoint: Option<String>,
     pub region: Option<String>,

@@ -9,6 +9,7 @@
 //! build nor a dangling upload remains.
 
 pub mod journal;
+mod packs;
 mod read;
 pub mod sweep;
 mod upload;
@@ -21,7 +22,7 @@ use aws_sdk_s3::Client;
 use sha2::{Digest, Sha256};
 
 use self::upload::Uploader;
-use super::{ArtifactStore, Publishing, Records, SHA256SUMS, Shared, Stored};
+use super::{ArtifactStore, Publishing, Records, SHA256SUMS, Shared, Stored, Trust};
 use crate::artifacts::ArtifactFile;
 use crate::aws::{self, Retries};
 pub use crate::config::S3Url;
@@ -45,6 +46,12 @@ pub struct S3Store {
     settings: Settings,
     staging_root: PathBuf,
     journal: PathBuf,
+    trust: Trust,
+    /// This process's own directory for shared packs (`.runner/packs/<run>/`): another run's
+    /// cleanup never deletes a pack this run's machines are fetching.
+    run: String,
+    /// The journal entry covering that directory while any pack of it is shared.
+    packs: std::sync::Mutex<packs::Packs>,
 }
 
 impl S3Store {
@@ -74,7 +81,16 @@ impl S3Store {
             settings: settings.clone(),
             staging_root: dirs.state.join("staging"),
             journal: dirs.uploads(),
+            trust: Trust::default(),
+            run: hex::encode(rand::random::<[u8; 8]>()),
+            packs: Default::default(),
         }
+    }
+
+    /// The store handing out (as cache hits, or the newest build) only builds `trust`
+    /// accepts.
+    pub fn trusting(self, trust: Trust) -> S3Store {
+        S3Store { trust, ..self }
     }
 
     /// Fails fast, before any machine boots, when the bucket is missing or not ours to use:
@@ -252,83 +268,47 @@ impl ArtifactStore for S3Store {
         target: &str,
         inputs_digest: &str,
     ) -> Result<Option<(Manifest, Vec<PathBuf>)>> {
-        let Some((key, m)) = self.find_manifest(target, &inputs_digest[..16]).await? else {
+        let id = &inputs_digest[..16.min(inputs_digest.len())];
+        let Some((prefix, stored)) = self.find(target, id, &self.trust).await? else {
             return Ok(None);
         };
-        let prefix = key.trim_end_matches(manifest::FILE);
+        // The id holds 16 hex digits of the digest; the build is a hit only for all 64.
+        let m = stored.manifest;
+        if m.inputs_digest != inputs_digest {
+            return Ok(None);
+        }
         let mut uris: Vec<PathBuf> = m
             .artifacts
             .iter()
             .map(|a| PathBuf::from(a.uri.clone()))
             .collect();
-        uris.push(PathBuf::from(self.uri_of(&format!("{prefix}{SHA256SUMS}"))));
-        uris.push(PathBuf::from(
-            self.uri_of(&format!("{prefix}{}", crate::provenance::FILE)),
-        ));
-        uris.push(PathBuf::from(self.uri_of(&key)));
+        for name in [SHA256SUMS, crate::provenance::FILE, manifest::FILE] {
+            uris.push(PathBuf::from(self.uri_of(&format!("{prefix}{name}"))));
+        }
         Ok(Some((m, uris)))
     }
 
     async fn records(&self, target: &str, build: Option<&str>) -> Result<Option<Stored>> {
-        let Some((key, manifest)) = self.find_manifest(target, build.unwrap_or("")).await? else {
-            return Ok(None);
-        };
-        let prefix = key.trim_end_matches(manifest::FILE);
-        let get = |name: String| async move { self.get_bytes(&name).await };
-        Ok(Some(Stored {
-            manifest,
-            manifest_bytes: get(key.clone()).await?.unwrap_or_default(),
-            sha256sums: get(format!("{prefix}{SHA256SUMS}")).await?,
-            provenance: get(format!("{prefix}{}", crate::provenance::FILE)).await?,
-        }))
+        let any = Trust::default();
+        Ok(self
+            .find(target, build.unwrap_or(""), &any)
+            .await?
+            .map(|(_, s)| s))
     }
 
     async fn share(&self, name: &str, file: &Path) -> Result<Option<Shared>> {
-        let key = format!("{}.runner/packs/{name}", self.prefix_slash());
-        let there = self
-            .client
-            .head_object()
-            .bucket(&self.url.bucket)
-            .key(&key)
-            .send()
-            .await;
-        match there {
-            Ok(_) => {}
-            Err(e) if e.as_service_error().is_some_and(|se| se.is_not_found()) => {
-                self.upload_file(file, &key).await?;
-            }
-            Err(e) => return Err(self.fail("check", &key, e)),
-        }
-        let expires = aws_sdk_s3::presigning::PresigningConfig::expires_in(
-            std::time::Duration::from_secs(3600),
-        )
-        .map_err(|e| Error::other(format!("cannot presign `{key}`: {e}")))?;
-        let url = self
-            .client
-            .get_object()
-            .bucket(&self.url.bucket)
-            .key(&key)
-            .presigned(expires)
-            .await
-            .map_err(|e| self.fail("presigning", &key, e))?
-            .uri()
-            .to_owned();
-        Ok(Some(Shared { key, url }))
+        self.share_pack(name, file).await.map(Some)
     }
 
     async fn unshare(&self, shared: &Shared) -> Result<()> {
-        self.client
-            .delete_object()
-            .bucket(&self.url.bucket)
-            .key(&shared.key)
-            .send()
-            .await
-            .map(|_| ())
-            .map_err(|e| self.fail("delete", &shared.key, e))
+        self.unshare_pack(shared).await
     }
 
     async fn latest(&self, target: &str) -> Result<Option<Manifest>> {
-        Ok(self.find_manifest(target, "").await?.map(|(_, m)| m))
+        Ok(self
+            .find(target, "", &self.trust)
+            .await?
+            .map(|(_, s)| s.manifest))
     }
 
     async fn fetch(
@@ -362,10 +342,22 @@ impl ArtifactStore for S3Store {
             .await
             .ctx(|| format!("cannot create `{}`", dest.display()))?;
         let mut h = Sha256::new();
+        let mut total = 0u64;
         while let Some(chunk) = body.try_next().await.map_err(|e| Error::Download {
             uri: artifact.uri.clone(),
             source: Box::new(e),
         })? {
+            // Never more than the manifest records: an endless object stops here.
+            total += chunk.len() as u64;
+            if total > artifact.size {
+                return Err(Error::BadFile {
+                    path: dest.to_owned(),
+                    problem: format!(
+                        "`{}` holds more than the {} bytes its manifest records",
+                        artifact.uri, artifact.size
+                    ),
+                });
+            }
             h.update(&chunk);
             tokio::io::AsyncWriteExt::write_all(&mut file, &chunk)
                 .await

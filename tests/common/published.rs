@@ -1,0 +1,106 @@
+//! Published builds made without a machine: a manifest, its checksum file and its provenance
+//! (signed or not) exactly as a publish writes them, for tests of what reads builds back
+//! (`verify`, cache hits, `artifacts`) and of what a hostile store or directory can do.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use runner::artifacts::ArtifactFile;
+use runner::machine::Origin;
+use runner::machine::qemu::image::Recipe;
+use runner::manifest::{ArtifactRecord, Build, Manifest};
+use runner::provenance::keys::SigningKey;
+use runner::store::Records;
+
+pub fn key(seed: u8) -> SigningKey {
+    SigningKey::from_seed([seed; 32])
+}
+
+/// A build of `target` producing `files`, started at `started`; `uri` says where each
+/// artifact lives (by build id and path).
+pub struct Fixture<'a> {
+    pub target: &'a str,
+    pub files: &'a [(&'a str, &'a [u8])],
+    pub started: u64,
+    /// Any value: builds with different ones have different inputs.
+    pub context: &'a str,
+}
+
+impl Fixture<'_> {
+    pub fn manifest(&self, uri: impl Fn(&str, &str) -> String) -> Manifest {
+        let origin = Origin::Image(Recipe {
+            distro: "debian".into(),
+            suite: "fixture".into(),
+            arch: runner::config::Arch::Amd64,
+            packages: vec![],
+            disk: runner::config::Size(1 << 30),
+            init: Default::default(),
+            cloud: None,
+        });
+        let env = BTreeMap::new();
+        let build = Build {
+            target: self.target,
+            builder: "b",
+            origin: &origin,
+            context_digest: self.context,
+            context_tree: &BTreeMap::new(),
+            context_excludes: &[],
+            script_name: "build.sh",
+            script: b"#!/bin/sh\n",
+            globs: &[],
+            env: &env,
+            epoch: 1,
+            started_unix: self.started,
+            shape: None,
+        };
+        let id = runner::manifest::build_id(&build.inputs_digest(), self.started);
+        let artifacts = self
+            .files
+            .iter()
+            .map(|(path, bytes)| ArtifactRecord {
+                path: (*path).into(),
+                size: bytes.len() as u64,
+                sha256: runner::digest::sha256_hex(bytes),
+                uri: uri(&id, path),
+            })
+            .collect();
+        Manifest::new(&build, &"0".repeat(64), artifacts)
+    }
+
+    /// The manifest and its records, signed with `key` (unsigned without one).
+    pub fn records(
+        &self,
+        uri: impl Fn(&str, &str) -> String,
+        key: Option<&SigningKey>,
+    ) -> (Manifest, Records) {
+        let m = self.manifest(uri);
+        let files: Vec<ArtifactFile> = m
+            .artifacts
+            .iter()
+            .map(|a| ArtifactFile {
+                path: PathBuf::from(&a.path),
+                size: a.size,
+                sha256: a.sha256.clone(),
+            })
+            .collect();
+        let sums = runner::artifacts::sha256sums(&files).into_bytes();
+        let records = Records::of(&m, sums, key);
+        (m, records)
+    }
+
+    /// The build as a local store publishes it: everything in `dir`.
+    pub fn write_dir(&self, dir: &Path, key: Option<&SigningKey>) -> Manifest {
+        std::fs::create_dir_all(dir).unwrap();
+        let uri = |_: &str, p: &str| format!("file://{}", dir.join(p).display());
+        let (m, records) = self.records(uri, key);
+        for (path, bytes) in self.files {
+            std::fs::write(dir.join(path), bytes).unwrap();
+        }
+        for (name, bytes) in records.named() {
+            std::fs::write(dir.join(name), bytes).unwrap();
+        }
+        m
+    }
+}
