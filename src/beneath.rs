@@ -38,10 +38,14 @@ pub fn open(dir: &Path, rel: &str) -> Result<Option<Opened>> {
     };
     let parts: Vec<_> = Path::new(rel).components().collect();
     if parts.is_empty() || !parts.iter().all(|c| matches!(c, Component::Normal(_))) {
-        return Err(bad("not a plain relative path below the directory: refused"));
+        return Err(bad(
+            "not a plain relative path below the directory: refused",
+        ));
     }
     let errno = |e: Errno| match e {
-        Errno::ELOOP | Errno::ENOTDIR => bad("a symbolic link, or not a directory on the way: refused"),
+        Errno::ELOOP | Errno::ENOTDIR => {
+            bad("a symbolic link, or not a directory on the way: refused")
+        }
         e => Error::Io {
             context: format!("cannot open `{}`", path.display()),
             source: e.into(),
@@ -56,7 +60,12 @@ pub fn open(dir: &Path, rel: &str) -> Result<Option<Opened>> {
     };
     let (last, parents) = parts.split_last().expect("checked non-empty");
     for c in parents {
-        fd = match openat(&fd, c.as_os_str(), dir_flags | OFlag::O_NOFOLLOW, Mode::empty()) {
+        fd = match openat(
+            &fd,
+            c.as_os_str(),
+            dir_flags | OFlag::O_NOFOLLOW,
+            Mode::empty(),
+        ) {
             Ok(fd) => fd,
             Err(Errno::ENOENT) => return Ok(None),
             Err(e) => return Err(errno(e)),
@@ -205,7 +214,15 @@ mod tests {
         std::os::unix::fs::symlink(outside.path().join("secret"), p.join("out")).unwrap();
         std::os::unix::fs::symlink(outside.path(), p.join("sub")).unwrap();
         nix::unistd::mkfifo(&p.join("fifo"), Mode::S_IRWXU).unwrap();
-        for rel in ["zero", "out", "sub/secret", "fifo", "../a", "/etc/passwd", ""] {
+        for rel in [
+            "zero",
+            "out",
+            "sub/secret",
+            "fifo",
+            "../a",
+            "/etc/passwd",
+            "",
+        ] {
             let e = read(p, rel, 1 << 20).err();
             assert!(
                 matches!(e, Some(Error::BadFile { .. })),

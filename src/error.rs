@@ -145,7 +145,9 @@ pub enum Error {
     ArtifactRefused(String),
 
     /// A guest command printed more than runner keeps of it; runner stopped reading there.
-    #[error("`{command}` in the guest printed more than {cap} bytes on its {stream}, runner's cap for it; stopped reading")]
+    #[error(
+        "`{command}` in the guest printed more than {cap} bytes on its {stream}, runner's cap for it; stopped reading"
+    )]
     OutputTooLarge {
         command: String,
         stream: &'static str,

@@ -7,9 +7,9 @@
 //! `manifest` are what goes in and comes out; `events` and `progress` report it.
 
 pub mod artifacts;
-pub mod beneath;
 #[cfg(feature = "aws")]
 mod aws;
+pub mod beneath;
 pub mod cli;
 pub mod commands;
 pub mod config;

@@ -63,6 +63,9 @@ mod tests {
         std::fs::write(&f, "old").unwrap();
         std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
         super::write(&f, "new").unwrap();
-        assert_eq!((mode(&f), std::fs::read_to_string(&f).unwrap()), (0o600, "new".into()));
+        assert_eq!(
+            (mode(&f), std::fs::read_to_string(&f).unwrap()),
+            (0o600, "new".into())
+        );
     }
 }

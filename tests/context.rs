@@ -80,7 +80,11 @@ fn a_fan_out_packs_the_context_once_and_every_guest_sees_the_same_tree() {
 
 /// Overwrites every pack that appears under `prefix` (once each) until `stop` is set: someone
 /// with write access to the bucket, racing the run whose pack key it cannot know beforehand.
-fn replace_packs(server: &Garage, prefix: &'static str, stop: Arc<AtomicBool>) -> JoinHandle<usize> {
+fn replace_packs(
+    server: &Garage,
+    prefix: &'static str,
+    stop: Arc<AtomicBool>,
+) -> JoinHandle<usize> {
     let c = server.client(SECRET);
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -90,12 +94,23 @@ fn replace_packs(server: &Garage, prefix: &'static str, stop: Arc<AtomicBool>) -
         let mut done = std::collections::HashSet::new();
         while !stop.load(Ordering::SeqCst) {
             rt.block_on(async {
-                let listed = c.list_objects_v2().bucket(BUCKET).prefix(prefix).send().await;
+                let listed = c
+                    .list_objects_v2()
+                    .bucket(BUCKET)
+                    .prefix(prefix)
+                    .send()
+                    .await;
                 for o in listed.map(|l| l.contents().to_vec()).unwrap_or_default() {
                     let key = o.key().unwrap_or_default().to_owned();
                     if done.insert(key.clone()) {
                         let body = aws_sdk_s3::primitives::ByteStream::from_static(b"not the pack");
-                        let _ = c.put_object().bucket(BUCKET).key(key).body(body).send().await;
+                        let _ = c
+                            .put_object()
+                            .bucket(BUCKET)
+                            .key(key)
+                            .body(body)
+                            .send()
+                            .await;
                     }
                 }
             });

@@ -46,7 +46,10 @@ fn a_listing_that_never_ends_fails_the_collect_at_its_cap_with_runners_memory_bo
     let err = done["error"].as_str().unwrap();
     assert!(err.contains("find . -type f -print0"), "{err}");
     assert!(err.contains("runner's cap"), "{err}");
-    assert!(!err.contains("timed out") && !err.contains("timeout"), "{err}");
+    assert!(
+        !err.contains("timed out") && !err.contains("timeout"),
+        "{err}"
+    );
     world.assert_clean();
 }
 

@@ -29,7 +29,8 @@ fn fixture(started: u64, context: &'static str) -> Fixture<'static> {
 
 /// Puts a build in the bucket under `releases/t/<id>/` (`id`: its own unless given).
 fn upload(server: &Garage, f: &Fixture, signer: Option<&SigningKey>, id: Option<&str>) -> Manifest {
-    let own = runner::manifest::build_id(&f.manifest(|_, _| String::new()).inputs_digest, f.started);
+    let own =
+        runner::manifest::build_id(&f.manifest(|_, _| String::new()).inputs_digest, f.started);
     let prefix = format!("releases/t/{}/", id.unwrap_or(&own));
     let uri = |_: &str, p: &str| format!("s3://{BUCKET}/{prefix}{p}");
     let (m, records) = f.records(uri, signer);
@@ -87,12 +88,20 @@ fn planted_builds_in_s3_are_ignored_once_a_key_is_configured() {
     let planted = upload(&server, &fixture(99_999_999_999, "planted"), None, None);
     // A real signed build replayed under a newer id than its own.
     let old = fixture(500, "old");
-    let replayed = upload(&server, &old, Some(&signer), Some("0123456789abcdef-99999999998"));
+    let replayed = upload(
+        &server,
+        &old,
+        Some(&signer),
+        Some("0123456789abcdef-99999999998"),
+    );
     let state = tempfile::tempdir().unwrap();
 
     let trusting = store(&server, state.path(), Trust(Some(signer.public())));
     let latest = server.block_on(trusting.latest("t")).unwrap().unwrap();
-    assert_eq!(latest.started_unix, real.started_unix, "not the signed build");
+    assert_eq!(
+        latest.started_unix, real.started_unix,
+        "not the signed build"
+    );
     let hit = server.block_on(trusting.published("t", &real.inputs_digest));
     assert!(hit.unwrap().is_some(), "the signed build is a cache hit");
     for m in [&planted, &replayed] {
@@ -147,8 +156,8 @@ fn an_unsigned_local_build_is_no_cache_hit_once_a_key_is_configured() {
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
-    let trusting = runner::store::local::LocalStore::new(root.path())
-        .trusting(Trust(Some(signer.public())));
+    let trusting =
+        runner::store::local::LocalStore::new(root.path()).trusting(Trust(Some(signer.public())));
     let open = runner::store::local::LocalStore::new(root.path());
     let hit = |s: &runner::store::local::LocalStore| {
         rt.block_on(s.published("t", &unsigned.inputs_digest))

@@ -181,12 +181,20 @@ fn a_reproduction_statement_is_checked_against_the_files_beside_it() {
     .unwrap();
     let out = verify(&world, &there, &pubkey);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stdout(&out).contains("FAILED  file out.txt"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("FAILED  file out.txt"),
+        "{}",
+        stdout(&out)
+    );
     // … and beside no files at all.
     std::fs::remove_dir_all(there.join("artifacts")).unwrap();
     let out = verify(&world, &there, &pubkey);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stdout(&out).contains("FAILED  file lib/a.bin"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("FAILED  file lib/a.bin"),
+        "{}",
+        stdout(&out)
+    );
 }
 
 /// Bytes the process has read so far (`rchar` of /proc/<pid>/io).

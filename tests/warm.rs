@@ -143,7 +143,10 @@ fn machines_restored_from_one_snapshot_each_have_their_own_identity_and_the_cloc
     assert_ne!(a.host_key, b.host_key);
     assert_ne!(a.machine_id, b.machine_id);
     assert_ne!(a.random, b.random);
-    assert_ne!(a.uuid, b.uuid, "the restored kernels drew the same first uuid");
+    assert_ne!(
+        a.uuid, b.uuid,
+        "the restored kernels drew the same first uuid"
+    );
     // Made on its first read, which the template never did (see README "Warm starts").
     assert_ne!(a.boot_id, b.boot_id);
     assert_eq!(a.machine_id.len(), 32);

@@ -64,7 +64,9 @@ pub async fn build(env: &Env, args: Args) -> Result<i32> {
     let (emitter, rx) = Emitter::channel();
     let run = Arc::new(Run {
         machines: env.machines.clone(),
-        store: Arc::new(LocalStore::new(&project.artifact_dir).trusting(super::key::trust(&project)?)),
+        store: Arc::new(
+            LocalStore::new(&project.artifact_dir).trusting(super::key::trust(&project)?),
+        ),
         remote,
         limits: Limits {
             max_file_bytes: project.limits.max_file.0,

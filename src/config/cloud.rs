@@ -264,7 +264,9 @@ pub fn is_loopback(url: &reqwest::Url) -> bool {
     };
     let ip = host.trim_start_matches('[').trim_end_matches(']');
     host.eq_ignore_ascii_case("localhost")
-        || ip.parse::<std::net::IpAddr>().is_ok_and(|a| a.is_loopback())
+        || ip
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|a| a.is_loopback())
 }
 
 fn is_http(s: &str) -> bool {

@@ -48,9 +48,8 @@ const LEAK_TIMEOUT: Range<Duration> = Range {
 
 impl Limits {
     pub fn from_raw(src: &Source, raw: &RawLimits) -> Result<Limits, ConfigError> {
-        let size = |v: Option<&Spanned<Size>>, key, default| {
-            value::size(src, v, key, LOG_SIZE, default)
-        };
+        let size =
+            |v: Option<&Spanned<Size>>, key, default| value::size(src, v, key, LOG_SIZE, default);
         Ok(Limits {
             max_file: raw.max_file_size.unwrap_or(Size(4 * GIB)),
             max_total: raw.max_total_size.unwrap_or(Size(16 * GIB)),

@@ -86,8 +86,11 @@ impl BootWatch {
             }
         }
         // Markers seen in one poll are listed in boot order, whatever order they were found.
-        self.seen
-            .sort_by(|a, b| a.seconds.partial_cmp(&b.seconds).unwrap_or(std::cmp::Ordering::Equal));
+        self.seen.sort_by(|a, b| {
+            a.seconds
+                .partial_cmp(&b.seconds)
+                .unwrap_or(std::cmp::Ordering::Equal)
+        });
         self.console.seen(self.ready).is_some()
             || self
                 .ready_after

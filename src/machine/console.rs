@@ -91,7 +91,8 @@ impl Scan {
         self.carry.extend_from_slice(data);
         let mut seen = self.seen.lock().unwrap();
         for m in &self.markers {
-            if !seen.iter().any(|(s, _)| s == m) && memchr::memmem::find(&self.carry, m.as_bytes()).is_some()
+            if !seen.iter().any(|(s, _)| s == m)
+                && memchr::memmem::find(&self.carry, m.as_bytes()).is_some()
             {
                 seen.push((*m, Instant::now()));
             }
@@ -119,7 +120,9 @@ mod tests {
         for _ in 0..20_000 {
             w.write_all(b"noise noise noise noise\n").await.unwrap();
         }
-        w.write_all(b"Server listening on 0.0.0.0 port 22.\n").await.unwrap();
+        w.write_all(b"Server listening on 0.0.0.0 port 22.\n")
+            .await
+            .unwrap();
         drop(w);
         console.closed(Duration::from_secs(10)).await;
         assert!(console.seen("runner-initrd: start").is_some());

@@ -36,7 +36,7 @@ pub enum Refused {
     BadSignature(String),
     #[error("the envelope's payload is not valid base64")]
     BadPayload,
-    #[error("the envelope's payloadType is `{0}`, not `{}`", PAYLOAD_TYPE)]
+    #[error("the envelope's payloadType is `{0}`, not `{PAYLOAD_TYPE}`")]
     WrongType(String),
 }
 

@@ -20,7 +20,6 @@ use crate::guest::{self, Guest};
 use crate::logs::LogSink;
 use crate::machine::{self, Lease, MachineSpec, Prepared, Report};
 use crate::manifest::{ArtifactRecord, Manifest, RelPath, Sha256};
-use crate::provenance;
 use crate::store::{Publishing, Records};
 
 /// Scans and hashes the context (in parallel, with rayon), reads the script, and asks the

@@ -317,7 +317,12 @@ async fn the_context_pack_a_build_leaves_is_the_users_alone() {
     let w = World::new();
     let (b, _) = fake(&w, &[]);
     let results = dispatch(&w, w.run(b, false), &names(1), None, false).await;
-    assert_eq!(results[0].outcome, Outcome::Succeeded, "{:?}", results[0].error);
+    assert_eq!(
+        results[0].outcome,
+        Outcome::Succeeded,
+        "{:?}",
+        results[0].error
+    );
     let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     let packs = w.tmp.path().join("cache/packs");
     assert_eq!(mode(&packs), 0o700);

@@ -37,14 +37,9 @@ pub enum Rejected {
 impl Trust {
     /// Whether `s`, found under `target`'s build id `build_id` (if the store names builds),
     /// may be used.
-    pub fn check(
-        &self,
-        target: &str,
-        build_id: Option<&str>,
-        s: &Stored,
-    ) -> Result<(), Rejected> {
+    pub fn check(&self, target: &str, build_id: Option<&str>, s: &Stored) -> Result<(), Rejected> {
         if s.manifest.target != target {
-            return Err(Rejected::OtherTarget(s.manifest.target.clone()));
+            return Err(Rejected::OtherTarget(s.manifest.target.to_string()));
         }
         let recorded = manifest::build_id(&s.manifest.inputs_digest, s.manifest.started_unix);
         if let Some(found) = build_id.filter(|f| *f != recorded) {
@@ -77,10 +72,14 @@ impl Stored {
         sha256sums: Option<Vec<u8>>,
         provenance: Option<Vec<u8>>,
     ) -> Result<Stored> {
-        let too_big = [Some(&manifest_bytes), sha256sums.as_ref(), provenance.as_ref()]
-            .into_iter()
-            .flatten()
-            .any(|b| b.len() as u64 > MAX_RECORD);
+        let too_big = [
+            Some(&manifest_bytes),
+            sha256sums.as_ref(),
+            provenance.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        .any(|b| b.len() as u64 > MAX_RECORD);
         if too_big {
             return Err(Error::BadFile {
                 path: from.to_owned(),

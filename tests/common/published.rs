@@ -60,13 +60,13 @@ impl Fixture<'_> {
             .files
             .iter()
             .map(|(path, bytes)| ArtifactRecord {
-                path: (*path).into(),
+                path: runner::manifest::RelPath::new(*path).unwrap(),
                 size: bytes.len() as u64,
-                sha256: runner::digest::sha256_hex(bytes),
+                sha256: runner::manifest::Sha256::of(bytes),
                 uri: uri(&id, path),
             })
             .collect();
-        Manifest::new(&build, &"0".repeat(64), artifacts)
+        Manifest::new(&build, &"0".repeat(64), artifacts).unwrap()
     }
 
     /// The manifest and its records, signed with `key` (unsigned without one).
@@ -82,7 +82,7 @@ impl Fixture<'_> {
             .map(|a| ArtifactFile {
                 path: PathBuf::from(&a.path),
                 size: a.size,
-                sha256: a.sha256.clone(),
+                sha256: a.sha256.to_string(),
             })
             .collect();
         let sums = runner::artifacts::sha256sums(&files).into_bytes();

@@ -10,8 +10,6 @@
 
 mod build;
 mod reproduction;
-#[cfg(test)]
-mod tests;
 
 use std::path::PathBuf;
 

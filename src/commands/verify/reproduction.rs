@@ -16,12 +16,13 @@ pub(super) async fn checks(
     key: &PublicKey,
     cancel: &CancellationToken,
 ) -> Result<Vec<Check>> {
-    let bytes = beneath::read(dir, provenance::REPRODUCTION_FILE, MAX_RECORD)?.ok_or_else(|| {
-        Error::BadFile {
-            path: dir.join(provenance::REPRODUCTION_FILE),
-            problem: "missing".into(),
-        }
-    })?;
+    let bytes =
+        beneath::read(dir, provenance::REPRODUCTION_FILE, MAX_RECORD)?.ok_or_else(|| {
+            Error::BadFile {
+                path: dir.join(provenance::REPRODUCTION_FILE),
+                problem: "missing".into(),
+            }
+        })?;
     let (statement, signed) = signature(Some(&bytes), provenance::REPRODUCTION_FILE, key);
     let mut checks = vec![signed];
     let Some(statement) = statement else {
@@ -58,7 +59,10 @@ fn verdicts(statement: &Statement) -> Vec<Check> {
         })
         .collect();
     if out.is_empty() {
-        out.push(Check::new("verdicts", Err("the statement lists none".into())));
+        out.push(Check::new(
+            "verdicts",
+            Err("the statement lists none".into()),
+        ));
     }
     out
 }

@@ -227,7 +227,11 @@ impl Steps<'_> {
         limit: Duration,
     ) -> Result<()> {
         self.line(what).await;
-        self.log.clone().write_all(format!("$ {command}\n").as_bytes()).await.ok();
+        self.log
+            .clone()
+            .write_all(format!("$ {command}\n").as_bytes())
+            .await
+            .ok();
         let input = stdin.map(|s| Box::new(std::io::Cursor::new(s.into_bytes())) as _);
         let (out, err) = (self.log.clone(), self.log.clone());
         let run = self

@@ -143,19 +143,9 @@ impl Start<'_> {
         let serial = p.serial.clone().expect("QEMU was started");
         let watch = match cloud {
             // sshd runs with -e, so its "Server listening" line reaches the serial console.
-            None => BootWatch::new(
-                serial.clone(),
-                LEAN_MARKERS,
-                "Server listening",
-                p.started,
-            ),
-            Some(_) => BootWatch::new(
-                serial.clone(),
-                CLOUD_MARKERS,
-                CLOUD_MARKERS[0].1,
-                p.started,
-            )
-            .or_after(QUIET_CONSOLE),
+            None => BootWatch::new(serial.clone(), LEAN_MARKERS, "Server listening", p.started),
+            Some(_) => BootWatch::new(serial.clone(), CLOUD_MARKERS, CLOUD_MARKERS[0].1, p.started)
+                .or_after(QUIET_CONSOLE),
         };
         let mut m =
             Machine::new(&p.dir, spec, endpoint, p.console, Box::new(p.inst)).watching(watch);

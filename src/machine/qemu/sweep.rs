@@ -42,8 +42,14 @@ impl Sweeper for QemuSweeper {
         }
         let images = self.dirs.images();
         let downloads = super::image::Cache::new(&self.dirs).downloads();
-        found.extend(removals("unfinished bake", super::image::stale_bakes(&images)));
-        found.extend(removals("unfinished snapshot", super::warm::stale_parts(&images)));
+        found.extend(removals(
+            "unfinished bake",
+            super::image::stale_bakes(&images),
+        ));
+        found.extend(removals(
+            "unfinished snapshot",
+            super::warm::stale_parts(&images),
+        ));
         found.extend(removals(
             "unfinished download",
             super::image::http::stale_parts(&downloads),

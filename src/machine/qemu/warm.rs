@@ -198,11 +198,12 @@ pub fn stale_parts(images: &Path) -> Vec<PathBuf> {
     };
     rd.filter_map(|e| std::fs::read_dir(e.ok()?.path().join("snapshots")).ok())
         .flat_map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())))
-        .filter(|dir| dir.join(PART).exists() && crate::host::lock_free(&dir.with_extension("lock")))
+        .filter(|dir| {
+            dir.join(PART).exists() && crate::host::lock_free(&dir.with_extension("lock"))
+        })
         .map(|dir| dir.join(PART))
         .collect()
 }
-
 
 async fn save_to(qmp: &Path, part: &Path) -> Result<()> {
     // Made 0600 here: `cat >` would make it with QEMU's umask (and keeps an existing mode).

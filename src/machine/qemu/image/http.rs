@@ -56,7 +56,9 @@ pub enum Trust {
 /// Why a redirect is refused, or `None` to follow it.
 fn refuse_redirect(from: &reqwest::Url, to: &reqwest::Url, trust: Trust) -> Option<String> {
     if from.scheme() == "https" && to.scheme() != "https" {
-        return Some(format!("refusing a redirect from https to `{to}` (a downgrade)"));
+        return Some(format!(
+            "refusing a redirect from https to `{to}` (a downgrade)"
+        ));
     }
     let allowed = match trust {
         Trust::Pinned => matches!(to.scheme(), "http" | "https"),

@@ -343,4 +343,3 @@ pub fn stale_bakes(images: &Path) -> Vec<PathBuf> {
         })
         .collect()
 }
-
