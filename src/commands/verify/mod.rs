@@ -60,7 +60,8 @@ enum Source {
 }
 
 pub async fn verify(env: &Env, args: Args) -> Result<i32> {
-    let project = Project::load(&env.project).ok();
+    // A broken runner.toml is an error, not "no key configured".
+    let project = super::project_if_any(env)?;
     let key = super::key::verifying_key(args.key.as_deref(), project.as_ref())?;
     let cancel = env.shutdown.token.clone();
     let checks = env

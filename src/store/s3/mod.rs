@@ -313,21 +313,21 @@ impl ArtifactStore for S3Store {
 
     async fn fetch(
         &self,
-        _target: &str,
-        _build: &Manifest,
+        target: &str,
+        build: &Manifest,
         artifact: &ArtifactRecord,
         dest: &Path,
     ) -> Result<String> {
-        let key = artifact
-            .uri
-            .strip_prefix(&format!("s3://{}/", self.url.bucket))
-            .ok_or_else(|| {
-                Error::other(format!(
-                    "`{}` is not in bucket `{}`",
-                    artifact.uri, self.url.bucket
-                ))
-            })?
-            .to_owned();
+        // The key is where this store puts this build's file, whatever the manifest's URI
+        // says: a manifest read back from a bucket must not point runner at other objects.
+        let id = crate::manifest::build_id(&build.inputs_digest, build.started_unix);
+        let key = format!("{}{}", self.build_prefix(target, &id), artifact.path);
+        if artifact.uri != self.uri_of(&key) {
+            return Err(Error::BadFile {
+                path: artifact.uri.clone().into(),
+                problem: format!("is not this build's own object `{}`", self.uri_of(&key)),
+            });
+        }
         let mut body = self
             .client
             .get_object()

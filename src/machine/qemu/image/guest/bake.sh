@@ -105,7 +105,7 @@ mmdebstrap --mode=root --variant=minbase --arch="$ARCH" \
   --hook-dir=/usr/share/mmdebstrap/hooks/maybe-merged-usr \
   --essential-hook='mkdir -p "$1/etc/ssh" && for t in rsa ecdsa ed25519; do touch "$1/etc/ssh/ssh_host_${t}_key"; done' \
   --customize-hook='rm -f "$1"/etc/ssh/ssh_host_*' \
-  --format=directory "$SUITE" "$WORK/rootfs" "$MIRROR" 2>&1 \
+  --format=directory -- "$SUITE" "$WORK/rootfs" "$MIRROR" 2>&1 \
   | while IFS= read -r line; do printf '%s %s\n' "$(date +%T)" "$line"; done \
   >"$WORK/mmdebstrap-rootfs.log" || {
     tail -n 40 "$WORK/mmdebstrap-rootfs.log" >&2; exit 1; }

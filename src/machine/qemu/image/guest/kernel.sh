@@ -4,7 +4,7 @@
 step_start "kernel + busybox-static (mmdebstrap extract, no emulation)"
 mmdebstrap --mode=root --variant=extract --arch="$ARCH" \
   --include="$KERNEL_PKG,busybox-static" "${APT_OPTS[@]}" \
-  --format=directory "$SUITE" "$WORK/kx" "$MIRROR" \
+  --format=directory -- "$SUITE" "$WORK/kx" "$MIRROR" \
   >"$WORK/mmdebstrap-kernel.log" 2>&1 || {
     tail -n 40 "$WORK/mmdebstrap-kernel.log" >&2; exit 1; }
 KX=$WORK/kx
