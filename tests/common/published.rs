@@ -44,7 +44,7 @@ impl Fixture<'_> {
             target: self.target,
             builder: "b",
             origin: &origin,
-            context_digest: self.context,
+            context_digest: &runner::digest::sha256_hex(self.context.as_bytes()),
             context_tree: &BTreeMap::new(),
             context_excludes: &[],
             script_name: "build.sh",
