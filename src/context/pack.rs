@@ -94,6 +94,8 @@ fn make(packs: &Path, name: &str, dir: &Path, ctx: &Context, epoch: u64) -> Resu
     make_image(&tar, scratch.path(), summary.tar_bytes)?;
     crate::private::write(&scratch.path().join("sha256"), &summary.tar_sha256)?;
     let kept = scratch.keep();
+    // tempfile makes its directories 0700 already; said here so no later change loosens it.
+    crate::private::restrict(&kept, 0o700)?;
     std::fs::rename(&kept, dir).ctx(|| format!("cannot move the pack to `{}`", dir.display()))
 }
 

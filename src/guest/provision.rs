@@ -109,16 +109,21 @@ async fn leftovers(session: &Session) -> Leftovers {
 /// The listing's lines: `pid command line` each, then `= count`.
 fn parse_leftovers(text: &str) -> Leftovers {
     let mut named = vec![];
-    let mut count = None;
+    let (mut count, mut listed) = (None, 0);
     for line in text.lines().map(str::trim_end).filter(|l| !l.is_empty()) {
         match line.strip_prefix("= ") {
             Some(n) => count = n.parse().ok(),
-            None if named.len() < NAMED => named.push(line.to_owned()),
-            None => {}
+            None => {
+                // A listing cut short of its `= count` still counts every line it holds.
+                listed += 1;
+                if named.len() < NAMED {
+                    named.push(line.to_owned());
+                }
+            }
         }
     }
     Leftovers {
-        count: count.unwrap_or(named.len()),
+        count: count.unwrap_or(listed),
         named,
     }
 }
