@@ -27,12 +27,12 @@ fn fixture(started: u64, context: &'static str) -> Fixture<'static> {
     }
 }
 
-/// Puts a build in the bucket under `releases/t/<id>/` (`id`: its own unless given).
+/// Puts a build in the bucket under `releases/t/<id>/` (`id`: its own unless given; a build
+/// replayed under another id keeps the records, and so the URIs, of its own).
 fn upload(server: &Garage, f: &Fixture, signer: Option<&SigningKey>, id: Option<&str>) -> Manifest {
-    let own =
-        runner::manifest::build_id(&f.manifest(|_, _| String::new()).inputs_digest, f.started);
+    let own = f.id();
     let prefix = format!("releases/t/{}/", id.unwrap_or(&own));
-    let uri = |_: &str, p: &str| format!("s3://{BUCKET}/{prefix}{p}");
+    let uri = |own: &str, p: &str| format!("s3://{BUCKET}/releases/t/{own}/{p}");
     let (m, records) = f.records(uri, signer);
     let c = server.client(SECRET);
     let mut objects: Vec<(String, Vec<u8>)> = f

@@ -133,7 +133,7 @@ fn a_bogus_first_signature_does_not_hide_a_good_one_but_another_payload_type_fai
 /// A signed reproduction statement about `fixture()`'s artifacts, all identical, in `dir`,
 /// with the rebuilt files where `runner reproduce` leaves them.
 fn reproduction(dir: &Path, files: &[(&str, &[u8])]) {
-    let m = fixture().manifest(|_, p| p.to_owned());
+    let m = fixture().manifest(|_, p| format!("file:///published/t/{p}"));
     let statement = runner::provenance::Statement {
         type_: runner::provenance::STATEMENT_TYPE.into(),
         subject: m

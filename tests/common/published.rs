@@ -29,7 +29,28 @@ pub struct Fixture<'a> {
 }
 
 impl Fixture<'_> {
+    /// The build id a publish of this fixture has.
+    pub fn id(&self) -> String {
+        self.with_build(|b| runner::manifest::build_id(&b.inputs_digest(), self.started))
+    }
+
     pub fn manifest(&self, uri: impl Fn(&str, &str) -> String) -> Manifest {
+        let id = self.id();
+        let artifacts = self
+            .files
+            .iter()
+            .map(|(path, bytes)| ArtifactRecord {
+                path: runner::manifest::RelPath::new(*path).unwrap(),
+                size: bytes.len() as u64,
+                sha256: runner::manifest::Sha256::of(bytes),
+                uri: uri(&id, path),
+            })
+            .collect();
+        self.with_build(|b| Manifest::new(b, &"0".repeat(64), artifacts).unwrap())
+    }
+
+    /// Calls `f` with the fixture's build (it borrows values that live only here).
+    fn with_build<R>(&self, f: impl FnOnce(&Build) -> R) -> R {
         let origin = Origin::Image(Recipe {
             distro: "debian".into(),
             suite: "fixture".into(),
@@ -55,18 +76,7 @@ impl Fixture<'_> {
             started_unix: self.started,
             shape: None,
         };
-        let id = runner::manifest::build_id(&build.inputs_digest(), self.started);
-        let artifacts = self
-            .files
-            .iter()
-            .map(|(path, bytes)| ArtifactRecord {
-                path: runner::manifest::RelPath::new(*path).unwrap(),
-                size: bytes.len() as u64,
-                sha256: runner::manifest::Sha256::of(bytes),
-                uri: uri(&id, path),
-            })
-            .collect();
-        Manifest::new(&build, &"0".repeat(64), artifacts).unwrap()
+        f(&build)
     }
 
     /// The manifest and its records, signed with `key` (unsigned without one).
@@ -96,7 +106,9 @@ impl Fixture<'_> {
         let uri = |_: &str, p: &str| format!("file://{}", dir.join(p).display());
         let (m, records) = self.records(uri, key);
         for (path, bytes) in self.files {
-            std::fs::write(dir.join(path), bytes).unwrap();
+            let file = dir.join(path);
+            std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+            std::fs::write(file, bytes).unwrap();
         }
         for (name, bytes) in records.named() {
             std::fs::write(dir.join(name), bytes).unwrap();
