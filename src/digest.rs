@@ -24,7 +24,7 @@ pub fn file_digest<D: Digest>(path: &Path) -> Result<String> {
     let mut h = D::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
-        crate::signals::check()?;
+        crate::stopping::check()?;
         let n = std::io::Read::read(&mut f, &mut buf)
             .ctx(|| format!("cannot read `{}`", path.display()))?;
         if n == 0 {

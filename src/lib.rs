@@ -30,6 +30,7 @@ pub mod provenance;
 pub mod run;
 pub mod safe_read;
 pub mod signals;
+pub mod stopping;
 pub mod store;
 
 pub use error::{Error, Result};

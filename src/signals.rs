@@ -3,31 +3,12 @@
 //! killed now, and the process exits.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, Ordering};
 
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
-use crate::error::{Error, Result};
 use crate::machine::Registry;
-
-/// Set by the first signal, for loops that run on blocking threads (hashing a context or a
-/// download, writing a pack), which no token reaches: they poll it between chunks and end
-/// with [`Error::Cancelled`] within a chunk's time.
-static STOPPING: AtomicBool = AtomicBool::new(false);
-
-/// Whether a signal asked this process to stop.
-pub fn stopping() -> bool {
-    STOPPING.load(Ordering::Relaxed)
-}
-
-/// `Err(Cancelled)` once a signal asked this process to stop.
-pub fn check() -> Result<()> {
-    match stopping() {
-        true => Err(Error::Cancelled),
-        false => Ok(()),
-    }
-}
 
 #[derive(Clone)]
 pub struct Shutdown {
@@ -58,7 +39,7 @@ impl Shutdown {
                     _ = term.recv() => libc::SIGTERM,
                 };
                 if sig.swap(n, Ordering::SeqCst) == 0 {
-                    STOPPING.store(true, Ordering::Relaxed);
+                    crate::stopping::ask();
                     eprintln!(
                         "runner: received {}, tearing down (send it again to force)",
                         name(n)

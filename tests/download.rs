@@ -37,7 +37,7 @@ fn fetch(
     source: &ImageSource,
     sha: &str,
     limits: Limits,
-) -> runner::error::Result<PathBuf> {
+) -> Result<PathBuf, String> {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(fetch_within(
         downloads,
@@ -47,10 +47,7 @@ fn fetch(
         &limits,
         &Report::Lines,
     ))
-}
-
-fn chained(e: &runner::error::Error) -> String {
-    runner::error::chain(e)
+    .map_err(|e| runner::error::chain(&e))
 }
 
 #[test]
@@ -150,7 +147,6 @@ fn a_trickling_server_is_cut_off() {
         limits,
     )
     .unwrap_err();
-    let err = chained(&err);
     assert!(
         err.contains("too slow") && err.contains("builder `hostile`"),
         "{err}"
@@ -182,7 +178,6 @@ fn an_unpinned_image_is_not_redirected_off_the_loopback() {
         ..Limits::DEFAULT
     };
     let err = fetch(downloads.path(), &unpinned("away"), &sha, limits).unwrap_err();
-    let err = chained(&err);
     assert!(
         err.contains("refusing a redirect to `http://192.0.2.1/"),
         "{err}"

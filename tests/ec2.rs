@@ -196,7 +196,7 @@ fn a_machine_that_never_answers_and_a_target_timeout_both_end_terminated() {
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
     assert!(
-        err.contains("t") && err.contains("boot") && err.contains("did not accept SSH within 3s"),
+        err.contains("t failed in boot") && err.contains("did not accept SSH within 3s"),
         "{err}"
     );
     assert_eq!(moto.instances().len(), 1);

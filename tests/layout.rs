@@ -32,11 +32,57 @@ fn modules() -> BTreeMap<Vec<String>, String> {
                 continue;
             }
             let text = std::fs::read_to_string(&p).unwrap();
-            let text = text.split("#[cfg(test)]").next().unwrap().to_owned();
-            out.insert(parts, text);
+            out.insert(parts, without_test_items(&text));
         }
     }
     out
+}
+
+/// `text` without the items marked `#[cfg(test)]` (a `mod tests;` declaration, an inline
+/// `mod tests { … }`, a test-only `use` or fn), wherever they stand in the file: the rest of
+/// the file is checked whole. Braces are counted plainly, which holds for this codebase's
+/// test modules (a test module with an unbalanced brace in a string would hide what follows
+/// it, and the cut is asserted to leave the file's non-test items).
+fn without_test_items(text: &str) -> String {
+    const ATTR: &str = "#[cfg(test)]";
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(at) = rest.find(ATTR) {
+        out.push_str(&rest[..at]);
+        let item = &rest[at + ATTR.len()..];
+        let semi = item.find(';').unwrap_or(item.len());
+        let open = item.find('{').unwrap_or(item.len());
+        let end = if semi < open {
+            semi + 1
+        } else {
+            let mut depth = 0usize;
+            let mut end = item.len();
+            for (i, c) in item.char_indices().skip(open) {
+                match c {
+                    '{' => depth += 1,
+                    '}' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            end = i + 1;
+                            break;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            end
+        };
+        rest = &item[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+#[test]
+fn test_items_are_cut_and_what_follows_them_is_kept() {
+    let text = "use a;\n#[cfg(test)]\nuse b;\n#[cfg(test)]\nmod t {\n fn x() { {} }\n}\nuse c;\n\
+                #[cfg(test)]\nmod tests;\nuse d;\n";
+    assert_eq!(without_test_items(text), "use a;\n\n\nuse c;\n\nuse d;\n");
 }
 
 /// Whether `text` refers to module `name` by `prefix` (`crate::machine::`), directly or in a

@@ -1,6 +1,7 @@
 //! A store is someone else's disk: builds planted in it — newer by name, unsigned, or a real
 //! signed build replayed under a newer id — must not become cache hits or "the newest build"
-//! once a verifying key is configured. On a real S3 server (Garage) and the local store.
+//! once a verifying key is configured, and `verify` must hash the manifest it parsed, not one put
+//! in its place. On a real S3 server (Garage) and the local store.
 
 mod common;
 #[path = "common/garage.rs"]
@@ -117,18 +118,7 @@ fn planted_builds_in_s3_are_ignored_once_a_key_is_configured() {
     assert!(hit.unwrap().is_none(), "a build under another id was used");
 
     // The CLI finds the key in runner.toml: `artifacts ls` shows the signed build.
-    let p = Project::new()
-        .toml(&format!(
-            "[signing]\npublic_key = \"{}\"\n\n[store]\nendpoint = \"{}\"\nregion = \
-             \"us-east-1\"\npath_style = true\n\n[target.t]\nbuilder = \"bookworm-amd64\"\nscript = \
-             \"build.sh\"\n",
-            signer.public().hex(),
-            server.endpoint()
-        ))
-        .repo_builder("bookworm-amd64")
-        .file("build.sh", "#!/bin/sh\n")
-        .done();
-    let world = World::with_project(p.path().to_owned());
+    let (_p, world) = project(&server, &signer);
     let mut cmd = world.cmd();
     cmd.env("AWS_CONFIG_FILE", "/nonexistent")
         .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent");
@@ -175,4 +165,78 @@ fn an_unsigned_local_build_is_no_cache_hit_once_a_key_is_configured() {
     std::fs::rename(&out, &outside).unwrap();
     std::os::unix::fs::symlink(&outside, &out).unwrap();
     assert!(!hit(&trusting), "a linked artifact was a hit");
+}
+
+/// A project whose store is `server` and whose verifying key is `signer`'s.
+fn project(server: &Garage, signer: &SigningKey) -> (tempfile::TempDir, World) {
+    let p = Project::new()
+        .toml(&format!(
+            "[signing]\npublic_key = \"{}\"\n\n[store]\nendpoint = \"{}\"\nregion = \
+             \"us-east-1\"\npath_style = true\n\n[target.t]\nbuilder = \"bookworm-amd64\"\nscript = \
+             \"build.sh\"\n",
+            signer.public().hex(),
+            server.endpoint()
+        ))
+        .repo_builder("bookworm-amd64")
+        .file("build.sh", "#!/bin/sh\n")
+        .done();
+    let world = World::with_project(p.path().to_owned());
+    (p, world)
+}
+
+#[test]
+fn verify_hashes_the_manifest_it_parsed_not_one_put_there_later() {
+    // SAFETY: the first thing this test process does, before any other thread exists.
+    unsafe {
+        std::env::set_var("AWS_ACCESS_KEY_ID", KEY);
+        std::env::set_var("AWS_SECRET_ACCESS_KEY", SECRET);
+        std::env::set_var("AWS_EC2_METADATA_DISABLED", "true");
+    }
+    let server = Garage::start();
+    let signer = key(1);
+    let f = fixture(1_000, "real");
+    upload(&server, &f, Some(&signer), None);
+    let (_p, world) = project(&server, &signer);
+    let what = format!("s3://{BUCKET}/releases/t/{}", f.id());
+    let verify = || {
+        let mut cmd = world.cmd();
+        cmd.env("AWS_CONFIG_FILE", "/nonexistent")
+            .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+            .args(["verify", what.as_str()]);
+        cmd.output().unwrap()
+    };
+    let out = verify();
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+
+    // The manifest replaced after it was signed, with the artifact it names (a well-formed
+    // manifest of this very build id, naming other bytes).
+    let prefix = format!("releases/t/{}", f.id());
+    let uri = |_: &str, p: &str| format!("s3://{BUCKET}/{prefix}/{p}");
+    let mut other: serde_json::Value = serde_json::from_slice(&f.manifest(uri).to_json()).unwrap();
+    let evil = b"evil\n";
+    other["artifacts"][0]["sha256"] = runner::digest::sha256_hex(evil).into();
+    other["artifacts"][0]["size"] = evil.len().into();
+    for (key, body) in [
+        ("manifest.json", serde_json::to_vec(&other).unwrap()),
+        ("out.txt", evil.to_vec()),
+    ] {
+        server
+            .block_on(
+                server
+                    .client(SECRET)
+                    .put_object()
+                    .bucket(BUCKET)
+                    .key(format!("{prefix}/{key}"))
+                    .body(body.into())
+                    .send(),
+            )
+            .unwrap();
+    }
+    let out = verify();
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("FAILED  manifest.json: sha256"),
+        "{}",
+        stdout(&out)
+    );
 }

@@ -153,7 +153,7 @@ async fn rebuild(env: &Env, m: &Manifest, args: &Args, out: &Path) -> Result<Pat
         limits: Limits::default(),
         leak_timeout: Duration::from_secs(2),
         log_limit: crate::config::project::DEFAULT_LOG.0,
-        console_limit: crate::machine::DEFAULT_CONSOLE_LIMIT,
+        console_limit: crate::config::project::DEFAULT_CONSOLE.0,
         emitter,
         keep_failed: false,
         force: true,

@@ -37,6 +37,8 @@ pub struct RawLimits {
 
 /// 64 MiB of guest output is more than anyone reads; what matters is kept (head and tail).
 pub const DEFAULT_LOG: Size = Size(64 << 20);
+/// A console log's default cap (`max_console_size`).
+pub const DEFAULT_CONSOLE: Size = Size(8 << 20);
 const LOG_SIZE: Range<Size> = Range {
     min: Size(64 << 10),
     max: Size(16 * GIB),
@@ -58,7 +60,7 @@ impl Limits {
             max_console: size(
                 raw.max_console_size.as_ref(),
                 "max_console_size",
-                Size(crate::machine::DEFAULT_CONSOLE_LIMIT),
+                DEFAULT_CONSOLE,
             )?,
             leak_timeout: value::duration(
                 src,

@@ -13,7 +13,7 @@ use super::shape::Shape;
 use super::value::{self, Example, Range};
 use super::{Builder, ConfigError, S3Url, Size, Source};
 
-pub use super::limits::{DEFAULT_LOG, Limits};
+pub use super::limits::{DEFAULT_CONSOLE, DEFAULT_LOG, Limits};
 
 pub const FILE: &str = "runner.toml";
 

@@ -305,7 +305,7 @@ fn hash_file(root: &Path, rel: &Path, size: u64) -> Result<[u8; 32]> {
     let mut buf = vec![0; 64 * 1024];
     loop {
         // A tree of gigabytes takes minutes: a signal ends it between chunks.
-        crate::signals::check()?;
+        crate::stopping::check()?;
         let n = contents
             .read(&mut buf)
             .ctx(|| format!("reading {}", root.join(rel).display()))?;

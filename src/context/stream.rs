@@ -58,7 +58,7 @@ fn append_entries<W: Write>(
 ) -> Result<(u64, u64)> {
     let (mut files, mut file_bytes) = (0, 0);
     for e in &ctx.entries {
-        crate::signals::check()?;
+        crate::stopping::check()?;
         let mut header = Header::new_gnu();
         header.set_mode(e.mode());
         header.set_uid(0);
@@ -86,7 +86,7 @@ fn append_entries<W: Write>(
             }
         };
         if appended.is_err() {
-            crate::signals::check()?;
+            crate::stopping::check()?;
         }
         appended.ctx(|| format!("adding {} to the context tar", e.path.display()))?;
     }
@@ -124,7 +124,7 @@ impl<W: Write> Write for HashingWriter<W> {
             return Err(io::Error::other("context tar abandoned after an error"));
         }
         // A large file is one entry: a signal ends it between writes (see `append_entries`).
-        if crate::signals::stopping() {
+        if crate::stopping::asked() {
             return Err(io::Error::other("stopped by a signal"));
         }
         let n = self.inner.write(buf)?;

@@ -53,9 +53,6 @@ pub struct MachineSpec {
     pub console_limit: u64,
 }
 
-/// A console log's default cap (`max_console_size` in `[limits]`).
-pub const DEFAULT_CONSOLE_LIMIT: u64 = 8 << 20;
-
 /// A read-only disk image, seen in the guest with this serial.
 #[derive(Debug, Clone)]
 pub struct Disk {
@@ -72,7 +69,7 @@ impl MachineSpec {
             boot_timeout: builder.boot_timeout(),
             disks: vec![],
             context_url: None,
-            console_limit: DEFAULT_CONSOLE_LIMIT,
+            console_limit: crate::config::project::DEFAULT_CONSOLE.0,
         }
     }
 }

@@ -1,6 +1,6 @@
-//! The inputs digest, schema versions, and: manifests are untrusted input to `reproduce`, `verify`, `why` and `artifacts`: a table of
-//! hostile fields, each refused by name, and arbitrary input that must come back as an
-//! error, never a panic.
+//! The inputs digest and schema versions; and manifests as the untrusted input to `reproduce`,
+//! `verify`, `why` and `artifacts` that they are: a table of hostile fields, each refused by
+//! name, and arbitrary input that must come back as an error, never a panic.
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -298,7 +298,14 @@ async fn each_machine_is_torn_down_after_its_script_and_exactly_once() {
     dispatch(&w, w.run(b, false), &list, Some(2), false).await;
     let journal = shared.journal();
     for n in &list {
-        let at = |what: &str| journal.iter().position(|l| *l == format!("{what} {n}"));
+        // Every step is in the journal: a missing one fails here, not as `None < Some(_)`.
+        let at = |what: &str| {
+            let line = format!("{what} {n}");
+            journal
+                .iter()
+                .position(|l| *l == line)
+                .unwrap_or_else(|| panic!("no `{line}` in {journal:?}"))
+        };
         let (launch, provision, teardown) = (at("launch"), at("provision"), at("teardown"));
         assert!(launch < provision && provision < teardown, "{journal:?}");
         assert_eq!(

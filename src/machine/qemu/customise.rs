@@ -69,7 +69,7 @@ pub async fn customise(
         boot_timeout: job.builder.boot_timeout * 2,
         disks: vec![],
         context_url: None,
-        console_limit: crate::machine::DEFAULT_CONSOLE_LIMIT,
+        console_limit: crate::config::project::DEFAULT_CONSOLE.0,
     };
     let keys = GuestKeys::generate()?;
     job.report
