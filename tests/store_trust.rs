@@ -61,6 +61,18 @@ fn upload(server: &Garage, f: &Fixture, signer: Option<&SigningKey>, id: Option<
     m
 }
 
+/// Garage, with its credentials in this process's environment (for the store's SDK client).
+/// The first thing each test here calls, before any other thread exists.
+fn garage() -> Garage {
+    // SAFETY: called first in a test process, while it has a single thread.
+    unsafe {
+        std::env::set_var("AWS_ACCESS_KEY_ID", KEY);
+        std::env::set_var("AWS_SECRET_ACCESS_KEY", SECRET);
+        std::env::set_var("AWS_EC2_METADATA_DISABLED", "true");
+    }
+    Garage::start()
+}
+
 fn store(server: &Garage, state: &std::path::Path, trust: Trust) -> S3Store {
     let dirs = runner::paths::Dirs::resolve(None, Some(state.to_owned()));
     let settings = Settings {
@@ -76,13 +88,7 @@ fn store(server: &Garage, state: &std::path::Path, trust: Trust) -> S3Store {
 
 #[test]
 fn planted_builds_in_s3_are_ignored_once_a_key_is_configured() {
-    // SAFETY: the first thing this test process does, before any other thread exists.
-    unsafe {
-        std::env::set_var("AWS_ACCESS_KEY_ID", KEY);
-        std::env::set_var("AWS_SECRET_ACCESS_KEY", SECRET);
-        std::env::set_var("AWS_EC2_METADATA_DISABLED", "true");
-    }
-    let server = Garage::start();
+    let server = garage();
     let signer = key(1);
     let real = upload(&server, &fixture(1_000, "real"), Some(&signer), None);
     // Newer by name and by its own record, but unsigned.
@@ -186,13 +192,7 @@ fn project(server: &Garage, signer: &SigningKey) -> (tempfile::TempDir, World) {
 
 #[test]
 fn verify_hashes_the_manifest_it_parsed_not_one_put_there_later() {
-    // SAFETY: the first thing this test process does, before any other thread exists.
-    unsafe {
-        std::env::set_var("AWS_ACCESS_KEY_ID", KEY);
-        std::env::set_var("AWS_SECRET_ACCESS_KEY", SECRET);
-        std::env::set_var("AWS_EC2_METADATA_DISABLED", "true");
-    }
-    let server = Garage::start();
+    let server = garage();
     let signer = key(1);
     let f = fixture(1_000, "real");
     upload(&server, &f, Some(&signer), None);
