@@ -16,6 +16,22 @@ pub enum Error {
     #[error(transparent)]
     Config(#[from] ConfigError),
 
+    /// A target asked for that runner.toml does not define.
+    #[error(transparent)]
+    Target(#[from] crate::config::TargetError),
+
+    #[error("no targets defined in {}", file.display())]
+    NoTargets { file: PathBuf },
+
+    #[error("no published build of `{target}`")]
+    NoPublishedBuild { target: String },
+
+    #[error(
+        "no key to verify with: pass --key (a public key file or 64 hex digits), or set \
+         [signing] public_key"
+    )]
+    NoVerifyingKey,
+
     #[error("{context}")]
     Io {
         context: String,
@@ -189,16 +205,94 @@ pub enum Error {
     },
 
     /// A background task died (a panic in a blocking reader or writer).
-    #[error("{what} failed: {source}")]
+    #[error("{what} failed")]
     Task {
         what: &'static str,
         #[source]
         source: tokio::task::JoinError,
     },
 
+    /// A command-line argument runner cannot use (a key path, a location, a directory).
+    #[error("{problem}")]
+    BadArgument { problem: String },
+
+    /// A build context runner cannot read as one.
+    #[error("build context {}: {problem}", root.display())]
+    Context {
+        root: PathBuf,
+        problem: String,
+        #[source]
+        source: Option<BoxError>,
+    },
+
+    /// A lock another runner holds, or one that cannot be taken.
+    #[error("cannot lock {what}")]
+    Lock {
+        what: String,
+        #[source]
+        source: nix::errno::Errno,
+    },
+
+    /// QEMU's monitor (QMP) answered otherwise than the protocol says, or not at all.
+    #[error("QMP: {problem}")]
+    Qmp {
+        problem: String,
+        #[source]
+        source: Option<BoxError>,
+    },
+
+    /// A warm-start snapshot could not be made or restored; the machine boots cold instead
+    /// where that is possible.
+    #[error("{problem}")]
+    Snapshot {
+        problem: String,
+        #[source]
+        source: Option<Box<Error>>,
+    },
+
+    /// Baking a builder's image failed for a reason of the image or the builder file.
+    #[error("builder `{builder}`: {problem}")]
+    Bake { builder: String, problem: String },
+
+    /// An EC2 builder cannot get a machine: no region, no image, no capacity, no address.
+    #[error("builder `{builder}`: {problem}")]
+    Ec2 { builder: String, problem: String },
+
+    /// No AWS region is configured for what needs one.
+    #[error(
+        "no AWS region for {what}: set `region` in {place}, AWS_REGION, or a region in your AWS profile"
+    )]
+    NoRegion { what: String, place: &'static str },
+
+    /// A target's settings that cannot work together (a transfer its builder cannot do).
+    #[error("target `{target}`: {problem}")]
+    TargetSetting { target: String, problem: String },
+
+    /// What `reproduce` refuses: not the recorded script or context, no way to make the
+    /// recorded machine again, a rebuild that did not finish.
+    #[error("{problem}")]
+    NotReproducible {
+        problem: String,
+        #[source]
+        source: Option<Box<Error>>,
+    },
+
+    /// This build of runner leaves out what is asked for.
+    #[error("{what} needs a runner built with the `{feature}` feature")]
+    FeatureMissing { what: String, feature: &'static str },
+
+    #[error(
+        "no Debian mirror found in /etc/apt/sources.list.d/*.sources or /etc/apt/sources.list; \
+         pass --mirror URL or set RUNNER_MIRROR"
+    )]
+    NoMirror,
+
     #[error("cancelled")]
     Cancelled,
 
+    /// A broken promise of a tool or service runner talks to (an API answer missing a field
+    /// it always has, no free loopback port): nothing a user can act on but report it. The
+    /// text says which promise.
     #[error("{0}")]
     Other(String),
 }
@@ -208,12 +302,45 @@ impl Error {
         Error::Other(msg.into())
     }
 
+    /// The process exit code this error ends runner with: 3 for a configuration that is
+    /// wrong (the message names file, line and key), 4 for everything else.
+    pub fn exit_code(&self) -> Exit {
+        match self {
+            Error::Config(_) => Exit::Config,
+            _ => Exit::Error,
+        }
+    }
+
     /// The AWS service error code, if this is an AWS error that carries one.
     pub fn aws_code(&self) -> Option<&str> {
         match self {
             Error::Aws { code, .. } => code.as_deref(),
             _ => None,
         }
+    }
+}
+
+/// runner's exit codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    Success = 0,
+    /// What was asked did not succeed: a target failed, a rebuild differs, a check failed.
+    Failed = 1,
+    /// Bad command-line usage (clap's code).
+    Usage = 2,
+    /// runner.toml or a builder file is wrong (the message names file, line and key).
+    Config = 3,
+    /// Anything else that stopped runner: a store or cloud it cannot use, the host.
+    Error = 4,
+}
+
+impl Exit {
+    pub fn code(self) -> i32 {
+        self as i32
+    }
+
+    pub fn of(ok: bool) -> i32 {
+        if ok { Exit::Success } else { Exit::Failed }.code()
     }
 }
 

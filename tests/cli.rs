@@ -125,7 +125,18 @@ fn exit_codes_tell_usage_configuration_failure_and_other_errors_apart() {
     let w = World::with_project(fails.path().to_owned());
     assert_eq!(w.run(&["build"]).status.code(), Some(1), "a failed build");
     let out = w.run(&["artifacts", "ls", "t", "--upload", "not-a-url"]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "a flag that does not parse is usage"
+    );
+    let out = w.run(&["artifacts", "ls", "no-such-target"]);
     assert_eq!(out.status.code(), Some(4), "another error");
+    assert!(
+        stderr(&out).contains("no target `no-such-target` in runner.toml (targets: t)"),
+        "{}",
+        stderr(&out)
+    );
     w.assert_clean();
 }
 

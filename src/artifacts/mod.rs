@@ -31,12 +31,13 @@ pub struct Limits {
     pub max_entries: u64,
 }
 
-impl Default for Limits {
-    fn default() -> Self {
+/// The caps `[limits]` sets (or their defaults).
+impl From<&crate::config::Limits> for Limits {
+    fn from(l: &crate::config::Limits) -> Self {
         Limits {
-            max_file_bytes: 4 << 30,
-            max_total_bytes: 16 << 30,
-            max_entries: 100_000,
+            max_file_bytes: l.max_file.0,
+            max_total_bytes: l.max_total.0,
+            max_entries: l.max_files,
         }
     }
 }
@@ -70,10 +71,10 @@ pub fn unpack<R: Read>(stream: R, dest: &Path, limits: &Limits) -> Result<Unpack
     let meta = fs::symlink_metadata(dest)
         .ctx(|| format!("cannot use artifact staging directory `{}`", dest.display()))?;
     if !meta.is_dir() {
-        let shown = dest.display();
-        return Err(Error::other(format!(
-            "artifact staging directory `{shown}` is not a directory"
-        )));
+        return Err(Error::BadFile {
+            path: dest.to_owned(),
+            problem: "the artifact staging directory is not a directory".into(),
+        });
     }
     let (budget, hit_eof) = (Cell::new(0), Cell::new(false));
     let guarded = Guarded {

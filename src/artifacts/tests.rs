@@ -87,6 +87,11 @@ fn walk(dir: &Path, base: &Path, out: &mut Vec<String>) {
     }
 }
 
+/// The limits a project gets when `[limits]` says nothing.
+fn defaults() -> Limits {
+    Limits::from(&crate::config::Limits::default())
+}
+
 fn small(max_file_bytes: u64, max_total_bytes: u64, max_entries: u64) -> Limits {
     Limits {
         max_file_bytes,
@@ -133,7 +138,7 @@ fn hostile_names_and_types_are_rejected() {
     for (build, needles) in cases {
         let sandbox = Sandbox::new();
         let tar = build(&sandbox.root()).done();
-        sandbox.rejects(&tar[..], &Limits::default(), needles);
+        sandbox.rejects(&tar[..], &defaults(), needles);
     }
 }
 
@@ -210,7 +215,7 @@ fn lying_or_truncated_streams_are_rejected() {
     tar.extend_from_slice(&[b'A'; 1024]);
     sandbox.rejects(
         &tar[..],
-        &Limits::default(),
+        &defaults(),
         &[r#"after "small""#, "cksum", r#"\u{1b}]0;pwned\u{7}"#],
     );
     assert_eq!(fs::read(sandbox.dest().join("small")).unwrap(), b"hello");
@@ -219,15 +224,11 @@ fn lying_or_truncated_streams_are_rejected() {
     tar.extend_from_slice(&[b'x'; 10]);
     Sandbox::new().rejects(
         &tar[..],
-        &Limits::default(),
+        &defaults(),
         &[r#""cut""#, "after 10 of 1000 bytes"],
     );
     let tar = Tar::default().file("a", b"x").0;
-    Sandbox::new().rejects(
-        &tar[..],
-        &Limits::default(),
-        &["end-of-archive", r#"after "a""#],
-    );
+    Sandbox::new().rejects(&tar[..], &defaults(), &["end-of-archive", r#"after "a""#]);
 }
 
 #[test]
@@ -254,7 +255,7 @@ fn unpacks_files_with_normalised_modes_and_digests() {
     }
     let tar = builder.into_inner().unwrap();
     let sandbox = Sandbox::new();
-    let got = unpack(&tar[..], &sandbox.dest(), &Limits::default()).unwrap();
+    let got = unpack(&tar[..], &sandbox.dest(), &defaults()).unwrap();
 
     let digest = |d: &[u8]| hex::encode(Sha256::digest(d));
     let expect = |path: &str, data: &[u8]| ArtifactFile {
@@ -362,7 +363,7 @@ mod arbitrary {
         #[test]
         fn random_bytes_are_an_error_or_nothing(bytes in prop::collection::vec(any::<u8>(), 0..4096)) {
             let sandbox = Sandbox::new();
-            let _ = unpack(Cursor::new(bytes), &sandbox.dest(), &Limits::default());
+            let _ = unpack(Cursor::new(bytes), &sandbox.dest(), &defaults());
             let mut outside = Vec::new();
             walk(sandbox.0.path(), sandbox.0.path(), &mut outside);
             outside.retain(|p| p != "dest" && !p.starts_with("dest/"));

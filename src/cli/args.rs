@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+use crate::config::S3Url;
 use crate::machine::AccelChoice;
 
 #[derive(Parser)]
@@ -41,55 +42,25 @@ pub struct Cli {
     pub quiet: bool,
     /// `human`, or `json`: one JSON document (or, for build, one event) per line on stdout,
     /// each with `"schema": 1`.
-    #[arg(long, global = true, default_value = "human", value_parser = ["human", "json"])]
-    pub message_format: String,
+    #[arg(long, global = true, value_enum, default_value_t = MessageFormat::Human)]
+    pub message_format: MessageFormat,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// How runner reports on stdout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum MessageFormat {
+    Human,
+    Json,
 }
 
 #[derive(Subcommand)]
 pub enum Command {
     /// Build targets from runner.toml, each in a fresh machine.
-    Build {
-        /// Target names or globs (`hello-*`); all targets if none.
-        targets: Vec<String>,
-        /// Build every target.
-        #[arg(long)]
-        all: bool,
-        /// How many targets at once (default: by host CPUs and memory).
-        #[arg(short, long)]
-        jobs: Option<usize>,
-        /// Keep launching targets after one fails.
-        #[arg(long)]
-        keep_going: bool,
-        /// Leave a failed target's machine running and print how to ssh into it.
-        #[arg(long)]
-        keep_failed: bool,
-        /// Build even if a published build has the same inputs digest (no cache hit).
-        #[arg(long)]
-        force: bool,
-        /// Publish to S3 (`s3://bucket/prefix`) instead of the configured store.
-        #[arg(long)]
-        upload: Option<String>,
-    },
+    Build(crate::commands::build::Args),
     /// Rebuild from a manifest in a fresh machine and compare every artifact.
-    Reproduce {
-        /// The manifest.json of a published build.
-        manifest: PathBuf,
-        /// The build context to use; it must match the manifest's context digest.
-        #[arg(long)]
-        context: PathBuf,
-        /// Where the rebuild and reports go (default: under the state dir).
-        #[arg(long)]
-        out: Option<PathBuf>,
-        /// Deadline for the rebuild.
-        #[arg(long, default_value = "60m", value_parser = humantime::parse_duration)]
-        timeout: std::time::Duration,
-        /// Rebuild on this builder of the project instead of the recorded one (e.g. QEMU
-        /// for an EC2-built artifact).
-        #[arg(long)]
-        on: Option<String>,
-    },
+    Reproduce(crate::commands::reproduce::Args),
     /// Check a published build: its provenance signature, every artifact's sha256, and
     /// that manifest and provenance agree (or a reproduction's signed verdicts).
     Verify {
@@ -105,7 +76,7 @@ pub enum Command {
         target: String,
         /// Compare with this S3 location instead of the configured store.
         #[arg(long)]
-        upload: Option<String>,
+        upload: Option<S3Url>,
     },
     /// Signing keys for provenance.
     #[command(subcommand)]
@@ -152,13 +123,13 @@ pub enum ArtifactsCmd {
         target: String,
         /// Look in this S3 location instead of the configured store.
         #[arg(long)]
-        upload: Option<String>,
+        upload: Option<S3Url>,
     },
     /// Download the newest published build of a target and verify every sha256.
     Get {
         target: String,
         #[arg(long)]
-        upload: Option<String>,
+        upload: Option<S3Url>,
         /// Destination directory (default: ./<target>).
         #[arg(long)]
         out: Option<PathBuf>,

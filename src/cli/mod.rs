@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use clap::{CommandFactory, Parser};
 
-use self::args::{ArtifactsCmd, Cli, Command, ImageCmd, KeyCmd, VmCmd};
+use self::args::{ArtifactsCmd, Cli, Command, ImageCmd, KeyCmd, MessageFormat, VmCmd};
 use crate::commands::{self, Env, Exit};
 use crate::error::{Error, Result, chain};
 use crate::machine::{Machines, Settings};
@@ -53,10 +53,9 @@ pub fn main() -> ExitCode {
             machines: machines.clone(),
             shutdown: shutdown.clone(),
             interactive: std::io::stderr().is_terminal() && !cli.quiet,
-            format: if cli.message_format == "json" {
-                Format::Json
-            } else {
-                Format::Human
+            format: match cli.message_format {
+                MessageFormat::Json => Format::Json,
+                MessageFormat::Human => Format::Human,
             },
             quiet: cli.quiet,
         };
@@ -67,8 +66,7 @@ pub fn main() -> ExitCode {
         // A signal decides the code: the run was interrupted, whatever it returned.
         shutdown.exit_code().unwrap_or_else(|| match outcome {
             Ok(code) => code,
-            Err(Error::Config(_)) => Exit::Config.code(),
-            Err(_) => Exit::Error.code(),
+            Err(e) => e.exit_code().code(),
         })
     });
     // Teardowns started from `Drop` (cancelled or panicked cloud launches) run on threads of
@@ -110,48 +108,12 @@ fn discover() -> PathBuf {
 
 async fn dispatch(command: Command, env: &Env) -> Result<i32> {
     match command {
-        Command::Build {
-            targets,
-            all,
-            jobs,
-            keep_going,
-            keep_failed,
-            force,
-            upload,
-        } => {
-            let args = commands::build::Args {
-                targets,
-                all,
-                jobs,
-                keep_going,
-                keep_failed,
-                force,
-                upload,
-            };
-            commands::build::build(env, args).await
-        }
-        Command::Reproduce {
-            manifest,
-            context,
-            out,
-            timeout,
-            on,
-        } => {
-            let args = commands::reproduce::Args {
-                manifest,
-                context,
-                out,
-                timeout,
-                on,
-            };
-            commands::reproduce::reproduce(env, args).await
-        }
+        Command::Build(args) => commands::build::build(env, args).await,
+        Command::Reproduce(args) => commands::reproduce::reproduce(env, args).await,
         Command::Verify { what, key } => {
             commands::verify::verify(env, commands::verify::Args { what, key }).await
         }
-        Command::Why { target, upload } => {
-            commands::why::why(env, &target, upload.as_deref()).await
-        }
+        Command::Why { target, upload } => commands::why::why(env, &target, upload.as_ref()).await,
         Command::Key(KeyCmd::Generate { out }) => commands::key::generate(env, out.as_deref()),
         Command::Artifacts(cmd) => artifacts(env, cmd).await,
         Command::List => commands::project::list(env),
@@ -171,7 +133,7 @@ async fn dispatch(command: Command, env: &Env) -> Result<i32> {
 async fn artifacts(env: &Env, cmd: ArtifactsCmd) -> Result<i32> {
     match cmd {
         ArtifactsCmd::Ls { target, upload } => {
-            commands::artifacts::ls(env, &target, upload.as_deref()).await
+            commands::artifacts::ls(env, &target, upload.as_ref()).await
         }
         ArtifactsCmd::Get {
             target,
@@ -179,7 +141,7 @@ async fn artifacts(env: &Env, cmd: ArtifactsCmd) -> Result<i32> {
             out,
         } => {
             let out = out.unwrap_or_else(|| PathBuf::from(&target));
-            commands::artifacts::get(env, &target, upload.as_deref(), &out).await
+            commands::artifacts::get(env, &target, upload.as_ref(), &out).await
         }
     }
 }

@@ -5,16 +5,16 @@ use std::path::Path;
 
 use serde_json::json;
 
-use super::build::store_for;
 use super::{Env, Exit, print_json};
-use crate::config::Project;
-use crate::error::{Error, Result};
+use crate::config::{Project, S3Url};
+use crate::error::{Error, IoContext, Result};
 use crate::progress::Format;
 
 /// `runner artifacts ls`: the newest published build of a target.
-pub async fn ls(env: &Env, target: &str, upload: Option<&str>) -> Result<i32> {
+pub async fn ls(env: &Env, target: &str, upload: Option<&S3Url>) -> Result<i32> {
     let project = Project::load(&env.project)?;
-    let store = store_for(env, &project, target, upload).await?;
+    let store =
+        crate::run::store_of(&env.host(), &project, project.target(target)?, upload).await?;
     let found = store.latest(target).await?;
     if env.format == Format::Json {
         let build = found
@@ -44,31 +44,22 @@ pub async fn ls(env: &Env, target: &str, upload: Option<&str>) -> Result<i32> {
 
 /// `runner artifacts get`: downloads the newest build's artifacts and checks each sha256
 /// against its manifest; a mismatching file is removed and the command fails.
-pub async fn get(env: &Env, target: &str, upload: Option<&str>, out: &Path) -> Result<i32> {
+pub async fn get(env: &Env, target: &str, upload: Option<&S3Url>, out: &Path) -> Result<i32> {
     let project = Project::load(&env.project)?;
-    let store = store_for(env, &project, target, upload).await?;
+    let store =
+        crate::run::store_of(&env.host(), &project, project.target(target)?, upload).await?;
     let m = store
         .latest(target)
         .await?
-        .ok_or_else(|| Error::other(format!("no published build of `{target}`")))?;
+        .ok_or_else(|| Error::NoPublishedBuild {
+            target: target.to_owned(),
+        })?;
     let mut bad = 0;
     for a in &m.artifacts {
-        // Manifest paths were checked when published; refuse anything that would escape anyway.
-        let rel = Path::new(&a.path);
-        if rel.is_absolute()
-            || rel
-                .components()
-                .any(|c| !matches!(c, std::path::Component::Normal(_)))
-        {
-            return Err(Error::other(format!(
-                "manifest lists an unsafe path `{}`",
-                a.path
-            )));
-        }
-        let dest = out.join(rel);
+        // A `RelPath` is relative, with only normal components: it cannot leave `out`.
+        let dest = out.join(&a.path);
         if let Some(dir) = dest.parent() {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| Error::other(format!("cannot create `{}`: {e}", dir.display())))?;
+            std::fs::create_dir_all(dir).ctx(|| format!("cannot create `{}`", dir.display()))?;
         }
         let got = match store.fetch(target, &m, a, &dest).await {
             Ok(got) => got,

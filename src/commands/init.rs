@@ -52,11 +52,13 @@ pub fn init(env: &Env, dir: Option<&Path>) -> Result<i32> {
         .filter(|name| root.join(name).exists())
         .collect();
     if !taken.is_empty() {
-        return Err(Error::other(format!(
-            "{} already has {}: runner init only makes new projects",
-            root.display(),
-            taken.join(", ")
-        )));
+        return Err(Error::BadArgument {
+            problem: format!(
+                "{} already has {}: runner init only makes new projects",
+                root.display(),
+                taken.join(", ")
+            ),
+        });
     }
     for (name, text) in FILES {
         let path = root.join(name);

@@ -38,29 +38,7 @@ pub struct Env {
     pub quiet: bool,
 }
 
-/// runner's exit codes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Exit {
-    Success = 0,
-    /// What was asked did not succeed: a target failed, a rebuild differs, a check failed.
-    Failed = 1,
-    /// Bad command-line usage (clap's code).
-    Usage = 2,
-    /// runner.toml or a builder file is wrong (the message names file, line and key).
-    Config = 3,
-    /// Anything else that stopped runner: a store or cloud it cannot use, the host.
-    Error = 4,
-}
-
-impl Exit {
-    pub fn code(self) -> i32 {
-        self as i32
-    }
-
-    pub fn of(ok: bool) -> i32 {
-        if ok { Exit::Success } else { Exit::Failed }.code()
-    }
-}
+pub use crate::error::Exit;
 
 /// Prints `doc` as one line of JSON with the schema version added.
 pub fn print_json(doc: impl Serialize) {
@@ -72,6 +50,15 @@ pub fn print_json(doc: impl Serialize) {
 }
 
 impl Env {
+    /// The host side of a run made here.
+    pub fn host(&self) -> crate::run::Host<'_> {
+        crate::run::Host {
+            machines: self.machines.clone(),
+            dirs: &self.dirs,
+            cancel: self.shutdown.token.clone(),
+        }
+    }
+
     /// Runs `fut` unless the first signal comes first.
     pub async fn cancellable<T>(&self, fut: impl Future<Output = Result<T>>) -> Result<T> {
         tokio::select! {

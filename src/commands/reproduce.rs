@@ -13,35 +13,34 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::Env;
-use crate::artifacts::Limits;
 use crate::config::Target;
 use crate::context::{Context, ContextOptions};
 use crate::error::{Error, IoContext, Result, joined};
-use crate::events::{Emitter, Outcome};
-use crate::machine::{self, Origin};
+use crate::events::Outcome;
+use crate::machine;
 use crate::manifest::{self, Manifest};
 use crate::progress::{self, Format};
-use crate::provenance;
-use crate::run::{self, Options, Run};
-use crate::store::local::LocalStore;
+use crate::provenance::reproduction::{self, Verdict, compare};
+use crate::provenance::{self, keyring};
+use crate::run::{self, Options, Run, RunOptions};
 
+#[derive(Debug, clap::Args)]
 pub struct Args {
+    /// The manifest.json of a published build.
     pub manifest: PathBuf,
+    /// The build context to use; it must match the manifest's context digest.
+    #[arg(long)]
     pub context: PathBuf,
+    /// Where the rebuild and reports go (default: under the state dir).
+    #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Deadline for the rebuild (as a target's `timeout`: 1s to 48h).
+    #[arg(long, default_value = "60m", value_parser = crate::config::value::cli_timeout)]
     pub timeout: Duration,
-    /// Rebuild on this builder of the project instead of the recorded one.
+    /// Rebuild on this builder of the project instead of the recorded one (e.g. QEMU for an
+    /// EC2-built artifact).
+    #[arg(long)]
     pub on: Option<String>,
-}
-
-/// One artifact's verdict.
-#[derive(Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(tag = "verdict", rename_all = "snake_case")]
-pub enum Verdict {
-    Identical,
-    Different { recorded: String, rebuilt: String },
-    Missing,
-    Extra { rebuilt: String },
 }
 
 pub async fn reproduce(env: &Env, args: Args) -> Result<i32> {
@@ -88,9 +87,10 @@ pub async fn reproduce(env: &Env, args: Args) -> Result<i32> {
 /// other than the recorded one, a machine runner cannot make again.
 async fn check(m: &Manifest, args: &Args) -> Result<()> {
     if m.script.sha256 != manifest::sha256_hex(m.script.content.as_bytes()) {
-        return Err(Error::other(
-            "the manifest's script does not match its recorded sha256",
-        ));
+        return Err(Error::NotReproducible {
+            problem: "the manifest's script does not match its recorded sha256".into(),
+            source: None,
+        });
     }
     let opts = ContextOptions {
         root: args.context.clone(),
@@ -102,11 +102,15 @@ async fn check(m: &Manifest, args: &Args) -> Result<()> {
     )
     .await?;
     if m.context_digest != digest {
-        return Err(Error::other(format!(
-            "context `{}` has digest {digest}, but the manifest records {}: refusing to reproduce from different sources",
-            args.context.display(),
-            m.context_digest
-        )));
+        return Err(Error::NotReproducible {
+            problem: format!(
+                "context `{}` has digest {digest}, but the manifest records {}: refusing to \
+                 reproduce from different sources",
+                args.context.display(),
+                m.context_digest
+            ),
+            source: None,
+        });
     }
     let recipe_now = m.builder.recipe.digest();
     if m.builder.recipe_digest != recipe_now {
@@ -144,50 +148,40 @@ async fn rebuild(env: &Env, m: &Manifest, args: &Args, out: &Path) -> Result<Pat
         transfer: Default::default(),
     };
     let store = out.join("artifacts");
-    let (emitter, rx) = Emitter::channel();
-    let run = Arc::new(Run {
-        machines: env.machines.clone(),
-        cancel: env.shutdown.token.clone(),
-        store: Arc::new(LocalStore::new(&store)),
-        remote: Default::default(),
-        limits: Limits::default(),
-        leak_timeout: Duration::from_secs(2),
-        log_limit: crate::config::project::DEFAULT_LOG.0,
-        console_limit: crate::config::project::DEFAULT_CONSOLE.0,
-        emitter,
-        keep_failed: false,
+    let host = env.host();
+    let project = super::project_if_any(env)?;
+    let opts = RunOptions {
         force: true,
-        epoch: m.source_date_epoch,
-        logs: out.to_owned(),
-        exclude: vec![],
+        local_store: Some(store.clone()),
+        logs: Some(out.to_owned()),
+        epoch: Some(m.source_date_epoch),
         context_excludes: Some(m.context_excludes.clone()),
-        signing: super::key::signing_key(super::project_if_any(env)?.as_ref())?,
-        packs: env.dirs.cache.clone(),
-        shared: Default::default(),
-    });
+        ..Default::default()
+    };
+    let (run, rx) = Run::new(&host, project.as_ref(), opts)?;
+    let planned = run.local(vec![target]);
     let renderer = tokio::spawn(progress::run(rx, Format::Human, env.interactive));
     let opts = Options {
         jobs: Some(1),
         keep_going: false,
     };
-    let results = run::dispatch::run(run, vec![target], &opts).await;
+    let results = run::dispatch::run(Arc::new(run), planned, &opts).await;
     let summary = renderer.await.map_err(|source| Error::Task {
         what: "the progress display",
         source,
     })?;
     if results.iter().any(|r| r.outcome != Outcome::Succeeded) {
         progress::print_summary(&summary, &mut std::io::stderr());
-        return Err(Error::other(format!(
-            "the rebuild of `{}` did not succeed",
-            m.target
-        )));
+        return Err(Error::NotReproducible {
+            problem: format!("the rebuild of `{}` did not succeed", m.target),
+            source: None,
+        });
     }
     Ok(store.join(&m.target))
 }
 
-/// The verdicts as an in-toto statement about the recorded artifacts, signed with the
-/// project's key when there is one: `out/reproduction.intoto.jsonl`, which `runner verify`
-/// checks.
+/// The verdicts as a statement signed with the project's key when there is one:
+/// `out/reproduction.intoto.jsonl`, which `runner verify` checks.
 fn attest(
     env: &Env,
     m: &Manifest,
@@ -195,41 +189,10 @@ fn attest(
     verdicts: &[(String, Verdict)],
     out: &Path,
 ) -> Result<PathBuf> {
-    let statement = provenance::Statement {
-        type_: provenance::STATEMENT_TYPE.into(),
-        subject: m
-            .artifacts
-            .iter()
-            .map(|a| provenance::Subject::sha256(&a.path, &a.sha256))
-            .collect(),
-        predicate_type: provenance::REPRODUCTION.into(),
-        predicate: serde_json::json!({
-            "original": {
-                "target": m.target,
-                "build": manifest::build_id(&m.inputs_digest, m.started_unix),
-                "inputsDigest": m.inputs_digest,
-                "builder": m.builder.name,
-                "baseImage": m.base_image_sha256,
-            },
-            "rebuild": {
-                "builder": rebuilt.builder.name,
-                "baseImage": rebuilt.base_image_sha256,
-                "machine": rebuilt.machine,
-                "runnerVersion": rebuilt.runner_version,
-            },
-            "reproduced": verdicts.iter().all(|(_, v)| *v == Verdict::Identical),
-            "verdicts": verdicts
-                .iter()
-                .map(|(path, v)| serde_json::json!({"path": path, "result": v}))
-                .collect::<Vec<_>>(),
-        }),
-    };
-    let key = super::key::signing_key(super::project_if_any(env)?.as_ref())?;
-    let payload = serde_json::to_vec(&statement).expect("a statement serializes");
-    let envelope = provenance::dsse::Envelope::new(&payload, key.as_deref());
+    let key = keyring::signing_key(super::project_if_any(env)?.as_ref())?;
+    let line = reproduction::signed(m, rebuilt, verdicts, key.as_deref());
     let path = out.join(provenance::REPRODUCTION_FILE);
-    std::fs::write(&path, envelope.to_line())
-        .ctx(|| format!("cannot write `{}`", path.display()))?;
+    std::fs::write(&path, line).ctx(|| format!("cannot write `{}`", path.display()))?;
     Ok(path)
 }
 
@@ -243,25 +206,15 @@ fn rebuild_builder(env: &Env, m: &Manifest, args: &Args) -> Result<crate::config
     if let Some(on) = &args.on {
         return Ok(configured(on)?);
     }
-    let own = match &m.builder.recipe {
-        Origin::Ec2(_) => Some(configured(&m.builder.name).map_err(|e| {
-            Error::other(format!(
-                "`{}` was built on EC2 builder `{}`: reproducing it needs that builder's file \
-                 (account, region, network) in this project, or --on another builder ({e})",
-                m.target, m.builder.name
-            ))
-        })?),
-        Origin::Image(_) => None,
-    };
     let shape = m
         .machine
         .map(|s| s.shape())
         .unwrap_or(machine::DEFAULT_SHAPE);
-    machine::builder_for(&m.builder.name, &m.builder.recipe, shape, own.as_ref())
+    machine::builder_for(&m.builder.name, &m.builder.recipe, shape, || {
+        configured(&m.builder.name)
+    })
 }
 
-/// Prints a verdict per artifact (and runs diffoscope on differences); true if every
-/// artifact is identical.
 /// Where a report's files are: the recorded build's (beside its manifest), the rebuild's, and
 /// where reports go.
 struct Places<'a> {
@@ -270,6 +223,8 @@ struct Places<'a> {
     out: &'a Path,
 }
 
+/// Prints a verdict per artifact (and runs diffoscope on differences); true if every
+/// artifact is identical.
 fn report(m: &Manifest, rebuilt: &Manifest, verdicts: &[(String, Verdict)], at: &Places) -> bool {
     if rebuilt.base_image_sha256 != m.base_image_sha256 {
         println!(
@@ -308,34 +263,6 @@ fn report(m: &Manifest, rebuilt: &Manifest, verdicts: &[(String, Verdict)], at: 
         at.rebuilt.display()
     );
     all_same
-}
-
-/// Per artifact path, sorted: the recorded build against the rebuild.
-pub fn compare(recorded: &Manifest, rebuilt: &Manifest) -> Vec<(String, Verdict)> {
-    let mut out = Vec::new();
-    for a in &recorded.artifacts {
-        let v = match rebuilt.artifacts.iter().find(|b| b.path == a.path) {
-            Some(b) if b.sha256 == a.sha256 => Verdict::Identical,
-            Some(b) => Verdict::Different {
-                recorded: a.sha256.to_string(),
-                rebuilt: b.sha256.to_string(),
-            },
-            None => Verdict::Missing,
-        };
-        out.push((a.path.to_string(), v));
-    }
-    for b in &rebuilt.artifacts {
-        if !recorded.artifacts.iter().any(|a| a.path == b.path) {
-            out.push((
-                b.path.to_string(),
-                Verdict::Extra {
-                    rebuilt: b.sha256.to_string(),
-                },
-            ));
-        }
-    }
-    out.sort_by(|x, y| x.0.cmp(&y.0));
-    out
 }
 
 /// Runs diffoscope on a differing file when both it and the recorded file are at hand: the

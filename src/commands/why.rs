@@ -1,59 +1,30 @@
 //! `runner why <target>`: what changed since the target's newest published build — the
 //! context path by path, env variables, the builder's recipe, the script, the epoch, the
-//! artifact globs — or that the inputs are the same (a cache hit).
+//! artifact globs — or that the inputs are the same (a cache hit). The inputs are computed
+//! as `build` computes them ([`crate::run::declared`]), so "cache hit" here is one there.
 
 use std::collections::BTreeMap;
 
 use super::{Env, Exit, print_json};
-use crate::config::Project;
-use crate::context::{Context, ContextOptions};
+use crate::config::{Project, S3Url};
 use crate::digest::sha256_hex;
-use crate::error::{Error, IoContext, Result, joined};
-use crate::manifest::{Build, Manifest};
+use crate::error::Result;
+use crate::manifest::Manifest;
 use crate::progress::Format;
+use crate::run::{Run, RunOptions};
 
-pub async fn why(env: &Env, target: &str, upload: Option<&str>) -> Result<i32> {
+pub async fn why(env: &Env, target: &str, upload: Option<&S3Url>) -> Result<i32> {
     let project = Project::load(&env.project)?;
-    let t = project
-        .targets
-        .get(target)
-        .ok_or_else(|| Error::other(format!("no target `{target}` in runner.toml")))?;
-    let store = super::build::store_for(env, &project, target, upload).await?;
+    let t = project.target(target)?;
+    let host = env.host();
+    let store = crate::run::store_of(&host, &project, t, upload).await?;
     let Some(m) = store.latest(target).await? else {
         let line = format!("{target}: no published build yet: it will build");
         return report(env, target, None, &[line]);
     };
-    let excludes =
-        crate::run::context_excludes(&t.context, &[(project.artifact_dir.clone(), String::new())]);
-    let opts = ContextOptions {
-        root: t.context.clone(),
-        exclude: excludes.clone(),
-    };
-    let digests = joined(
-        "the context scan",
-        tokio::task::spawn_blocking(move || Context::scan(&opts)?.digests()),
-    )
-    .await?;
-    let script =
-        std::fs::read(&t.script).ctx(|| format!("cannot read script `{}`", t.script.display()))?;
-    let origin = env.machines.backend(&t.builder).origin().await?;
-    let epoch = super::build::source_date_epoch(&project.root);
-    let now = Build {
-        target: &t.name,
-        builder: &t.builder.name,
-        origin: &origin,
-        context_digest: &digests.digest,
-        context_tree: &digests.tree,
-        context_excludes: &excludes,
-        script_name: "",
-        script: &script,
-        globs: &t.artifacts,
-        env: &t.env,
-        epoch,
-        started_unix: 0,
-        shape: t.shape,
-    };
-    if now.inputs_digest() == m.inputs_digest {
+    let (run, _events) = Run::new(&host, Some(&project), RunOptions::default())?;
+    let now = crate::run::declared(&run, t).await?;
+    if now.inputs_digest == m.inputs_digest {
         let line = format!(
             "{target}: cache hit: the inputs are those of build {}",
             crate::manifest::build_id(&m.inputs_digest, m.started_unix)
@@ -61,18 +32,18 @@ pub async fn why(env: &Env, target: &str, upload: Option<&str>) -> Result<i32> {
         return report(env, target, Some(true), &[line]);
     }
     let mut changes = vec![];
-    changes.extend(context_changes(&m, &digests.digest, &digests.tree));
+    changes.extend(context_changes(&m, &now.context_digest, &now.context_tree));
     changes.extend(env_changes(&m.env, &t.env));
-    for c in origin.changes_from(&m.builder.recipe) {
+    for c in now.origin.changes_from(&m.builder.recipe) {
         changes.push(format!("builder {}: {c}", t.builder.name));
     }
-    if m.script.sha256 != sha256_hex(&script) {
+    if m.script.sha256 != sha256_hex(&now.script) {
         changes.push("script changed".into());
     }
-    if epoch != m.source_date_epoch {
+    if now.epoch != m.source_date_epoch {
         changes.push(format!(
-            "SOURCE_DATE_EPOCH: {} → {epoch}",
-            m.source_date_epoch
+            "SOURCE_DATE_EPOCH: {} → {}",
+            m.source_date_epoch, now.epoch
         ));
     }
     if t.artifacts != m.artifact_globs {
@@ -88,7 +59,6 @@ pub async fn why(env: &Env, target: &str, upload: Option<&str>) -> Result<i32> {
     }
     report(env, target, Some(false), &changes)
 }
-
 fn report(env: &Env, target: &str, hit: Option<bool>, lines: &[String]) -> Result<i32> {
     if env.format == Format::Json {
         print_json(serde_json::json!({"target": target, "cache_hit": hit, "changes": lines}));

@@ -35,6 +35,25 @@ pub struct RawLimits {
     leak_timeout: Option<Spanned<String>>,
 }
 
+/// What each limit is when `[limits]` does not say (and when there is no project).
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_file: DEFAULT_FILE,
+            max_total: DEFAULT_TOTAL,
+            max_files: DEFAULT_FILES,
+            max_log: DEFAULT_LOG,
+            max_console: DEFAULT_CONSOLE,
+            leak_timeout: DEFAULT_LEAK_TIMEOUT,
+        }
+    }
+}
+
+const DEFAULT_FILE: Size = Size(4 * GIB);
+const DEFAULT_TOTAL: Size = Size(16 * GIB);
+const DEFAULT_FILES: u64 = 100_000;
+/// Long enough for a daemon's last lines, short enough that nobody waits for it.
+const DEFAULT_LEAK_TIMEOUT: Duration = Duration::from_secs(2);
 /// 64 MiB of guest output is more than anyone reads; what matters is kept (head and tail).
 pub const DEFAULT_LOG: Size = Size(64 << 20);
 /// A console log's default cap (`max_console_size`).
@@ -53,9 +72,9 @@ impl Limits {
         let size =
             |v: Option<&Spanned<Size>>, key, default| value::size(src, v, key, LOG_SIZE, default);
         Ok(Limits {
-            max_file: raw.max_file_size.unwrap_or(Size(4 * GIB)),
-            max_total: raw.max_total_size.unwrap_or(Size(16 * GIB)),
-            max_files: raw.max_files.unwrap_or(100_000),
+            max_file: raw.max_file_size.unwrap_or(DEFAULT_FILE),
+            max_total: raw.max_total_size.unwrap_or(DEFAULT_TOTAL),
+            max_files: raw.max_files.unwrap_or(DEFAULT_FILES),
             max_log: size(raw.max_log_size.as_ref(), "max_log_size", DEFAULT_LOG)?,
             max_console: size(
                 raw.max_console_size.as_ref(),
@@ -67,7 +86,7 @@ impl Limits {
                 raw.leak_timeout.as_ref(),
                 "leak_timeout",
                 (LEAK_TIMEOUT, Example("2s")),
-                Duration::from_secs(2),
+                DEFAULT_LEAK_TIMEOUT,
             )?,
         })
     }

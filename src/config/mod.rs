@@ -24,7 +24,8 @@ pub use arch::Arch;
 pub use builder::{BackendConfig, Builder, Init, QemuBuilder, Shape};
 pub use cloud::{CloudImage, Firmware, ImageSource};
 pub use ec2::{Address, Ami, Ec2Builder};
-pub use project::{Project, Target, Transfer};
+pub use limits::Limits;
+pub use project::{Project, Target, TargetError, Transfer};
 pub use size::Size;
 pub use url::S3Url;
 

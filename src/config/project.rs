@@ -10,7 +10,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::shape::Shape;
-use super::value::{self, Example, Range};
+use super::value::{self, Example};
 use super::{Builder, ConfigError, S3Url, Size, Source};
 
 pub use super::limits::{DEFAULT_CONSOLE, DEFAULT_LOG, Limits};
@@ -37,7 +37,7 @@ pub struct Project {
 #[serde(deny_unknown_fields)]
 pub struct StoreSettings {
     /// `s3://bucket/prefix`; unset means the local artifact directory.
-    pub upload: Option<String>,
+    pub upload: Option<S3Url>,
     /// Endpoint of an S3-compatible store (else `AWS_ENDPOINT_URL`, else AWS).
     pub endpoint: Option<String>,
     pub region: Option<String>,
@@ -73,7 +73,7 @@ pub struct Target {
     /// builder's own are); `None` where the builder's machines size themselves (EC2).
     pub shape: Option<Shape>,
     /// `s3://bucket/prefix` for this target, overriding `[store] upload`.
-    pub upload: Option<String>,
+    pub upload: Option<S3Url>,
     /// How the context reaches the machine.
     pub transfer: Transfer,
 }
@@ -98,7 +98,7 @@ struct RawProject {
     #[serde(default)]
     limits: super::limits::RawLimits,
     #[serde(default)]
-    store: Option<Spanned<StoreSettings>>,
+    store: Option<StoreSettings>,
     #[serde(default)]
     signing: SigningSettings,
     #[serde(default)]
@@ -118,16 +118,12 @@ struct RawTarget {
     timeout: Option<Spanned<String>>,
     vcpus: Option<Spanned<u32>>,
     memory: Option<Spanned<Size>>,
-    upload: Option<Spanned<String>>,
+    upload: Option<S3Url>,
     #[serde(default)]
     context_transfer: Transfer,
 }
 
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
-const TIMEOUT: Range<Duration> = Range {
-    min: Duration::from_secs(1),
-    max: Duration::from_secs(48 * 3600),
-};
 
 impl Project {
     /// Loads `<root>/runner.toml` and resolves every reference in it.
@@ -140,17 +136,7 @@ impl Project {
                 .as_ref()
                 .map_or("artifacts", |s| s.get_ref()),
         );
-        let store = match raw.store {
-            Some(st) => {
-                if let Some(u) = &st.get_ref().upload
-                    && let Err(e) = u.parse::<S3Url>()
-                {
-                    return Err(src.error_at(Some(st.span()), Some("upload".into()), e));
-                }
-                st.into_inner()
-            }
-            None => StoreSettings::default(),
-        };
+        let store = raw.store.unwrap_or_default();
         let mut targets = BTreeMap::new();
         for (name, t) in raw.target {
             let target = resolve_target(&src, root, &name, t)?;
@@ -171,7 +157,7 @@ impl Project {
 
     /// Targets matching the patterns (exact names or globs like `hello-*`), or all of them.
     /// A pattern matching nothing is an error naming it.
-    pub fn select(&self, patterns: &[String], all: bool) -> Result<Vec<&Target>, String> {
+    pub fn select(&self, patterns: &[String], all: bool) -> Result<Vec<&Target>, TargetError> {
         if all || patterns.is_empty() {
             return Ok(self.targets.values().collect());
         }
@@ -180,7 +166,10 @@ impl Project {
             let glob = globset::GlobBuilder::new(p)
                 .literal_separator(true)
                 .build()
-                .map_err(|e| format!("bad target pattern `{p}`: {e}"))?
+                .map_err(|source| TargetError::BadPattern {
+                    pattern: p.clone(),
+                    source,
+                })?
                 .compile_matcher();
             let hits: Vec<&Target> = self
                 .targets
@@ -188,11 +177,10 @@ impl Project {
                 .filter(|t| glob.is_match(&t.name))
                 .collect();
             if hits.is_empty() {
-                let known: Vec<&str> = self.targets.keys().map(String::as_str).collect();
-                return Err(format!(
-                    "no target matches `{p}` (targets: {})",
-                    known.join(", ")
-                ));
+                return Err(TargetError::NoMatch {
+                    pattern: p.clone(),
+                    known: self.known(),
+                });
             }
             for t in hits {
                 if !picked.iter().any(|x| x.name == t.name) {
@@ -202,6 +190,34 @@ impl Project {
         }
         Ok(picked)
     }
+
+    /// The target called `name`.
+    pub fn target(&self, name: &str) -> Result<&Target, TargetError> {
+        self.targets.get(name).ok_or_else(|| TargetError::NoSuch {
+            name: name.to_owned(),
+            known: self.known(),
+        })
+    }
+
+    fn known(&self) -> String {
+        let known: Vec<&str> = self.targets.keys().map(String::as_str).collect();
+        known.join(", ")
+    }
+}
+
+/// A target asked for on the command line that runner.toml does not define.
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    #[error("bad target pattern `{pattern}`")]
+    BadPattern {
+        pattern: String,
+        #[source]
+        source: globset::Error,
+    },
+    #[error("no target matches `{pattern}` (targets: {known})")]
+    NoMatch { pattern: String, known: String },
+    #[error("no target `{name}` in runner.toml (targets: {known})")]
+    NoSuch { name: String, known: String },
 }
 
 fn resolve_target(
@@ -242,17 +258,12 @@ fn resolve_target(
         src,
         t.timeout.as_ref(),
         "timeout",
-        (TIMEOUT, Example("20m")),
+        (value::TARGET_TIMEOUT, Example("20m")),
         DEFAULT_TIMEOUT,
     )?;
     let shape = builder.shape_with(src, t.vcpus.as_ref(), t.memory.as_ref())?;
-    if let Some(u) = &t.upload
-        && let Err(e) = u.get_ref().parse::<S3Url>()
-    {
-        return Err(bad(u.span(), "upload", e));
-    }
     Ok(Target {
-        upload: t.upload.map(Spanned::into_inner),
+        upload: t.upload,
         name: n.clone(),
         artifacts: artifact_globs(src, &t.artifacts)?,
         env: env_vars(src, t.env)?,

@@ -1,8 +1,10 @@
 //! `s3://bucket/prefix` locations, parsed where they are written (config, flags) so a typo
 //! fails before anything starts.
 
-/// `s3://bucket/prefix`, parsed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// `s3://bucket/prefix`, parsed. Read from config as a string and parsed there, so a bad
+/// one is reported at its file, line and key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Deserialize, serde::Serialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct S3Url {
     pub bucket: String,
     pub prefix: String,
@@ -22,6 +24,19 @@ impl std::str::FromStr for S3Url {
             bucket: bucket.to_owned(),
             prefix: prefix.trim_matches('/').to_owned(),
         })
+    }
+}
+
+impl TryFrom<String> for S3Url {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<S3Url> for String {
+    fn from(u: S3Url) -> String {
+        u.to_string()
     }
 }
 

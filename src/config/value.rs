@@ -1,6 +1,6 @@
-//! The one place where values from config files are parsed and range-checked: durations,
-//! sizes and counts. Builders, targets and overrides all go through these, so a value means
-//! the same and is refused the same wherever it is written.
+//! The one place where values from config files and flags are parsed and range-checked:
+//! durations, sizes and counts. Builders, targets, overrides and command-line flags all go
+//! through these, so a value means the same and is refused the same wherever it is written.
 
 use std::time::Duration;
 
@@ -21,6 +21,15 @@ pub const BOOT_TIMEOUT: Range<Duration> = Range {
     max: Duration::from_secs(3600),
 };
 
+/// How long a target (or a reproduction) may take, boot to publish.
+pub const TARGET_TIMEOUT: Range<Duration> = Range {
+    min: Duration::from_secs(1),
+    max: Duration::from_secs(48 * 3600),
+};
+
+/// How many targets may run at once (`-j`).
+pub const JOBS: Range<usize> = Range { min: 1, max: 1024 };
+
 /// How a duration is written, for messages: `"90s"`, `"20m"`, `"2h"`.
 pub struct Example(pub &'static str);
 
@@ -33,17 +42,39 @@ pub fn duration(
     default: Duration,
 ) -> Result<Duration, ConfigError> {
     let Some(t) = v else { return Ok(default) };
-    let bad = |msg: String| src.error_at(Some(t.span()), Some(key.into()), msg);
-    let d = humantime::parse_duration(t.get_ref())
-        .map_err(|e| bad(format!("{e} (e.g. \"{}\")", example.0)))?;
+    parse_duration(t.get_ref(), limits, example)
+        .map_err(|msg| src.error_at(Some(t.span()), Some(key.into()), msg))
+}
+
+/// `text` as a duration within `limits`, or what is wrong with it.
+fn parse_duration(
+    text: &str,
+    limits: Range<Duration>,
+    example: Example,
+) -> Result<Duration, String> {
+    let d = humantime::parse_duration(text).map_err(|e| format!("{e} (e.g. \"{}\")", example.0))?;
     if d < limits.min || d > limits.max {
-        return Err(bad(format!(
+        return Err(format!(
             "must be between {} and {}",
             humantime::format_duration(limits.min),
             humantime::format_duration(limits.max)
-        )));
+        ));
     }
     Ok(d)
+}
+
+/// `--timeout`, checked as a target's `timeout` is.
+pub fn cli_timeout(text: &str) -> Result<Duration, String> {
+    parse_duration(text, TARGET_TIMEOUT, Example("20m"))
+}
+
+/// `-j`, within [`JOBS`].
+pub fn cli_jobs(text: &str) -> Result<usize, String> {
+    let n: usize = text.parse().map_err(|e| format!("{e}"))?;
+    if !(JOBS.min..=JOBS.max).contains(&n) {
+        return Err(format!("must be between {} and {}", JOBS.min, JOBS.max));
+    }
+    Ok(n)
 }
 
 /// A size within `limits`; `default` when absent.

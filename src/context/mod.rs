@@ -114,17 +114,25 @@ impl Context {
         let root = opts.root.clone();
         let meta = fs::metadata(&root).ctx(|| format!("build context {}", root.display()))?;
         if !meta.is_dir() {
-            return Err(Error::other(format!(
-                "build context {} is not a directory",
-                root.display()
-            )));
+            return Err(Error::Context {
+                root,
+                problem: "not a directory".into(),
+                source: None,
+            });
         }
         let mut entries = Vec::new();
         let mut skipped = Vec::new();
-        for item in walker(&root, exclude_set(&opts.exclude)?) {
+        let excludes = exclude_set(&opts.exclude).map_err(|(problem, source)| Error::Context {
+            root: root.clone(),
+            problem,
+            source: Some(Box::new(source)),
+        })?;
+        for item in walker(&root, excludes) {
             // Failing beats sending a context silently missing what could not be read.
-            let dent = item.map_err(|e| {
-                Error::other(format!("walking build context {}: {e}", root.display()))
+            let dent = item.map_err(|e| Error::Context {
+                root: root.clone(),
+                problem: "cannot be read whole".into(),
+                source: Some(Box::new(e)),
             })?;
             if dent.depth() == 0 {
                 continue;
@@ -267,18 +275,18 @@ fn walker(root: &Path, exclude: GlobSet) -> ignore::Walk {
     builder.build()
 }
 
-fn exclude_set(globs: &[String]) -> Result<GlobSet> {
+/// The excludes as one matcher, or which of them is no glob.
+fn exclude_set(globs: &[String]) -> Result<GlobSet, (String, globset::Error)> {
     let mut set = GlobSetBuilder::new();
     for glob in globs {
         let pattern = glob.strip_suffix('/').unwrap_or(glob);
         let compiled = GlobBuilder::new(pattern)
             .literal_separator(true)
             .build()
-            .map_err(|e| Error::other(format!("context exclude {glob:?}: {e}")))?;
+            .map_err(|e| (format!("exclude {glob:?} is no glob"), e))?;
         set.add(compiled);
     }
-    set.build()
-        .map_err(|e| Error::other(format!("context excludes: {e}")))
+    set.build().map_err(|e| ("its excludes".to_owned(), e))
 }
 
 fn special_kind(ft: fs::FileType) -> &'static str {
@@ -330,10 +338,14 @@ fn open_scanned(root: &Path, rel: &Path, size: u64) -> Result<ExactReader> {
         .metadata()
         .ctx(|| format!("reading {}", path.display()))?;
     if !meta.is_file() || meta.len() != size {
-        return Err(Error::other(format!(
-            "{} changed while the build context was being read; run again",
-            path.display()
-        )));
+        return Err(Error::Context {
+            root: root.to_owned(),
+            problem: format!(
+                "`{}` changed while the context was being read; run again",
+                rel.display()
+            ),
+            source: None,
+        });
     }
     Ok(ExactReader {
         file,

@@ -55,8 +55,10 @@ pub fn ensure(cache: &Path, ctx: &Context, digest: &str, epoch: u64) -> Result<P
     let locked = |file: &str, arg| {
         let f = File::create(packs.join(file))
             .ctx(|| format!("cannot create a lock in `{}`", packs.display()))?;
-        Flock::lock(f, arg)
-            .map_err(|(_, e)| Error::other(format!("cannot lock a context pack: {e}")))
+        Flock::lock(f, arg).map_err(|(_, source)| Error::Lock {
+            what: format!("context pack `{}`", packs.join(file).display()),
+            source,
+        })
     };
     let in_use = locked(&format!("{name}.lock"), FlockArg::LockShared)?;
     let made = match open(&dir) {

@@ -13,8 +13,8 @@ use super::qemu::image::{Cache, Recipe};
 use super::qemu::{QemuBackend, sweep::QemuSweeper, warm};
 use super::settings::Settings;
 use super::{Backend, Origin, Registry};
-use crate::config::{BackendConfig, Builder, QemuBuilder, Shape, Size};
-use crate::error::{Error, Result};
+use crate::config::{BackendConfig, Builder, QemuBuilder, Shape};
+use crate::error::{Error, IoContext, Result};
 use crate::leftovers::Sweeper;
 use crate::paths::Dirs;
 
@@ -181,9 +181,8 @@ impl Machines {
                 .filter(|k| what.len() >= 6 && k.id.starts_with(what))
                 .collect();
             for k in &gone {
-                std::fs::remove_dir_all(&k.dir).map_err(|e| {
-                    Error::other(format!("cannot remove `{}`: {e}", k.dir.display()))
-                })?;
+                std::fs::remove_dir_all(&k.dir)
+                    .ctx(|| format!("cannot remove `{}`", k.dir.display()))?;
             }
             if !gone.is_empty() {
                 out.push(removed_image(
@@ -207,30 +206,43 @@ fn removed_image(i: super::qemu::image::Image, snapshots: Vec<CachedSnapshot>) -
     }
 }
 
-/// A builder that makes machines like those a manifest's `origin` records: a recorded recipe
-/// is baked again (`shape` sizes the machine); a recorded AMI is launched with the account,
-/// region and network of `configured`, the project's EC2 builder of that name.
+/// A builder that makes machines like those a manifest's `origin` records, the reproduce
+/// policy of each backend: a recorded recipe is baked again (`shape` sizes the machine); a
+/// recorded AMI is launched with the account, region and network of `configured()`, the
+/// project's builder file of that name (asked for only then).
 pub fn builder_for(
     name: &str,
     origin: &Origin,
     shape: Shape,
-    configured: Option<&Builder>,
+    configured: impl FnOnce() -> Result<Builder, crate::config::ConfigError>,
 ) -> Result<Builder> {
-    let backend = match (origin, configured.map(|b| &b.backend)) {
-        (Origin::Image(r), _) => {
+    let backend = match origin {
+        Origin::Image(r) => {
             refuse_special_image(name, r)?;
             BackendConfig::Qemu(qemu_builder(r, shape))
         }
-        (Origin::Ec2(e), Some(BackendConfig::Ec2(b))) => {
+        Origin::Ec2(e) => {
+            let own = configured().map_err(|e| Error::NotReproducible {
+                problem: format!(
+                    "this was built on EC2 builder `{name}`: reproducing it needs that \
+                     builder's file (account, region, network) in this project, or --on \
+                     another builder"
+                ),
+                source: Some(Box::new(e.into())),
+            })?;
+            let BackendConfig::Ec2(b) = own.backend else {
+                return Err(Error::NotReproducible {
+                    problem: format!(
+                        "builder `{name}` of this project is not an EC2 builder: it cannot \
+                         launch the recorded AMI"
+                    ),
+                    source: None,
+                });
+            };
             BackendConfig::Ec2(crate::config::Ec2Builder {
                 ami: crate::config::Ami::Id(e.image.clone()),
-                ..b.clone()
+                ..b
             })
-        }
-        (Origin::Ec2(_), _) => {
-            return Err(Error::other(format!(
-                "builder `{name}` of this project is not an EC2 builder: it cannot launch the recorded AMI"
-            )));
         }
     };
     Ok(Builder {
@@ -284,11 +296,8 @@ fn qemu_builder(r: &Recipe, shape: Shape) -> QemuBuilder {
     }
 }
 
-/// The shape a reproduction uses when the manifest records none.
-pub const DEFAULT_SHAPE: Shape = Shape {
-    vcpus: 2,
-    memory: Size(1 << 30),
-};
+/// The shape a reproduction uses when the manifest records none: a builder file's default.
+pub use crate::config::shape::DEFAULT_SHAPE;
 
 /// A backend this build of runner leaves out (`cargo build --no-default-features`): every
 /// use is an error that says which feature brings it.
@@ -301,10 +310,10 @@ struct Missing {
 #[cfg(not(feature = "ec2"))]
 impl Missing {
     fn error(&self) -> Error {
-        Error::other(format!(
-            "builder `{}` needs a runner built with the `{}` feature",
-            self.builder, self.feature
-        ))
+        Error::FeatureMissing {
+            what: format!("builder `{}`", self.builder),
+            feature: self.feature,
+        }
     }
 }
 

@@ -106,7 +106,9 @@ impl PublicKey {
         } else {
             arg.to_owned()
         };
-        PublicKey::parse(&text).map_err(|e| Error::other(format!("key `{arg}`: {e}")))
+        PublicKey::parse(&text).map_err(|e| Error::BadArgument {
+            problem: format!("key `{arg}`: {e}"),
+        })
     }
 
     pub fn hex(&self) -> String {

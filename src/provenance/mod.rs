@@ -6,7 +6,9 @@
 //! checked against each other.
 
 pub mod dsse;
+pub mod keyring;
 pub mod keys;
+pub mod reproduction;
 
 use std::collections::BTreeMap;
 
@@ -90,6 +92,19 @@ pub struct Documents<'a> {
 fn rfc3339(unix: u64) -> String {
     humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix))
         .to_string()
+}
+
+/// The provenance of the build `m` as a DSSE envelope line, signed with `key` (or unsigned
+/// without one): what is published as [`FILE`].
+pub fn signed(m: &Manifest, docs: &Documents<'_>, key: Option<&keys::SigningKey>) -> Vec<u8> {
+    let builder_id = format!(
+        "urn:runner:builder:{}:{}",
+        m.builder.recipe.kind(),
+        m.builder.name
+    );
+    let payload =
+        serde_json::to_vec(&statement(m, docs, &builder_id)).expect("a statement serializes");
+    dsse::Envelope::new(&payload, key).to_line()
 }
 
 /// The SLSA provenance of a build, from its manifest: `builder_id` names the machine source

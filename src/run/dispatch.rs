@@ -11,8 +11,8 @@ use std::time::Instant;
 
 use tokio::task::{Id, JoinSet};
 
-use super::Run;
 use super::target::run_target;
+use super::{Planned, Run};
 use crate::config::Target;
 use crate::events::{Event, FailureKind, Outcome, Phase, TargetResult};
 
@@ -31,7 +31,7 @@ struct Slots {
 }
 
 impl Slots {
-    fn new(run: &Run, targets: &[Target], jobs: Option<usize>) -> Slots {
+    fn new(run: &Run, targets: &[Planned], jobs: Option<usize>) -> Slots {
         if let Some(j) = jobs {
             return Slots {
                 total: j.max(1),
@@ -40,7 +40,7 @@ impl Slots {
             };
         }
         let mut per: HashMap<PathBuf, usize> = HashMap::new();
-        for t in targets {
+        for t in targets.iter().map(|p| &p.target) {
             per.entry(t.builder.path.clone())
                 .or_insert_with(|| run.machines.backend(&t.builder).capacity().max(1));
         }
@@ -71,15 +71,15 @@ impl Slots {
 }
 
 /// Runs `targets`; returns one result per target, in the order given.
-pub async fn run(run: Arc<Run>, targets: Vec<Target>, opts: &Options) -> Vec<TargetResult> {
+pub async fn run(run: Arc<Run>, targets: Vec<Planned>, opts: &Options) -> Vec<TargetResult> {
     let started = Instant::now();
     let mut slots = Slots::new(&run, &targets, opts.jobs);
     run.emitter.send(Event::RunStarted {
-        targets: targets.iter().map(|t| t.name.clone()).collect(),
+        targets: targets.iter().map(|p| p.target.name.clone()).collect(),
         jobs: slots.total,
     });
     let mut results: Vec<Option<TargetResult>> = vec![None; targets.len()];
-    let mut pending: VecDeque<(usize, Target)> = targets.into_iter().enumerate().collect();
+    let mut pending: VecDeque<(usize, Planned)> = targets.into_iter().enumerate().collect();
     let mut running = JoinSet::new();
     // Which target each task is, for a task that never returns its result (a panic).
     let mut tasks: HashMap<Id, (usize, String, PathBuf)> = HashMap::new();
@@ -92,14 +92,14 @@ pub async fn run(run: Arc<Run>, targets: Vec<Target>, opts: &Options) -> Vec<Tar
             // of a full builder does not hold up the others.
             let Some(pos) = pending
                 .iter()
-                .position(|(_, t)| slots.free_for(t, running.len()))
+                .position(|(_, p)| slots.free_for(&p.target, running.len()))
             else {
                 break;
             };
-            let (i, t) = pending.remove(pos).expect("position is in range");
-            slots.take(&t);
-            let meta = (i, t.name.clone(), t.builder.path.clone());
-            let handle = running.spawn(run_target(run.clone(), t));
+            let (i, p) = pending.remove(pos).expect("position is in range");
+            slots.take(&p.target);
+            let meta = (i, p.target.name.clone(), p.target.builder.path.clone());
+            let handle = running.spawn(run_target(run.clone(), p));
             tasks.insert(handle.id(), meta);
         }
         if running.is_empty() {
@@ -129,8 +129,8 @@ pub async fn run(run: Arc<Run>, targets: Vec<Target>, opts: &Options) -> Vec<Tar
             _ = token.cancelled(), if !stop_launching => stop_launching = true,
         }
     }
-    for (i, t) in pending {
-        let r = not_started(&run, &t, token.is_cancelled());
+    for (i, p) in pending {
+        let r = not_started(&run, &p.target, token.is_cancelled());
         run.emitter.send(Event::Finished(r.clone()));
         results[i] = Some(r);
     }

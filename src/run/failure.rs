@@ -19,10 +19,6 @@ pub enum Failure {
     #[error("cancelled")]
     Cancelled,
 
-    /// The target's task panicked (a bug); its machine was torn down by its drop guard.
-    #[error("runner panicked: {0}")]
-    Panicked(String),
-
     /// Everything else, with its cause chain: a machine that died, a refused artifact, the
     /// store, the host.
     #[error(transparent)]
@@ -44,7 +40,6 @@ impl Failure {
             Failure::Script { .. } => FailureKind::Script,
             Failure::TimedOut { .. } => FailureKind::Timeout,
             Failure::Cancelled => FailureKind::Cancelled,
-            Failure::Panicked(_) => FailureKind::Panic,
             Failure::Error(Error::MachineDied { .. }) => FailureKind::MachineDied,
             Failure::Error(Error::ArtifactRefused(_)) => FailureKind::ArtifactRefused,
             Failure::Error(_) => FailureKind::Error,

@@ -1,24 +1,24 @@
 //! A run: many targets, each in a fresh machine. [`dispatch`] starts targets while slots are
 //! free; [`target`] takes one target from start to finish and turns how it ended into a
-//! result; [`phases`] is the pipeline itself, one function per phase.
+//! result; [`phases`] is the pipeline itself, one function per phase. [`Run::new`] (in
+//! `setup`) is the one place a run is made.
 
 pub mod dispatch;
 mod failure;
 mod inputs;
 mod phases;
+mod setup;
 mod target;
 #[cfg(test)]
 mod tests;
 mod transfer;
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::artifacts::Limits;
+use crate::config::Limits;
 use crate::events::Emitter;
 use crate::machine::Machines;
 use crate::provenance::keys::SigningKey;
@@ -26,22 +26,19 @@ use crate::store::ArtifactStore;
 
 pub use dispatch::Options;
 pub use failure::Failure;
+pub use inputs::{Declared, declared};
+pub use setup::{Host, Planned, RunOptions, store_of};
 pub use transfer::unshare_all;
 
-/// Everything the targets of one run share: passed to every task as one value.
+/// Everything the targets of one run share: passed to every task as one value. Made by
+/// [`Run::new`] alone.
 pub struct Run {
     pub machines: Arc<Machines>,
-    /// The default store (the local artifact directory).
-    pub store: Arc<dyn ArtifactStore>,
-    /// Remote stores by `s3://` URL, for targets that upload.
-    pub remote: HashMap<String, Arc<dyn ArtifactStore>>,
+    /// The store of targets that upload nowhere (the local artifact directory).
+    pub local: Arc<dyn ArtifactStore>,
+    /// What a guest may send back, how long its leftovers are waited for, how much of each
+    /// log and console is kept.
     pub limits: Limits,
-    /// How long a finished script's output may stay open (see `guest::Provisioned`).
-    pub leak_timeout: Duration,
-    /// Each target log keeps at most this many bytes (its head and its tail).
-    pub log_limit: u64,
-    /// Each machine's console log keeps at most this many bytes (its head and its tail).
-    pub console_limit: u64,
     pub emitter: Emitter,
     /// Cancelled by the first Ctrl-C / SIGTERM: every target tears down in order.
     pub cancel: CancellationToken,
@@ -53,10 +50,8 @@ pub struct Run {
     pub epoch: u64,
     /// Where target logs go.
     pub logs: PathBuf,
-    /// Paths (relative to a context root) never sent to the guest, e.g. the artifact dir.
-    pub exclude: Vec<(PathBuf, String)>,
-    /// Exact context exclude patterns to use instead (a reproduction uses the recorded ones).
-    pub context_excludes: Option<Vec<String>>,
+    /// What a context leaves out.
+    pub excludes: Excludes,
     /// Signs every published build's provenance; `None`: published unsigned (and said so).
     pub signing: Option<Arc<SigningKey>>,
     /// Where context packs are kept (the cache).
@@ -65,31 +60,66 @@ pub struct Run {
     pub shared: std::sync::Mutex<Vec<(Arc<dyn ArtifactStore>, crate::store::Shared)>>,
 }
 
-/// Of `exclude` (base directory, pattern below it), those inside the context `root`, made
-/// relative to it: what a build leaves out of its context (the artifact directory, say).
-pub fn context_excludes(root: &Path, exclude: &[(PathBuf, String)]) -> Vec<String> {
-    exclude
-        .iter()
-        .filter_map(|(base, pattern)| {
-            let rel = base.strip_prefix(root).ok()?;
-            Some(if rel.as_os_str().is_empty() {
-                pattern.clone()
-            } else {
-                format!("{}/{pattern}", rel.display())
+/// What a target's context leaves out.
+#[derive(Debug, Clone)]
+pub enum Excludes {
+    /// Paths never sent to a guest, as (base directory, pattern below it): those inside a
+    /// context are left out of it (the artifact directory, say).
+    Below(Vec<(PathBuf, String)>),
+    /// Exactly these patterns (a reproduction uses the recorded ones).
+    Exact(Vec<String>),
+}
+
+impl Excludes {
+    /// The patterns, relative to `root`, a context there leaves out.
+    pub fn of(&self, root: &Path) -> Vec<String> {
+        let below = match self {
+            Excludes::Exact(exact) => return exact.clone(),
+            Excludes::Below(below) => below,
+        };
+        below
+            .iter()
+            .filter_map(|(base, pattern)| {
+                let rel = base.strip_prefix(root).ok()?;
+                Some(if rel.as_os_str().is_empty() {
+                    pattern.clone()
+                } else {
+                    format!("{}/{pattern}", rel.display())
+                })
             })
-        })
-        .collect()
+            .collect()
+    }
+}
+
+/// The fallback SOURCE_DATE_EPOCH when the context is not a git checkout: 1980-01-01, the
+/// earliest time every archive format (zip included) can represent.
+pub const DEFAULT_EPOCH: u64 = 315_532_800;
+
+/// SOURCE_DATE_EPOCH: the host's variable if set, else the last commit time of the project
+/// when it is a git checkout, else [`DEFAULT_EPOCH`].
+pub fn source_date_epoch(root: Option<&Path>) -> u64 {
+    if let Some(v) = std::env::var("SOURCE_DATE_EPOCH")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        return v;
+    }
+    let Some(root) = root else {
+        return DEFAULT_EPOCH;
+    };
+    std::process::Command::new("git")
+        .arg("-C")
+        .arg(root)
+        .args(["log", "-1", "--format=%ct"])
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(DEFAULT_EPOCH)
 }
 
 impl Run {
-    /// The context excludes of a target whose context is `root`.
-    fn exclude_for(&self, root: &Path) -> Vec<String> {
-        match &self.context_excludes {
-            Some(exact) => exact.clone(),
-            None => context_excludes(root, &self.exclude),
-        }
-    }
-
     fn log_path(&self, target: &str) -> PathBuf {
         self.logs.join(format!("{target}.log"))
     }

@@ -11,75 +11,39 @@ use super::transfer::Plan;
 use super::{Failure, Run};
 use crate::artifacts::ArtifactFile;
 use crate::config::Target;
+use crate::context::Context;
 use crate::context::pack::Pack;
-use crate::context::secrets::host_secrets;
-use crate::context::{Context, ContextOptions};
-use crate::error::{Error, IoContext, Result, joined};
+use crate::error::{Error, Result, joined};
 use crate::events::Event;
 use crate::guest::{self, Guest};
 use crate::logs::LogSink;
 use crate::machine::{self, Lease, MachineSpec, Prepared, Report};
 use crate::manifest::{ArtifactRecord, Manifest, RelPath, Sha256};
-use crate::store::{Publishing, Records};
+use crate::store::{ArtifactStore, Publishing, Records};
 
-/// Scans and hashes the context (in parallel, with rayon), reads the script, and asks the
-/// backend what its machines come from: everything the inputs digest is made of.
-pub async fn inputs(run: &Run, t: &Target, log: &LogSink) -> Result<Inputs> {
-    let store = match &t.upload {
-        Some(url) => run
-            .remote
-            .get(url)
-            .cloned()
-            .ok_or_else(|| Error::other(format!("no store for `{url}`")))?,
-        None => run.store.clone(),
-    };
+/// What the target declares (context, script, machine source), its context packed, and
+/// the store it publishes to: everything the inputs digest is made of, and what the later
+/// phases need.
+pub async fn inputs(
+    run: &Run,
+    t: &Target,
+    store: &Arc<dyn ArtifactStore>,
+    log: &LogSink,
+) -> Result<Inputs> {
     let started_unix = crate::host::now_unix();
-    let context_excludes = run.exclude_for(&t.context);
-    let opts = ContextOptions {
-        root: t.context.clone(),
-        exclude: context_excludes.clone(),
-    };
-    let signing = run.signing.clone();
-    let (context, digests) = joined(
-        "the context scan",
-        tokio::task::spawn_blocking(move || {
-            let ctx = Context::scan(&opts)?;
-            // Before anything is hashed, packed or sent: no host secret enters a guest.
-            ctx.refuse_secrets(&host_secrets(signing.as_deref().and_then(|k| k.path())))?;
-            let digests = ctx.digests()?;
-            Ok((Arc::new(ctx), digests))
-        }),
-    )
-    .await?;
-    let context_digest = digests.digest;
-    log.note(&format!("context digest sha256:{context_digest}"));
-    let pack = pack_context(run, t, &context, &context_digest, log).await?;
-    let script =
-        std::fs::read(&t.script).ctx(|| format!("cannot read script `{}`", t.script.display()))?;
-    let backend = run.machines.backend(&t.builder);
-    let origin = backend.origin().await?;
-    let mut inputs = Inputs {
-        context,
+    let declared = super::inputs::declared(run, t).await?;
+    log.note(&format!(
+        "context digest sha256:{}",
+        declared.context_digest
+    ));
+    let pack = pack_context(run, t, &declared.context, &declared.context_digest, log).await?;
+    log.note(&format!("inputs digest sha256:{}", declared.inputs_digest));
+    Ok(Inputs {
+        declared,
         pack,
-        context_digest,
-        context_tree: digests.tree,
-        context_excludes,
-        script,
-        script_name: t
-            .script
-            .file_name()
-            .unwrap_or_default()
-            .to_string_lossy()
-            .into_owned(),
-        origin,
-        backend,
-        store,
+        store: store.clone(),
         started_unix,
-        inputs_digest: Sha256::of(b""),
-    };
-    inputs.inputs_digest = inputs.build(t, run.epoch).inputs_digest();
-    log.note(&format!("inputs digest sha256:{}", inputs.inputs_digest));
-    Ok(inputs)
+    })
 }
 
 /// The context's pack, made by the first target that needs it and reused by the others
@@ -135,8 +99,8 @@ pub async fn cached(
     if run.force {
         return Ok(None);
     }
-    match i.store.published(&t.name, &i.inputs_digest).await? {
-        Some((m, paths)) if m.inputs_digest == i.inputs_digest => {
+    match i.store.published(&t.name, i.inputs_digest()).await? {
+        Some((m, paths)) if &m.inputs_digest == i.inputs_digest() => {
             log.note("cache hit: a published build has the same inputs");
             Ok(Some(paths))
         }
@@ -154,7 +118,7 @@ pub async fn prepare(run: &Run, t: &Target, i: &Inputs) -> Result<Prepared> {
             line,
         })
     }));
-    i.backend.prepare(&report).await
+    i.declared.backend.prepare(&report).await
 }
 
 /// A fresh machine, reachable.
@@ -169,10 +133,10 @@ pub async fn boot(run: &Run, t: &Target, i: &Inputs, plan: &Plan, log: &LogSink)
             Plan::Fetch { url, .. } => Some(url.clone()),
             _ => None,
         },
-        console_limit: run.console_limit,
+        console_limit: run.limits.max_console.0,
         ..MachineSpec::of(&t.builder, &t.name)
     };
-    let lease = machine::lease(i.backend.as_ref(), &spec, &run.cancel).await?;
+    let lease = machine::lease(i.declared.backend.as_ref(), &spec, &run.cancel).await?;
     log.note(&format!("machine {} is up", lease.machine.describe()));
     if !lease.machine.start.is_empty() {
         log.note(&format!("start: {}", lease.machine.start));
@@ -199,7 +163,7 @@ pub async fn boot(run: &Run, t: &Target, i: &Inputs, plan: &Plan, log: &LogSink)
 }
 
 pub async fn sync(lease: &Lease, i: &Inputs, plan: &Plan, log: &LogSink) -> Result<()> {
-    for s in i.context.skipped() {
+    for s in i.declared.context.skipped() {
         log.note(&format!(
             "context: skipped {} `{}`",
             s.kind,
@@ -210,7 +174,7 @@ pub async fn sync(lease: &Lease, i: &Inputs, plan: &Plan, log: &LogSink) -> Resu
     lease.guest.deliver(&how, log).await?;
     log.note(&format!(
         "context: {} entries in {}",
-        i.context.entries().len(),
+        i.declared.context.entries().len(),
         crate::guest::SRC
     ));
     Ok(())
@@ -230,7 +194,7 @@ pub async fn provision(
     ];
     vars.extend(t.env.iter().map(|(k, v)| (k.clone(), v.clone())));
     let done = guest
-        .provision(&i.script, &vars, run.leak_timeout, log)
+        .provision(&i.declared.script, &vars, run.limits.leak_timeout, log)
         .await?;
     if let Some(left) = &done.leftovers {
         log.note(&format!(
@@ -238,7 +202,7 @@ pub async fn provision(
              waiting after {} (they end with the machine):",
             done.status,
             left.count,
-            humantime::format_duration(run.leak_timeout)
+            humantime::format_duration(run.limits.leak_timeout)
         ));
         for p in &left.named {
             log.note(&format!("  left running: {p}"));
@@ -274,7 +238,13 @@ pub async fn collect(
     let remote = !lease.machine.endpoint.host.starts_with("127.");
     let files = lease
         .guest
-        .collect(&t.artifacts, staging.path(), &run.limits, remote, log)
+        .collect(
+            &t.artifacts,
+            staging.path(),
+            &(&run.limits).into(),
+            remote,
+            log,
+        )
         .await?;
     Ok(Collected { staging, files })
 }
@@ -290,7 +260,7 @@ pub async fn publish(
     cancel: tokio_util::sync::CancellationToken,
     log: &LogSink,
 ) -> Result<Vec<PathBuf>> {
-    let build_id = crate::manifest::build_id(&i.inputs_digest, i.started_unix);
+    let build_id = crate::manifest::build_id(i.inputs_digest(), i.started_unix);
     let invalid = |field: &str| {
         let field = field.to_owned();
         move |source| Error::InvalidManifest {
@@ -311,7 +281,7 @@ pub async fn publish(
             })
         })
         .collect::<Result<Vec<_>>>()?;
-    let manifest = Manifest::new(&i.build(t, run.epoch), &prepared.base_image, records)?;
+    let manifest = Manifest::new(&i.build(t), &prepared.base_image, records)?;
     let records = records_of(run, &manifest, &collected.files, log);
     let total = collected.files.iter().map(|f| f.size).sum::<u64>();
     let how = Publishing {

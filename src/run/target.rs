@@ -13,12 +13,13 @@ use tokio_util::sync::CancellationToken;
 use super::inputs::Inputs;
 use super::phases;
 use super::transfer::Plan;
-use super::{Failure, Run};
+use super::{Failure, Planned, Run};
 use crate::config::Target;
 use crate::error::{Error, chain};
 use crate::events::{Event, Outcome, Phase, TargetResult};
 use crate::logs::{LogSink, tail};
 use crate::machine::{Lease, Prepared};
+use crate::store::ArtifactStore;
 
 /// How a target's work ended when it did not fail.
 enum Done {
@@ -70,7 +71,8 @@ struct Leftover {
     context_digest: Option<String>,
 }
 
-pub async fn run_target(run: Arc<Run>, target: Target) -> TargetResult {
+pub async fn run_target(run: Arc<Run>, planned: Planned) -> TargetResult {
+    let Planned { target, store } = planned;
     let started = Instant::now();
     let log_path = run.log_path(&target.name);
     crate::logs::rotate(&log_path, crate::logs::KEEP_PER_TARGET);
@@ -81,7 +83,7 @@ pub async fn run_target(run: Arc<Run>, target: Target) -> TargetResult {
         phase: AtomicU8::new(0),
     };
     let (emitter, name) = (run.emitter.clone(), target.name.clone());
-    let sink = LogSink::create(&log_path, run.log_limit, move |line| {
+    let sink = LogSink::create(&log_path, run.limits.max_log.0, move |line| {
         emitter.send(Event::Output {
             target: name.clone(),
             line,
@@ -97,6 +99,7 @@ pub async fn run_target(run: Arc<Run>, target: Target) -> TargetResult {
             let job = Job {
                 run: &run,
                 t: &target,
+                store: &store,
                 log,
                 tracker: &tracker,
             };
@@ -183,6 +186,8 @@ async fn finish_machine(
 struct Job<'a> {
     run: &'a Run,
     t: &'a Target,
+    /// Where the target publishes.
+    store: &'a Arc<dyn ArtifactStore>,
     log: &'a LogSink,
     tracker: &'a Tracker<'a>,
 }
@@ -209,8 +214,8 @@ async fn run_target_inner(job: &Job<'_>, left: &mut Leftover) -> Result<Done, Fa
 async fn phases_of(job: &Job<'_>, left: &mut Leftover) -> Result<Done, Failure> {
     let Job { run, t, log, .. } = *job;
     job.tracker.enter(Phase::Image);
-    let inputs = phases::inputs(run, t, log).await?;
-    left.context_digest = Some(inputs.context_digest.clone());
+    let inputs = phases::inputs(run, t, job.store, log).await?;
+    left.context_digest = Some(inputs.declared.context_digest.clone());
     if let Some(paths) = phases::cached(run, t, &inputs, log).await? {
         return Ok(Done::Cached(paths));
     }
@@ -248,6 +253,7 @@ async fn machine_phases(
         t,
         log,
         tracker,
+        ..
     } = *job;
     tracker.enter(Phase::Boot);
     let lease = left

@@ -6,14 +6,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Options, Run};
-use crate::artifacts::Limits;
+use super::{Host, Options, Planned, Run, RunOptions};
 use crate::config::{BackendConfig, Builder, QemuBuilder, Shape, Size, Target};
-use crate::events::{Emitter, FailureKind, Outcome, TargetResult};
+use crate::events::{FailureKind, Outcome, TargetResult};
 use crate::machine::fake::{Behaviour, FakeBackend, Shared};
 use crate::machine::{Machines, record::MachineRecord};
 use crate::paths::Dirs;
-use crate::store::local::LocalStore;
 
 struct World {
     tmp: tempfile::TempDir,
@@ -66,28 +64,32 @@ impl World {
         }
     }
 
+    /// A run made as `build` makes one (no project; defaults), over the fake backend, with
+    /// short limits so leftover and log tests take milliseconds.
     fn run(&self, backend: FakeBackend, keep_failed: bool) -> Arc<Run> {
-        let (emitter, _rx) = Emitter::channel();
-        Arc::new(Run {
+        let host = Host {
             machines: Arc::new(Machines::fake(&self.dirs, Arc::new(backend))),
-            store: Arc::new(LocalStore::new(&self.tmp.path().join("artifacts"))),
-            remote: Default::default(),
-            limits: Limits::default(),
-            leak_timeout: Duration::from_millis(100),
-            log_limit: 1 << 20,
-            console_limit: 1 << 20,
-            emitter,
+            dirs: &self.dirs,
             cancel: Default::default(),
+        };
+        let opts = RunOptions {
             keep_failed,
             force: true,
-            epoch: 315_532_800,
-            logs: self.tmp.path().join("logs"),
-            exclude: vec![],
+            local_store: Some(self.tmp.path().join("artifacts")),
+            logs: Some(self.tmp.path().join("logs")),
+            epoch: Some(crate::run::DEFAULT_EPOCH),
             context_excludes: None,
-            signing: None,
-            packs: self.tmp.path().join("cache"),
-            shared: Default::default(),
-        })
+        };
+        let (mut run, _rx) = Run::new(&host, None, opts).unwrap();
+        run.limits.leak_timeout = Duration::from_millis(100);
+        run.limits.max_log = Size(1 << 20);
+        run.limits.max_console = Size(1 << 20);
+        Arc::new(run)
+    }
+
+    /// `t`, published to the run's local store.
+    fn planned(run: &Run, t: Target) -> Vec<Planned> {
+        run.local(vec![t])
     }
 
     fn machine_dirs(&self) -> Vec<std::path::PathBuf> {
@@ -120,7 +122,8 @@ async fn dispatch(
         .iter()
         .map(|n| w.target(n, Duration::from_secs(30)))
         .collect();
-    super::dispatch::run(run, ts, &Options { jobs, keep_going }).await
+    let planned = run.local(ts);
+    super::dispatch::run(run, planned, &Options { jobs, keep_going }).await
 }
 
 fn slow(ms: u64) -> Behaviour {
@@ -227,9 +230,11 @@ async fn a_timeout_fails_the_target_and_tears_it_down() {
     let w = World::new();
     let (b, shared) = fake(&w, &[("slow", slow(60_000))]);
     let t = w.target("slow", Duration::from_millis(300));
+    let run = w.run(b, false);
+    let planned = World::planned(&run, t);
     let results = super::dispatch::run(
-        w.run(b, false),
-        vec![t],
+        run,
+        planned,
         &Options {
             jobs: None,
             keep_going: false,

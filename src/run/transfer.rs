@@ -25,7 +25,7 @@ pub enum Plan {
 }
 
 pub async fn plan(run: &Run, t: &Target, i: &Inputs, log: &LogSink) -> Result<Plan> {
-    let attaches = i.backend.attaches_disks();
+    let attaches = i.declared.backend.attaches_disks();
     let attach = || {
         Plan::Attach(Disk {
             path: i.pack.image.clone(),
@@ -34,10 +34,13 @@ pub async fn plan(run: &Run, t: &Target, i: &Inputs, log: &LogSink) -> Result<Pl
     };
     let plan = match t.transfer {
         Transfer::Attach if !attaches => {
-            return Err(Error::other(format!(
-                "target `{}`: context_transfer = \"attach\", but builder `{}` cannot attach disks",
-                t.name, t.builder.name
-            )));
+            return Err(Error::TargetSetting {
+                target: t.name.clone(),
+                problem: format!(
+                    "context_transfer = \"attach\", but builder `{}` cannot attach disks",
+                    t.builder.name
+                ),
+            });
         }
         Transfer::Attach => attach(),
         Transfer::Auto if attaches => attach(),
@@ -50,10 +53,11 @@ pub async fn plan(run: &Run, t: &Target, i: &Inputs, log: &LogSink) -> Result<Pl
                 sha256,
             },
             None if t.transfer == Transfer::Fetch => {
-                return Err(Error::other(format!(
-                    "target `{}`: context_transfer = \"fetch\" needs a target that publishes to S3",
-                    t.name
-                )));
+                return Err(Error::TargetSetting {
+                    target: t.name.clone(),
+                    problem: "context_transfer = \"fetch\" needs a target that publishes to S3"
+                        .into(),
+                });
             }
             None => Plan::Stream { compress: true },
         },

@@ -33,9 +33,10 @@ pub async fn remote(
     #[cfg(not(feature = "s3"))]
     {
         let _ = (settings, dirs, trust);
-        Err(crate::error::Error::other(format!(
-            "`{url}` needs a runner built with the `s3` feature"
-        )))
+        Err(crate::error::Error::FeatureMissing {
+            what: format!("`{url}`"),
+            feature: "s3",
+        })
     }
 }
 

@@ -11,7 +11,7 @@ use crate::beneath::MAX_RECORD;
 use crate::digest::sha256_hex;
 use crate::error::{Error, Result};
 use crate::manifest::{self, Manifest};
-use crate::provenance::{self, Untrusted, dsse::Envelope, keys::PublicKey, keys::SigningKey};
+use crate::provenance::{self, Untrusted, keys::PublicKey, keys::SigningKey};
 
 /// The key builds must be signed with, if any.
 #[derive(Debug, Clone, Copy, Default)]
@@ -104,16 +104,9 @@ impl Records {
             sha256sums: &sha256sums,
             manifest: &manifest,
         };
-        let builder_id = format!(
-            "urn:runner:builder:{}:{}",
-            m.builder.recipe.kind(),
-            m.builder.name
-        );
-        let statement = provenance::statement(m, &docs, &builder_id);
-        let payload = serde_json::to_vec(&statement).expect("a statement serializes");
         Records {
+            provenance: provenance::signed(m, &docs, key),
             sha256sums,
-            provenance: Envelope::new(&payload, key).to_line(),
             manifest,
         }
     }

@@ -62,7 +62,7 @@ enum Source {
 pub async fn verify(env: &Env, args: Args) -> Result<i32> {
     // A broken runner.toml is an error, not "no key configured".
     let project = super::project_if_any(env)?;
-    let key = super::key::verifying_key(args.key.as_deref(), project.as_ref())?;
+    let key = crate::provenance::keyring::verifying_key(args.key.as_deref(), project.as_ref())?;
     let cancel = env.shutdown.token.clone();
     let checks = env
         .cancellable(async {
@@ -105,14 +105,14 @@ fn reproduction_dir(what: &str) -> Result<Option<PathBuf>> {
 async fn open(env: &Env, project: Option<&Project>, what: &str) -> Result<(Source, Stored)> {
     if !what.starts_with("s3://") {
         let dir = PathBuf::from(what);
-        let stored = read_records(&dir)?.ok_or_else(|| {
-            Error::other(format!(
-                "`{what}` holds no manifest.json: not a published build"
-            ))
+        let stored = read_records(&dir)?.ok_or_else(|| Error::BadArgument {
+            problem: format!("`{what}` holds no manifest.json: not a published build"),
         })?;
         return Ok((Source::Dir(dir), stored));
     }
-    let url: S3Url = what.parse().map_err(Error::Other)?;
+    let url: S3Url = what
+        .parse()
+        .map_err(|problem| Error::BadArgument { problem })?;
     let mut parts: Vec<&str> = url.prefix.split('/').filter(|p| !p.is_empty()).collect();
     let build = parts
         .last()
@@ -123,10 +123,8 @@ async fn open(env: &Env, project: Option<&Project>, what: &str) -> Result<(Sourc
     }
     let target = parts
         .pop()
-        .ok_or_else(|| {
-            Error::other(format!(
-                "`{what}` names no target: s3://bucket/prefix/target"
-            ))
+        .ok_or_else(|| Error::BadArgument {
+            problem: format!("`{what}` names no target: s3://bucket/prefix/target"),
         })?
         .to_owned();
     let base = S3Url {
@@ -139,7 +137,9 @@ async fn open(env: &Env, project: Option<&Project>, what: &str) -> Result<(Sourc
     let stored = store
         .records(&target, build.as_deref())
         .await?
-        .ok_or_else(|| Error::other(format!("no published build at `{what}`")))?;
+        .ok_or_else(|| Error::NoPublishedBuild {
+            target: what.to_owned(),
+        })?;
     Ok((Source::Store { store, target }, stored))
 }
 

@@ -75,10 +75,9 @@ pub async fn resolve(name: &str, b: &Ec2Builder) -> Result<Resolved> {
         .config()
         .region()
         .map(|r| r.to_string())
-        .ok_or_else(|| {
-            Error::other(format!(
-                "builder `{name}`: no AWS region (set `region` in the builder, AWS_REGION, or a profile)"
-            ))
+        .ok_or_else(|| Error::NoRegion {
+            what: format!("builder `{name}`"),
+            place: "the builder file",
         })?;
     let mut q = client
         .describe_images()
@@ -102,12 +101,13 @@ pub async fn resolve(name: &str, b: &Ec2Builder) -> Result<Resolved> {
         .images()
         .iter()
         .max_by(|a, b| a.creation_date().cmp(&b.creation_date()))
-        .ok_or_else(|| {
-            Error::other(format!(
-                "builder `{name}`: no available {} image matches {:?} in {region}",
+        .ok_or_else(|| Error::Ec2 {
+            builder: name.to_owned(),
+            problem: format!(
+                "no available {} image matches {:?} in {region}",
                 b.arch.debian(),
                 b.ami
-            ))
+            ),
         })?;
     Ok(Resolved {
         ami: newest.image_id().unwrap_or_default().to_owned(),

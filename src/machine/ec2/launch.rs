@@ -147,9 +147,8 @@ impl Launcher<'_> {
                 _ => return Err(err),
             }
         }
-        Err(Error::other(format!(
-            "builder `{}`: no capacity for any instance type: {}",
-            self.backend.name,
+        Err(self.problem(format!(
+            "no capacity for any instance type: {}",
             refused.join("; ")
         )))
     }
@@ -186,22 +185,29 @@ impl Launcher<'_> {
             .iter()
             .flat_map(|r| r.instances())
             .next()
-            .ok_or_else(|| Error::other(format!("{instance_id} vanished")))?;
+            .ok_or_else(|| self.problem(format!("{instance_id} vanished")))?;
         let address = self.backend.builder.address;
         let ip = match address {
             Address::Public => i.public_ip_address(),
             Address::Private => i.private_ip_address(),
         };
         ip.map(str::to_owned).ok_or_else(|| {
-            Error::other(format!(
-                "{instance_id} has no {} address (set `address` in builder `{}`)",
+            self.problem(format!(
+                "{instance_id} has no {} address (set `address` in the builder file)",
                 match address {
                     Address::Public => "public",
                     Address::Private => "private",
-                },
-                self.backend.name
+                }
             ))
         })
+    }
+
+    /// An error of this builder's EC2 machines.
+    fn problem(&self, problem: String) -> Error {
+        Error::Ec2 {
+            builder: self.backend.name.clone(),
+            problem,
+        }
     }
 
     fn tags(&self, kind: ResourceType) -> aws_sdk_ec2::types::TagSpecification {

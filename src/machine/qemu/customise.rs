@@ -104,12 +104,14 @@ pub async fn customise(
 async fn staging(job: &Job<'_>, recipe: &Recipe, source: &Path, out: &Path) -> Result<Image> {
     let (format, size) = image_info(source).await?;
     if size > recipe.disk.0 {
-        return Err(Error::other(format!(
-            "builder `{}`: disk = \"{}\" is smaller than the image ({}); make it at least that",
-            job.name,
-            recipe.disk,
-            Size(size)
-        )));
+        return Err(Error::Bake {
+            builder: job.name.to_owned(),
+            problem: format!(
+                "disk = \"{}\" is smaller than the image ({}); make it at least that",
+                recipe.disk,
+                Size(size)
+            ),
+        });
     }
     Ok(Image {
         digest: recipe.digest(),
@@ -146,11 +148,13 @@ async fn power_off(
     let deadline = tokio::time::Instant::now() + POWER_OFF;
     while machine.exited().is_none() {
         if tokio::time::Instant::now() > deadline {
-            return Err(Error::other(format!(
-                "customising {}: the machine did not power off within {}s",
-                job.name,
-                POWER_OFF.as_secs()
-            )));
+            return Err(Error::Bake {
+                builder: job.name.to_owned(),
+                problem: format!(
+                    "customising: the machine did not power off within {}s",
+                    POWER_OFF.as_secs()
+                ),
+            });
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -176,11 +180,9 @@ impl Steps<'_> {
             .await?;
         if !recipe.packages.is_empty() {
             let found = self.detect().await?;
-            let pm = PackageManager::from_detected(&found).ok_or_else(|| {
-                Error::other(format!(
-                    "customising {}: the image has none of apt-get, dnf, yum, zypper, apk",
-                    self.job.name
-                ))
+            let pm = PackageManager::from_detected(&found).ok_or_else(|| Error::Bake {
+                builder: self.job.name.to_owned(),
+                problem: "customising: the image has none of apt-get, dnf, yum, zypper, apk".into(),
             })?;
             let what = format!("installing {}", recipe.packages.join(" "));
             self.step(&what, &pm.install(&recipe.packages), None, STEP)

@@ -228,7 +228,10 @@ impl Start<'_> {
                     snap.discard();
                 }
                 let stderr = std::fs::read_to_string(dir.join("qemu.stderr")).unwrap_or_default();
-                Err(Error::other(format!("{e}: {}", stderr.trim())))
+                Err(Error::Snapshot {
+                    problem: format!("the warm start failed; QEMU said: {}", stderr.trim()),
+                    source: Some(Box::new(e)),
+                })
             }
         }
     }
@@ -275,10 +278,13 @@ async fn wait_for_console(p: &mut Prepared, marker: &str, timeout: Duration) -> 
                 serial.closed(Duration::from_secs(1)).await;
             }
             let tail = crate::logs::tail(&p.console, 10);
-            return Err(Error::other(format!(
-                "the machine did not reach `{marker}` in {}s: {tail}",
-                timeout.as_secs()
-            )));
+            return Err(Error::Snapshot {
+                problem: format!(
+                    "the machine did not reach `{marker}` in {}s: {tail}",
+                    timeout.as_secs()
+                ),
+                source: None,
+            });
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

@@ -5,6 +5,7 @@
 //! its console log is kept beside the machine directories.
 
 pub mod accel;
+mod cold;
 mod command;
 mod customise;
 pub mod image;
@@ -22,6 +23,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::sync::OnceCell;
 
+use self::cold::ColdBoot;
 use self::command::Accel;
 use self::image::{Cache, Image, Provenance, Recipe};
 use self::launch::Start;
@@ -77,21 +79,21 @@ impl QemuBackend {
         &self,
         start: &Start<'_>,
         spec: &MachineSpec,
-    ) -> std::result::Result<Snapshot, String> {
+    ) -> std::result::Result<Snapshot, ColdBoot> {
         if self.settings.cold {
-            return Err("cold (--cold)".into());
+            return Err(ColdBoot::Asked);
         }
         if self.builder.cloud.is_some() {
-            return Err("cold (a cloud image always boots)".into());
+            return Err(ColdBoot::CloudImage);
         }
         if !self.builder.warm {
-            return Err("cold (warm = false)".into());
+            return Err(ColdBoot::WarmOff);
         }
         if self.builder.init == Init::Systemd {
-            return Err("cold (init = \"systemd\" always boots)".into());
+            return Err(ColdBoot::Systemd);
         }
         if spec.disks.len() > 1 {
-            return Err("cold (more disks than a snapshot has)".into());
+            return Err(ColdBoot::ExtraDisks);
         }
         let qemu = command::qemu_version(start.image.arch).await;
         let key = Key::new(start.image, start.accel, start.shape, &qemu);
@@ -119,7 +121,7 @@ impl QemuBackend {
         };
         match made.await {
             Ok(()) => Ok(snap),
-            Err(e) => Err(format!("cold (no snapshot: {e})")),
+            Err(e) => Err(ColdBoot::NoSnapshot(e)),
         }
     }
 
@@ -240,12 +242,12 @@ impl Backend for QemuBackend {
                     tracing::info!("{}: {}", spec.label, m.start);
                     return Ok(m);
                 }
-                Err(e) => format!("cold (the warm start failed: {e})"),
+                Err(e) => ColdBoot::WarmFailed(e),
             },
             Err(why) => why,
         };
         tracing::info!("{}: {why_cold}", spec.label);
-        start.cold(spec, keys, why_cold).await
+        start.cold(spec, keys, why_cold.to_string()).await
     }
 
     fn capacity(&self) -> usize {

@@ -28,7 +28,7 @@ impl Qmp {
         };
         let greeting = qmp.read_message().await?;
         if greeting.get("QMP").is_none() {
-            return Err(Error::other(format!("unexpected QMP greeting: {greeting}")));
+            return Err(qmp_error(format!("unexpected greeting: {greeting}")));
         }
         qmp.execute("qmp_capabilities", json!({})).await?;
         Ok(qmp)
@@ -49,7 +49,7 @@ impl Qmp {
                 return Ok(ret.clone());
             }
             if let Some(err) = reply.get("error") {
-                return Err(Error::other(format!("QMP `{command}` failed: {err}")));
+                return Err(qmp_error(format!("`{command}` failed: {err}")));
             }
         }
     }
@@ -58,11 +58,21 @@ impl Qmp {
         let mut line = String::new();
         let n = tokio::time::timeout(Duration::from_secs(10), self.reader.read_line(&mut line))
             .await
-            .map_err(|_| Error::other("QMP did not answer within 10s"))?
+            .map_err(|_| qmp_error("no answer within 10s".into()))?
             .ctx(|| "cannot read from QMP")?;
         if n == 0 {
-            return Err(Error::other("QMP connection closed"));
+            return Err(qmp_error("the connection closed".into()));
         }
-        serde_json::from_str(&line).map_err(|e| Error::other(format!("bad QMP message: {e}")))
+        serde_json::from_str(&line).map_err(|e| Error::Qmp {
+            problem: "a message that is not JSON".into(),
+            source: Some(Box::new(e)),
+        })
+    }
+}
+
+fn qmp_error(problem: String) -> Error {
+    Error::Qmp {
+        problem,
+        source: None,
     }
 }

@@ -131,12 +131,20 @@ impl Snapshot {
                     tokio::time::sleep(Duration::from_millis(100)).await
                 }
                 Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
-                    return Err(Error::other(format!(
-                        "another runner has been making this snapshot for over {}s",
-                        timeout.as_secs()
-                    )));
+                    return Err(Error::Snapshot {
+                        problem: format!(
+                            "another runner has been making this snapshot for over {}s",
+                            timeout.as_secs()
+                        ),
+                        source: None,
+                    });
                 }
-                Err((_, e)) => return Err(Error::other(format!("cannot lock a snapshot: {e}"))),
+                Err((_, source)) => {
+                    return Err(Error::Lock {
+                        what: format!("snapshot `{}`", path.display()),
+                        source,
+                    });
+                }
             }
         }
     }
@@ -221,13 +229,19 @@ async fn save_to(qmp: &Path, part: &Path) -> Result<()> {
         match info["status"].as_str().unwrap_or_default() {
             "completed" => break,
             "failed" | "cancelled" => {
-                return Err(Error::other(format!(
-                    "saving the snapshot failed: {}",
-                    info["error-desc"].as_str().unwrap_or("no reason given")
-                )));
+                return Err(Error::Snapshot {
+                    problem: format!(
+                        "saving the snapshot failed: {}",
+                        info["error-desc"].as_str().unwrap_or("no reason given")
+                    ),
+                    source: None,
+                });
             }
             _ if tokio::time::Instant::now() > deadline => {
-                return Err(Error::other("saving the snapshot took over 5 minutes"));
+                return Err(Error::Snapshot {
+                    problem: "saving the snapshot took over 5 minutes".into(),
+                    source: None,
+                });
             }
             _ => tokio::time::sleep(Duration::from_millis(50)).await,
         }
@@ -256,7 +270,10 @@ pub async fn resume(
     let deadline = tokio::time::Instant::now() + RESTORE_TIMEOUT;
     let mut q = loop {
         if exited() {
-            return Err(Error::other("QEMU exited while restoring the snapshot"));
+            return Err(Error::Snapshot {
+                problem: "QEMU exited while restoring the snapshot".into(),
+                source: None,
+            });
         }
         match Qmp::connect(&dir.join("qmp.sock")).await {
             Ok(q) => break q,
@@ -273,7 +290,12 @@ pub async fn resume(
             "inmigrate" if tokio::time::Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(10)).await
             }
-            other => return Err(Error::other(format!("restore did not finish ({other})"))),
+            other => {
+                return Err(Error::Snapshot {
+                    problem: format!("restore did not finish ({other})"),
+                    source: None,
+                });
+            }
         }
     }
     q.execute("cont", json!({})).await?;

@@ -97,11 +97,10 @@ impl S3Store {
     /// a typo in a bucket name should not cost a whole build.
     pub async fn preflight(&self) -> Result<()> {
         if self.client.config().region().is_none() {
-            return Err(Error::other(format!(
-                "no AWS region for `{}`: set `region` in [store], AWS_REGION, or a region in \
-                 your AWS profile",
-                self.url
-            )));
+            return Err(Error::NoRegion {
+                what: format!("`{}`", self.url),
+                place: "[store]",
+            });
         }
         let answer = self
             .client

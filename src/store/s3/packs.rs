@@ -63,7 +63,12 @@ impl S3Store {
         let expires = aws_sdk_s3::presigning::PresigningConfig::expires_in(
             std::time::Duration::from_secs(3600),
         )
-        .map_err(|e| Error::other(format!("cannot presign `{key}`: {e}")))?;
+        .map_err(|e| Error::Aws {
+            context: format!("presigning `{key}`"),
+            code: None,
+            summary: e.to_string(),
+            source: Box::new(e),
+        })?;
         let url = self
             .client
             .get_object()

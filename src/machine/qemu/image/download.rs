@@ -44,10 +44,11 @@ pub async fn expected_sha256(
                 Some(Published::Sha512(hex)) => {
                     by_sha512(downloads, builder, url, &hex, report).await
                 }
-                None => Err(Error::other(format!(
-                    "builder `{builder}`: the checksum file `{sums}` lists no SHA-256 or SHA-512 \
-                     for `{name}`"
-                ))),
+                None => Err(Error::DownloadRefused {
+                    builder: builder.to_owned(),
+                    url: sums.to_owned(),
+                    problem: format!("lists no SHA-256 or SHA-512 for `{name}`"),
+                }),
             }
         }
         ImageSource::Path {

@@ -9,12 +9,7 @@ pub fn resolve(explicit: Option<&str>) -> Result<String> {
     if let Some(m) = explicit.filter(|m| !m.is_empty()) {
         return Ok(m.trim_end_matches('/').to_owned());
     }
-    from_apt(Path::new("/etc/apt")).ok_or_else(|| {
-        Error::other(
-            "no Debian mirror found in /etc/apt/sources.list.d/*.sources or /etc/apt/sources.list; \
-             pass --mirror URL or set RUNNER_MIRROR",
-        )
-    })
+    from_apt(Path::new("/etc/apt")).ok_or(Error::NoMirror)
 }
 
 /// The first `deb` source whose suites are not security or updates pockets.
