@@ -320,27 +320,49 @@ impl Error {
     }
 }
 
-/// runner's exit codes.
+/// runner's exit codes: what every command returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exit {
-    Success = 0,
-    /// What was asked did not succeed: a target failed, a rebuild differs, a check failed.
-    Failed = 1,
-    /// Bad command-line usage (clap's code).
-    Usage = 2,
-    /// runner.toml or a builder file is wrong (the message names file, line and key).
-    Config = 3,
-    /// Anything else that stopped runner: a store or cloud it cannot use, the host.
-    Error = 4,
+    /// 0.
+    Success,
+    /// 1: what was asked did not succeed: a target failed, a rebuild differs, a check
+    /// failed.
+    Failed,
+    /// 2: bad command-line usage (clap's code).
+    Usage,
+    /// 3: runner.toml or a builder file is wrong (the message names file, line and key).
+    Config,
+    /// 4: anything else that stopped runner: a store or cloud it cannot use, the host.
+    Error,
+    /// `vm run` and `vm shell`: the command's own status, passed through.
+    Passed(u8),
 }
 
 impl Exit {
     pub fn code(self) -> i32 {
-        self as i32
+        match self {
+            Exit::Success => 0,
+            Exit::Failed => 1,
+            Exit::Usage => 2,
+            Exit::Config => 3,
+            Exit::Error => 4,
+            Exit::Passed(code) => code.into(),
+        }
     }
 
-    pub fn of(ok: bool) -> i32 {
-        if ok { Exit::Success } else { Exit::Failed }.code()
+    pub fn of(ok: bool) -> Exit {
+        if ok { Exit::Success } else { Exit::Failed }
+    }
+
+    /// A child's exit status as runner's (a signal-killed child: 128 + the signal, as a
+    /// shell says it).
+    pub fn passed(status: std::process::ExitStatus) -> Exit {
+        use std::os::unix::process::ExitStatusExt;
+        let code = status
+            .code()
+            .or_else(|| status.signal().map(|s| 128 + s))
+            .unwrap_or(255);
+        Exit::Passed(u8::try_from(code).unwrap_or(255))
     }
 }
 

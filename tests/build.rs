@@ -3,30 +3,11 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use common::*;
 use serde_json::Value;
-
-/// A copy of `examples/<name>` (and the shared provision scripts it refers to) in a temp
-/// dir, so builds never write into the checkout.
-fn example(name: &str) -> (tempfile::TempDir, PathBuf) {
-    let tmp = tempfile::Builder::new()
-        .prefix("runner-test-example-")
-        .tempdir()
-        .unwrap();
-    copy_dir(
-        &repo().join("examples").join(name),
-        &tmp.path().join("examples").join(name),
-    );
-    copy_dir(
-        &repo().join("provision-scripts"),
-        &tmp.path().join("provision-scripts"),
-    );
-    let root = tmp.path().join("examples").join(name);
-    (tmp, root)
-}
 
 /// A project using the repository's bookworm-amd64 builder, with `runner.toml` and scripts.
 fn project(toml: &str, scripts: &[(&str, &str)]) -> tempfile::TempDir {
@@ -37,32 +18,6 @@ fn project(toml: &str, scripts: &[(&str, &str)]) -> tempfile::TempDir {
             |p, (n, t)| p.file(n, t),
         )
         .done()
-}
-
-fn json_events(out: &std::process::Output) -> Vec<Value> {
-    stdout(out)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
-        .collect()
-}
-
-fn finished<'a>(events: &'a [Value], target: &str) -> &'a Value {
-    events
-        .iter()
-        .find(|e| e["event"] == "finished" && e["target"] == target)
-        .unwrap_or_else(|| panic!("no finished event for {target}"))
-}
-
-fn sha256(path: &Path) -> String {
-    let out = std::process::Command::new("sha256sum")
-        .arg(path)
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_owned()
 }
 
 #[test]
@@ -140,7 +95,11 @@ fn example_builds_three_targets_in_parallel() {
         assert_eq!(listed, ["build-info.txt", "hello"]);
         for l in sums.lines() {
             let (digest, name) = l.split_once("  ").unwrap();
-            assert_eq!(digest, sha256(&dir.join(name)), "{t}/{name}");
+            assert_eq!(
+                digest,
+                runner::digest::sha256_file(&dir.join(name)).unwrap(),
+                "{t}/{name}"
+            );
         }
         // The JSON stream agrees with the store and the summary.
         let f = finished(&events, t);

@@ -22,10 +22,7 @@ fn out_of(mut cmd: std::process::Command, args: &[&str]) -> Output {
 
 /// Every stdout line of a JSON command: parsed, and carrying the schema version.
 fn json_lines(out: &Output) -> Vec<Value> {
-    let docs: Vec<Value> = stdout(out)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
-        .collect();
+    let docs = json_events(out);
     assert!(!docs.is_empty(), "no JSON output");
     for d in &docs {
         assert_eq!(d["schema"], 1, "{d}");

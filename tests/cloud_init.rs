@@ -10,7 +10,7 @@ mod common;
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use common::standin::{OVMF, standin_image};
 use common::*;
@@ -53,19 +53,12 @@ fn nocloud_seed(path: &Path, user_data: &str) {
 /// The EFI variable the bootloader sets to its name and version (the Boot Loader Interface).
 const LOADER_INFO: &str = "LoaderInfo-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f";
 
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
 #[test]
 fn the_ec2_user_data_pins_both_keys_and_powers_the_machine_off_at_expiry() {
     let image = standin_image();
     let work = tempfile::tempdir().unwrap();
     let keys = GuestKeys::generate().unwrap();
-    let expires = now() + LIFETIME;
+    let expires = now_unix() + LIFETIME;
     let user_data = userdata::cloud_config(&keys, "root", expires, None).unwrap();
     eprintln!("user data:\n{user_data}");
     nocloud_seed(&work.path().join("seed.img"), &user_data);
@@ -191,7 +184,7 @@ fn the_ec2_user_data_pins_both_keys_and_powers_the_machine_off_at_expiry() {
             );
         }
         assert!(
-            now() + 30 < expires,
+            now_unix() + 30 < expires,
             "no SSH login before the lifetime ran out; last ssh: {}\nconsole:\n{}",
             stderr(&out),
             tail(&console)
@@ -201,7 +194,7 @@ fn the_ec2_user_data_pins_both_keys_and_powers_the_machine_off_at_expiry() {
     let listing = stdout(&logged_in);
     eprintln!(
         "logged in {}s before expiry:\n{listing}",
-        expires.saturating_sub(now())
+        expires.saturating_sub(now_unix())
     );
     assert!(
         listing.contains(&openssh_public(keys.host_public())[..80]),
@@ -231,7 +224,7 @@ fn the_ec2_user_data_pins_both_keys_and_powers_the_machine_off_at_expiry() {
     );
 
     // The dead-man switch: the guest powers off by itself, at its expiry and not before.
-    let deadline = Instant::now() + Duration::from_secs(expires.saturating_sub(now()) + 120);
+    let deadline = Instant::now() + Duration::from_secs(expires.saturating_sub(now_unix()) + 120);
     let status = loop {
         if let Some(s) = qemu_guard.0.try_wait().unwrap() {
             break s;
@@ -243,7 +236,7 @@ fn the_ec2_user_data_pins_both_keys_and_powers_the_machine_off_at_expiry() {
         );
         std::thread::sleep(Duration::from_secs(1));
     };
-    let stopped = now();
+    let stopped = now_unix();
     eprintln!(
         "powered off {}s after expiry ({status})",
         stopped as i64 - expires as i64

@@ -22,13 +22,6 @@ const TREE_DIGEST: &str = "#!/bin/bash\nset -e\nfind . -print0 | LC_ALL=C sort -
     while IFS= read -r -d '' p; do stat -c '%n %a %F' \"$p\"; [ -f \"$p\" ] && sha256sum \"$p\"; done \
     | sha256sum > \"$RUNNER_OUT/tree.sha256\"; if grep -q ' /build/src overlay ' /proc/mounts; then echo overlay >> \"$RUNNER_OUT/tree.sha256\"; fi\n";
 
-fn events(out: &std::process::Output) -> Vec<Value> {
-    stdout(out)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
 #[test]
 fn a_fan_out_packs_the_context_once_and_every_guest_sees_the_same_tree() {
     let mut toml = String::new();
@@ -55,7 +48,7 @@ fn a_fan_out_packs_the_context_once_and_every_guest_sees_the_same_tree() {
     let world = World::with_project(p.path().to_owned());
     let out = world.run(&["build", "-j", "4", "--message-format", "json"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let all = events(&out);
+    let all = json_events(&out);
     let packed: Vec<&Value> = all.iter().filter(|e| e["event"] == "packed").collect();
     assert_eq!(packed.len(), 8, "one pack event per target");
     assert_eq!(

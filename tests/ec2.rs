@@ -107,10 +107,7 @@ fn check_launch(moto: &Moto, i: &InstanceInfo, target: &str, runner_pid: u32) {
     assert!(tag("runner:owner").contains('@'));
     assert!(!tag("runner:machine").is_empty());
     let expires: u64 = tag("runner:expires").parse().unwrap();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
+    let now = now_unix();
     assert!(
         expires > now + 7000 && expires <= now + 7200,
         "expiry {expires} is not about 2h from now ({now})"

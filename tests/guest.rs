@@ -6,31 +6,12 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use common::*;
+use runner::digest::sha256_hex;
 use serde_json::Value;
-
-/// A copy of `examples/<name>` with the shared provision scripts beside it.
-fn example(name: &str) -> (tempfile::TempDir, PathBuf) {
-    let tmp = tempfile::Builder::new()
-        .prefix("runner-test-example-")
-        .tempdir()
-        .unwrap();
-    let root = tmp.path().join("examples").join(name);
-    copy_dir(&repo().join("examples").join(name), &root);
-    copy_dir(
-        &repo().join("provision-scripts"),
-        &tmp.path().join("provision-scripts"),
-    );
-    (tmp, root)
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(bytes))
-}
 
 /// Every member of a tar, by name.
 fn members(path: &Path) -> BTreeMap<String, Vec<u8>> {
@@ -209,11 +190,8 @@ fn a_machine_that_powers_off_mid_script_fails_as_a_machine_that_died() {
     let world = World::with_project(project.path().to_owned());
     let out = world.run(&["build", "t", "--message-format", "json"]);
     assert!(!out.status.success());
-    let finished: Value = stdout(&out)
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap())
-        .find(|e| e["event"] == "finished")
-        .unwrap();
+    let events = json_events(&out);
+    let finished = finished(&events, "t");
     assert_eq!(finished["failure"], "machine_died", "{finished}");
     assert_eq!(finished["phase"], "provision");
     let err = finished["error"].as_str().unwrap();

@@ -102,8 +102,11 @@ fn thousands_of_leftover_processes_do_not_hold_the_build_up() {
     assert_eq!(wait_exit(&mut child, Duration::from_secs(120)), Some(0));
     let after = exited.elapsed();
     eprintln!("the build ended {after:?} after the script's last line");
-    // leak_timeout (2 s by default) plus 10 s for the listing, collect and teardown.
-    assert!(after < Duration::from_secs(12), "{after:?}");
+    // The bug was a build held until its 240 s timeout. What remains after the script is
+    // leak_timeout (2 s), listing 2000 processes, collect and teardown: about 10 s under TCG
+    // on an idle host, 12 s under a loaded CI one. A quarter of the timeout tells the two
+    // apart without timing the machine (the figure is printed above).
+    assert!(after < Duration::from_secs(60), "{after:?}");
     let log = log_of(&world);
     assert!(log.contains("left 2000 process(es)"), "{log}");
     assert!(log.contains("… and 1980 more"), "{log}");

@@ -210,13 +210,7 @@ fn why_names_each_kind_of_input_change_and_a_hit() {
 
 #[test]
 fn a_reproduction_on_another_builder_uses_the_recorded_size_and_signs_its_verdicts() {
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().join("examples/hello-c");
-    copy_dir(&repo().join("examples/hello-c"), &root);
-    copy_dir(
-        &repo().join("provision-scripts"),
-        &tmp.path().join("provision-scripts"),
-    );
+    let (tmp, root) = example("hello-c");
     // The build runs at 2 vCPUs / 1536M; the other builder's own size is 1 vCPU / 1G.
     let toml = std::fs::read_to_string(root.join("runner.toml")).unwrap();
     let toml = toml.replacen(

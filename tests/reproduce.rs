@@ -20,14 +20,8 @@ fn project(script: &str, extra_target_lines: &str) -> tempfile::TempDir {
 const STABLE: &str = "#!/bin/sh\nset -e\ntr a-z A-Z < input.txt > \"$RUNNER_OUT/upper.txt\"\necho \"epoch $SOURCE_DATE_EPOCH\" > \"$RUNNER_OUT/epoch.txt\"\n";
 
 fn outcome(out: &std::process::Output, target: &str) -> (String, bool) {
-    let events: Vec<Value> = stdout(out)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    let f = events
-        .iter()
-        .find(|e| e["event"] == "finished" && e["target"] == target)
-        .expect("finished event");
+    let events = json_events(out);
+    let f = finished(&events, target);
     let booted = events
         .iter()
         .any(|e| e["event"] == "phase" && e["target"] == target && e["phase"] == "boot");
@@ -36,16 +30,7 @@ fn outcome(out: &std::process::Output, target: &str) -> (String, bool) {
 
 #[test]
 fn a_reproducible_example_rebuilds_identically_and_reproduce_says_so() {
-    let tmp = tempfile::tempdir().unwrap();
-    copy_dir(
-        &repo().join("examples/hello-c"),
-        &tmp.path().join("examples/hello-c"),
-    );
-    copy_dir(
-        &repo().join("provision-scripts"),
-        &tmp.path().join("provision-scripts"),
-    );
-    let root = tmp.path().join("examples/hello-c");
+    let (tmp, root) = example("hello-c");
     let world = World::with_project(root.clone());
     assert!(world.run(&["build", "hello-bookworm"]).status.success());
     let dir = root.join("artifacts/hello-bookworm");

@@ -65,7 +65,7 @@ pub fn main() -> ExitCode {
         }
         // A signal decides the code: the run was interrupted, whatever it returned.
         shutdown.exit_code().unwrap_or_else(|| match outcome {
-            Ok(code) => code,
+            Ok(exit) => exit.code(),
             Err(e) => e.exit_code().code(),
         })
     });
@@ -106,7 +106,7 @@ fn discover() -> PathBuf {
         .unwrap_or(here)
 }
 
-async fn dispatch(command: Command, env: &Env) -> Result<i32> {
+async fn dispatch(command: Command, env: &Env) -> Result<Exit> {
     match command {
         Command::Build(args) => commands::build::build(env, args).await,
         Command::Reproduce(args) => commands::reproduce::reproduce(env, args).await,
@@ -124,13 +124,13 @@ async fn dispatch(command: Command, env: &Env) -> Result<i32> {
         Command::Gc { force } => commands::gc::gc(env, force).await,
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "runner", &mut std::io::stdout());
-            Ok(Exit::Success.code())
+            Ok(Exit::Success)
         }
         Command::Man => man_page(),
     }
 }
 
-async fn artifacts(env: &Env, cmd: ArtifactsCmd) -> Result<i32> {
+async fn artifacts(env: &Env, cmd: ArtifactsCmd) -> Result<Exit> {
     match cmd {
         ArtifactsCmd::Ls { target, upload } => {
             commands::artifacts::ls(env, &target, upload.as_ref()).await
@@ -146,7 +146,7 @@ async fn artifacts(env: &Env, cmd: ArtifactsCmd) -> Result<i32> {
     }
 }
 
-async fn image(env: &Env, cmd: ImageCmd) -> Result<i32> {
+async fn image(env: &Env, cmd: ImageCmd) -> Result<Exit> {
     match cmd {
         ImageCmd::Build { builders, .. } => commands::image::build(env, &builders).await,
         ImageCmd::List => commands::image::list(env),
@@ -154,7 +154,7 @@ async fn image(env: &Env, cmd: ImageCmd) -> Result<i32> {
     }
 }
 
-async fn vm(env: &Env, cmd: VmCmd) -> Result<i32> {
+async fn vm(env: &Env, cmd: VmCmd) -> Result<Exit> {
     match cmd {
         VmCmd::Run { builder, command } => {
             commands::vm::run(env, &builder, &command.join(" ")).await
@@ -163,12 +163,12 @@ async fn vm(env: &Env, cmd: VmCmd) -> Result<i32> {
     }
 }
 
-fn man_page() -> Result<i32> {
+fn man_page() -> Result<Exit> {
     clap_mangen::Man::new(Cli::command())
         .render(&mut std::io::stdout())
         .map_err(|source| Error::Io {
             context: "cannot write the man page".into(),
             source,
         })?;
-    Ok(Exit::Success.code())
+    Ok(Exit::Success)
 }

@@ -11,7 +11,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::progress::Format;
 
 /// `runner artifacts ls`: the newest published build of a target.
-pub async fn ls(env: &Env, target: &str, upload: Option<&S3Url>) -> Result<i32> {
+pub async fn ls(env: &Env, target: &str, upload: Option<&S3Url>) -> Result<Exit> {
     let project = Project::load(&env.project)?;
     let store =
         crate::run::store_of(&env.host(), &project, project.target(target)?, upload).await?;
@@ -25,7 +25,7 @@ pub async fn ls(env: &Env, target: &str, upload: Option<&S3Url>) -> Result<i32> 
     }
     let Some(m) = found else {
         eprintln!("runner: no published build of `{target}`");
-        return Ok(Exit::Failed.code());
+        return Ok(Exit::Failed);
     };
     println!(
         "{} build {} (inputs {}), finished {}",
@@ -39,12 +39,12 @@ pub async fn ls(env: &Env, target: &str, upload: Option<&S3Url>) -> Result<i32> 
     for a in &m.artifacts {
         println!("{:>12}  {}  {}  {}", a.size, a.sha256, a.path, a.uri);
     }
-    Ok(Exit::Success.code())
+    Ok(Exit::Success)
 }
 
 /// `runner artifacts get`: downloads the newest build's artifacts and checks each sha256
 /// against its manifest; a mismatching file is removed and the command fails.
-pub async fn get(env: &Env, target: &str, upload: Option<&S3Url>, out: &Path) -> Result<i32> {
+pub async fn get(env: &Env, target: &str, upload: Option<&S3Url>, out: &Path) -> Result<Exit> {
     let project = Project::load(&env.project)?;
     let store =
         crate::run::store_of(&env.host(), &project, project.target(target)?, upload).await?;

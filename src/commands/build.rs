@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use super::Env;
+use super::{Env, Exit};
 use crate::config::{Project, S3Url};
 use crate::error::{Error, Result};
 use crate::progress::{self, Format};
@@ -33,7 +33,7 @@ pub struct Args {
 }
 
 /// Builds the selected targets; returns the process exit code (0 only if all succeeded).
-pub async fn build(env: &Env, args: Args) -> Result<i32> {
+pub async fn build(env: &Env, args: Args) -> Result<Exit> {
     let project = Project::load(&env.project)?;
     let targets: Vec<_> = project
         .select(&args.targets, args.all)?
@@ -77,5 +77,5 @@ pub async fn build(env: &Env, args: Args) -> Result<i32> {
     if !(env.quiet && ok) {
         progress::print_summary(&summary, &mut std::io::stderr());
     }
-    Ok(super::Exit::of(ok))
+    Ok(Exit::of(ok))
 }

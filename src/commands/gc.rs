@@ -53,7 +53,7 @@ pub async fn sweep(env: &Env, force: bool) -> Report {
     report
 }
 
-pub async fn gc(env: &Env, force: bool) -> Result<i32> {
+pub async fn gc(env: &Env, force: bool) -> Result<Exit> {
     let r = sweep(env, force).await;
     if env.format == Format::Json {
         print_json(serde_json::json!({

@@ -6,7 +6,7 @@ use crate::error::Result;
 use crate::machine::Report;
 use crate::progress::Format;
 
-pub async fn build(env: &Env, names: &[String]) -> Result<i32> {
+pub async fn build(env: &Env, names: &[String]) -> Result<Exit> {
     // Validate every builder before baking any: a typo should not cost a bake first.
     let builders = names
         .iter()
@@ -30,10 +30,10 @@ pub async fn build(env: &Env, names: &[String]) -> Result<i32> {
             prepared.location
         );
     }
-    Ok(Exit::Success.code())
+    Ok(Exit::Success)
 }
 
-pub fn list(env: &Env) -> Result<i32> {
+pub fn list(env: &Env) -> Result<Exit> {
     let images = env.machines.cached_images();
     if env.format == Format::Json {
         let list: Vec<_> = images
@@ -50,7 +50,7 @@ pub fn list(env: &Env) -> Result<i32> {
             })
             .collect();
         print_json(serde_json::json!({ "images": list }));
-        return Ok(Exit::Success.code());
+        return Ok(Exit::Success);
     }
     println!(
         "{:<24} {:<16} {:>10} {:>8}  IMAGE",
@@ -79,16 +79,16 @@ pub fn list(env: &Env) -> Result<i32> {
             );
         }
     }
-    Ok(Exit::Success.code())
+    Ok(Exit::Success)
 }
 
-pub async fn rm(env: &Env, what: &[String]) -> Result<i32> {
-    let mut code = 0;
+pub async fn rm(env: &Env, what: &[String]) -> Result<Exit> {
+    let mut code = Exit::Success;
     for w in what {
         let removed = env.machines.remove_cached(w).await?;
         if removed.is_empty() {
             eprintln!("runner: no cached image or snapshot matches `{w}`");
-            code = 1;
+            code = Exit::Failed;
         }
         for i in removed {
             let digest = &i.digest[..16.min(i.digest.len())];

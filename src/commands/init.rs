@@ -44,7 +44,7 @@ cat "$RUNNER_OUT/hello.txt"
     (".gitignore", "/artifacts\n"),
 ];
 
-pub fn init(env: &Env, dir: Option<&Path>) -> Result<i32> {
+pub fn init(env: &Env, dir: Option<&Path>) -> Result<Exit> {
     let root = dir.unwrap_or(&env.project);
     let taken: Vec<&str> = FILES
         .iter()
@@ -79,5 +79,5 @@ pub fn init(env: &Env, dir: Option<&Path>) -> Result<i32> {
             root.display()
         );
     }
-    Ok(Exit::Success.code())
+    Ok(Exit::Success)
 }

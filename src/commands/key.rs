@@ -21,7 +21,7 @@ pub fn default_key_path() -> PathBuf {
 /// Writes `out` (the private key, mode 0600; default [`default_key_path`]) and its `.pub`
 /// (the public key, hex). Refuses to write into a build context of the project here, and
 /// never overwrites a key.
-pub fn generate(env: &Env, out: Option<&Path>) -> Result<i32> {
+pub fn generate(env: &Env, out: Option<&Path>) -> Result<Exit> {
     let out = out.map(Path::to_owned).unwrap_or_else(default_key_path);
     let out = out.as_path();
     let key = SigningKey::generate();
@@ -64,7 +64,7 @@ pub fn generate(env: &Env, out: Option<&Path>) -> Result<i32> {
         println!("public key   {} ({})", public.display(), pk.hex());
         println!("key id       {}", pk.keyid());
     }
-    Ok(Exit::Success.code())
+    Ok(Exit::Success)
 }
 
 /// Refuses a key path inside a build context of the project in `env` (if there is one), or

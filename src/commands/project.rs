@@ -8,7 +8,7 @@ use crate::error::Result;
 use crate::progress::Format;
 
 /// `runner list`: targets with their builder and script, then every builder.
-pub fn list(env: &Env) -> Result<i32> {
+pub fn list(env: &Env) -> Result<Exit> {
     let project = Project::load(&env.project)?;
     let builders = Builder::all(&env.project)?;
     if env.format == Format::Json {
@@ -36,7 +36,7 @@ pub fn list(env: &Env) -> Result<i32> {
             })
             .collect();
         print_json(json!({"targets": targets, "builders": builders}));
-        return Ok(Exit::Success.code());
+        return Ok(Exit::Success);
     }
     println!(
         "{:<24} {:<20} {:<32} TIMEOUT",
@@ -64,11 +64,11 @@ pub fn list(env: &Env) -> Result<i32> {
             b.name, backend, image, arch, vcpus, memory
         );
     }
-    Ok(Exit::Success.code())
+    Ok(Exit::Success)
 }
 
 /// `runner check`: loads and validates everything, starts nothing.
-pub fn check(env: &Env) -> Result<i32> {
+pub fn check(env: &Env) -> Result<Exit> {
     let builders = Builder::all(&env.project)?;
     let project = Project::load(&env.project)?;
     if env.format == Format::Json {
@@ -86,5 +86,5 @@ pub fn check(env: &Env) -> Result<i32> {
             env.project.display()
         );
     }
-    Ok(Exit::Success.code())
+    Ok(Exit::Success)
 }

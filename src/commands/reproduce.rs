@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::Env;
+use super::{Env, Exit};
 use crate::config::Target;
 use crate::context::{Context, ContextOptions};
 use crate::error::{Error, IoContext, Result, joined};
@@ -43,7 +43,7 @@ pub struct Args {
     pub on: Option<String>,
 }
 
-pub async fn reproduce(env: &Env, args: Args) -> Result<i32> {
+pub async fn reproduce(env: &Env, args: Args) -> Result<Exit> {
     let m = Manifest::read(&args.manifest)?;
     check(&m, &args).await?;
     let out = args.out.clone().unwrap_or_else(|| {
@@ -80,7 +80,7 @@ pub async fn reproduce(env: &Env, args: Args) -> Result<i32> {
         report(&m, &rebuilt, &verdicts, &places);
         println!("statement: {}", statement.display());
     }
-    Ok(super::Exit::of(all_same))
+    Ok(Exit::of(all_same))
 }
 
 /// Refuses what cannot be a reproduction: a script that is not the recorded one, a context

@@ -3,7 +3,7 @@
 use std::io::IsTerminal;
 use std::process::Stdio;
 
-use super::Env;
+use super::{Env, Exit};
 use crate::config::Builder;
 use crate::error::{Error, IoContext, Result};
 use crate::machine::{self, Lease, MachineSpec, Report};
@@ -20,7 +20,7 @@ async fn boot(env: &Env, builder: &str) -> Result<(Builder, Lease)> {
 
 /// Boots a machine, runs `command` with live output, tears down; returns the remote status
 /// as an exit code.
-pub async fn run(env: &Env, builder: &str, command: &str) -> Result<i32> {
+pub async fn run(env: &Env, builder: &str, command: &str) -> Result<Exit> {
     let (builder, lease) = boot(env, builder).await?;
     // Piped input is forwarded; a terminal's is not (use `vm shell` for interaction).
     let stdin = (!std::io::stdin().is_terminal())
@@ -38,12 +38,12 @@ pub async fn run(env: &Env, builder: &str, command: &str) -> Result<i32> {
     if !status.success() {
         eprintln!("runner: `{command}` on {}: {status}", builder.name);
     }
-    Ok(status.code())
+    Ok(Exit::Passed(u8::try_from(status.code()).unwrap_or(255)))
 }
 
 /// Boots a machine and hands the terminal to OpenSSH, pinned to the machine's host key,
 /// with a private key file that is removed with the machine.
-pub async fn shell(env: &Env, builder: &str) -> Result<i32> {
+pub async fn shell(env: &Env, builder: &str) -> Result<Exit> {
     let (_, lease) = boot(env, builder).await?;
     let result = async {
         // Inside the machine's directory: whatever happens to runner, `gc` removes it with
@@ -60,7 +60,7 @@ pub async fn shell(env: &Env, builder: &str) -> Result<i32> {
             .status()
             .await
             .ctx(|| "cannot run `ssh` (is openssh-client installed?)")?;
-        Ok::<_, Error>(status.code().unwrap_or(255))
+        Ok::<_, Error>(Exit::passed(status))
     }
     .await;
     lease.release(false).await?;

@@ -13,7 +13,7 @@ use crate::manifest::Manifest;
 use crate::progress::Format;
 use crate::run::{Run, RunOptions};
 
-pub async fn why(env: &Env, target: &str, upload: Option<&S3Url>) -> Result<i32> {
+pub async fn why(env: &Env, target: &str, upload: Option<&S3Url>) -> Result<Exit> {
     let project = Project::load(&env.project)?;
     let t = project.target(target)?;
     let host = env.host();
@@ -59,7 +59,7 @@ pub async fn why(env: &Env, target: &str, upload: Option<&S3Url>) -> Result<i32>
     }
     report(env, target, Some(false), &changes)
 }
-fn report(env: &Env, target: &str, hit: Option<bool>, lines: &[String]) -> Result<i32> {
+fn report(env: &Env, target: &str, hit: Option<bool>, lines: &[String]) -> Result<Exit> {
     if env.format == Format::Json {
         print_json(serde_json::json!({"target": target, "cache_hit": hit, "changes": lines}));
     } else {
@@ -67,7 +67,7 @@ fn report(env: &Env, target: &str, hit: Option<bool>, lines: &[String]) -> Resul
             println!("{l}");
         }
     }
-    Ok(Exit::Success.code())
+    Ok(Exit::Success)
 }
 
 /// `context: src/main.c modified, src/new.c added`, from the recorded tree.

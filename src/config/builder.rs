@@ -10,7 +10,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::ec2::{Ec2Builder, RawEc2};
-pub use super::qemu::{Init, QemuBuilder, is_debian_name};
+pub use super::qemu::{ImageKind, Init, QemuBuilder, is_debian_name};
 pub use super::shape::{MEMORY, Shape, VCPUS};
 use super::value;
 use super::{Arch, ConfigError, Size, Source};
@@ -146,9 +146,9 @@ impl Builder {
         match &self.backend {
             BackendConfig::Qemu(q) => [
                 "qemu".into(),
-                match &q.cloud {
-                    Some(c) => c.source.file_name(),
-                    None => q.suite.clone(),
+                match &q.kind {
+                    ImageKind::Cloud(c) => c.source.file_name(),
+                    ImageKind::Debian { suite, .. } => suite.clone(),
                 },
                 q.arch.debian().into(),
                 q.shape.vcpus.to_string(),

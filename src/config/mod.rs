@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 
 pub use arch::Arch;
-pub use builder::{BackendConfig, Builder, Init, QemuBuilder, Shape};
+pub use builder::{BackendConfig, Builder, ImageKind, Init, QemuBuilder, Shape};
 pub use cloud::{CloudImage, Firmware, ImageSource};
 pub use ec2::{Address, Ami, Ec2Builder};
 pub use limits::Limits;

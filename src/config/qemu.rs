@@ -37,23 +37,32 @@ impl Init {
 }
 
 /// A machine image booted under QEMU: one runner bakes from a Debian suite, or a
-/// distribution's cloud image (`cloud`), customised once.
+/// distribution's cloud image, customised once.
 #[derive(Debug, Clone)]
 pub struct QemuBuilder {
-    /// The Debian suite runner bakes from; empty for a cloud image.
-    pub suite: String,
-    /// A cloud image instead of a baked Debian image (then `suite` and `init` do not apply,
-    /// and machines always boot cold, by firmware).
-    pub cloud: Option<CloudImage>,
+    pub kind: ImageKind,
     pub arch: Arch,
     /// Extra packages baked into the image, sorted and deduplicated.
     pub packages: Vec<String>,
-    pub init: Init,
-    /// Start machines from a snapshot when possible (default); `false` always boots cold.
-    pub warm: bool,
     pub shape: Shape,
     pub disk: Size,
     pub boot_timeout: Duration,
+}
+
+/// Which kind of image a QEMU builder boots; the keys of one kind are refused on the other.
+#[derive(Debug, Clone)]
+pub enum ImageKind {
+    /// runner bakes it from a Debian suite.
+    Debian {
+        suite: String,
+        init: Init,
+        /// Start machines from a snapshot when possible (default); `false` always boots
+        /// cold.
+        warm: bool,
+    },
+    /// A distribution's cloud image: it boots its own init (systemd), by firmware, and
+    /// always cold.
+    Cloud(CloudImage),
 }
 
 #[derive(Deserialize)]
@@ -79,15 +88,28 @@ pub(super) struct RawQemu {
 }
 
 impl QemuBuilder {
+    pub fn cloud(&self) -> Option<&CloudImage> {
+        match &self.kind {
+            ImageKind::Cloud(c) => Some(c),
+            ImageKind::Debian { .. } => None,
+        }
+    }
+
     pub(super) fn from_raw(src: &Source, raw: RawQemu) -> Result<QemuBuilder, ConfigError> {
         let bad = |span, key: &str, msg: String| src.error_at(Some(span), Some(key.into()), msg);
-        let (suite, cloud) = match &raw.image {
-            Some(image) => (String::new(), Some(cloud_image(src, &raw, image)?)),
-            None => (debian_suite(src, &raw)?, None),
+        let kind = match &raw.image {
+            Some(image) => ImageKind::Cloud(cloud_image(src, &raw, image)?),
+            None => ImageKind::Debian {
+                suite: debian_suite(src, &raw)?,
+                init: raw.init.as_ref().map(|i| *i.get_ref()).unwrap_or_default(),
+                warm: raw.warm.as_ref().is_none_or(|w| *w.get_ref()),
+            },
         };
-        let valid: fn(&str) -> bool = match cloud {
-            Some(_) => is_package_name,
-            None => is_debian_name,
+        let cloud = matches!(kind, ImageKind::Cloud(_));
+        let valid: fn(&str) -> bool = if cloud {
+            is_package_name
+        } else {
+            is_debian_name
         };
         let mut packages = Vec::new();
         for p in &raw.packages {
@@ -98,7 +120,7 @@ impl QemuBuilder {
                     format!(
                         "`{}` is not a {}package name",
                         p.get_ref(),
-                        if cloud.is_some() { "" } else { "Debian " }
+                        if cloud { "" } else { "Debian " }
                     ),
                 ));
             }
@@ -118,7 +140,7 @@ impl QemuBuilder {
             )?,
         };
         let disk = value::size(src, raw.disk.as_ref(), "disk", DISK, Size(4 * GIB))?;
-        let default_boot = default_boot_timeout(raw.arch, cloud.is_some());
+        let default_boot = default_boot_timeout(raw.arch, cloud);
         let boot_timeout = value::duration(
             src,
             raw.boot_timeout.as_ref(),
@@ -127,12 +149,9 @@ impl QemuBuilder {
             default_boot,
         )?;
         Ok(QemuBuilder {
-            warm: cloud.is_none() && raw.warm.map(Spanned::into_inner).unwrap_or(true),
-            suite,
-            cloud,
+            kind,
             arch: raw.arch,
             packages,
-            init: raw.init.map(Spanned::into_inner).unwrap_or_default(),
             shape,
             disk,
             boot_timeout,

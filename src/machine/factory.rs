@@ -9,11 +9,11 @@ use std::sync::{Arc, Mutex};
 
 #[cfg(feature = "ec2")]
 use super::ec2::{Ec2Backend, sweep::Ec2Sweeper};
-use super::qemu::image::{Cache, Recipe};
+use super::qemu::image::{Cache, Recipe, RecipeKind};
 use super::qemu::{QemuBackend, sweep::QemuSweeper, warm};
 use super::settings::Settings;
 use super::{Backend, Origin, Registry};
-use crate::config::{BackendConfig, Builder, QemuBuilder, Shape};
+use crate::config::{BackendConfig, Builder, ImageKind, QemuBuilder, Shape};
 use crate::error::{Error, IoContext, Result};
 use crate::leftovers::Sweeper;
 use crate::paths::Dirs;
@@ -152,7 +152,7 @@ impl Machines {
                 bytes: i.disk_usage(),
                 describe: match i.cloud() {
                     Some(c) => format!("{} {}", c.location(), i.info.recipe.arch.debian()),
-                    None => format!("{}/{}", i.info.recipe.suite, i.info.recipe.arch.debian()),
+                    None => format!("{}/{}", i.info.recipe.record().suite, i.arch.debian()),
                 },
                 snapshots: warm::kept(&i.dir).iter().map(CachedSnapshot::of).collect(),
                 builder: i.info.builder,
@@ -217,9 +217,15 @@ pub fn builder_for(
     configured: impl FnOnce() -> Result<Builder, crate::config::ConfigError>,
 ) -> Result<Builder> {
     let backend = match origin {
-        Origin::Image(r) => {
-            refuse_special_image(name, r)?;
-            BackendConfig::Qemu(qemu_builder(r, shape))
+        Origin::Qemu(record) => {
+            let recipe = record
+                .recipe()
+                .map_err(|(field, why)| Error::NotReproducible {
+                    problem: format!("the manifest's {field}: {why}"),
+                    source: None,
+                })?;
+            refuse_special_image(name, &recipe)?;
+            BackendConfig::Qemu(qemu_builder(&recipe, shape))
         }
         Origin::Ec2(e) => {
             let own = configured().map_err(|e| Error::NotReproducible {
@@ -255,7 +261,7 @@ pub fn builder_for(
 /// A recorded local image must be a regular file: a manifest naming `/dev/zero` would hash
 /// forever, a FIFO would block.
 fn refuse_special_image(name: &str, r: &Recipe) -> Result<()> {
-    let Some(path) = r.cloud.as_ref().and_then(|c| c.path.as_deref()) else {
+    let Some(path) = r.cloud().and_then(|c| c.path.as_deref()) else {
         return Ok(());
     };
     match std::fs::metadata(path) {
@@ -270,29 +276,33 @@ fn refuse_special_image(name: &str, r: &Recipe) -> Result<()> {
 }
 
 fn qemu_builder(r: &Recipe, shape: Shape) -> QemuBuilder {
-    // A recorded cloud image: the same file, held to the recorded sha256.
-    let cloud = r.cloud.as_ref().map(|c| crate::config::CloudImage {
-        source: c.source(),
-        ssh_user: c.ssh_user.clone(),
-        firmware: c.firmware,
-        bake_script: c
-            .bake_script
-            .as_ref()
-            .map(|text| crate::config::cloud::BakeScript {
-                path: PathBuf::from("(the manifest's bake_script)"),
-                text: text.clone(),
-            }),
-    });
+    let kind = match &r.kind {
+        RecipeKind::Debian { suite, init } => ImageKind::Debian {
+            suite: suite.clone(),
+            init: *init,
+            warm: true,
+        },
+        // A recorded cloud image: the same file, held to the recorded sha256.
+        RecipeKind::Cloud(c) => ImageKind::Cloud(crate::config::CloudImage {
+            source: c.source(),
+            ssh_user: c.ssh_user.clone(),
+            firmware: c.firmware,
+            bake_script: c
+                .bake_script
+                .as_ref()
+                .map(|text| crate::config::cloud::BakeScript {
+                    path: PathBuf::from("(the manifest's bake_script)"),
+                    text: text.clone(),
+                }),
+        }),
+    };
     QemuBuilder {
-        suite: r.suite.clone(),
-        warm: cloud.is_none(),
-        cloud,
+        kind,
         arch: r.arch,
         packages: r.packages.clone(),
-        init: r.init,
         shape,
         disk: r.disk,
-        boot_timeout: crate::config::qemu::default_boot_timeout(r.arch, r.cloud.is_some()),
+        boot_timeout: crate::config::qemu::default_boot_timeout(r.arch, r.cloud().is_some()),
     }
 }
 

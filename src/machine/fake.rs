@@ -84,7 +84,7 @@ impl FakeBackend {
 #[async_trait]
 impl Backend for FakeBackend {
     async fn origin(&self) -> Result<Origin> {
-        Ok(Origin::Image(super::qemu::image::Recipe {
+        Ok(Origin::Qemu(super::qemu::image::ImageRecord {
             distro: "debian".into(),
             suite: "fake".into(),
             arch: crate::config::Arch::Amd64,

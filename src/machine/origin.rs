@@ -1,22 +1,21 @@
-//! Where a build's machine came from, as a manifest records it: a recipe runner bakes, or an
-//! EC2 image definition (whose resolved AMI id is the manifest's base image). Its digest is
-//! part of every build's inputs digest.
+//! Where a build's machine came from, as a manifest records it (`builder.recipe`): the
+//! recipe of an image runner makes for QEMU, or an EC2 image definition (whose resolved AMI
+//! id is the manifest's base image). Its digest is part of every build's inputs digest.
+//!
+//! The record is tagged by `backend`; manifests from before the tag hold a QEMU recipe bare,
+//! and read the same.
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 
-use super::qemu::image::{CloudRecipe, Recipe};
+use super::qemu::image::{CloudRecipe, ImageRecord};
 use crate::config::Arch;
-use crate::config::names::{self, Failed, Invalid, ensure};
-use crate::config::shape::DISK;
+use crate::config::names::{self, Failed, ensure};
 use crate::digest::sha256_hex;
 
-/// The largest bake script a recorded cloud recipe may carry.
-const MAX_BAKE_SCRIPT: usize = 1 << 20;
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(untagged)]
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(tag = "backend", rename_all = "lowercase")]
 pub enum Origin {
-    Image(Recipe),
+    Qemu(ImageRecord),
     Ec2(Ec2Origin),
 }
 
@@ -24,7 +23,6 @@ pub enum Origin {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Ec2Origin {
-    pub backend: String,
     /// As the builder asks for it (an id, or owner + name filter).
     pub ami: serde_json::Value,
     /// What that resolved to for this build: a newer match is a different build environment.
@@ -32,14 +30,36 @@ pub struct Ec2Origin {
     pub arch: Arch,
 }
 
+impl<'de> Deserialize<'de> for Origin {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Origin, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(tag = "backend", rename_all = "lowercase")]
+        enum Tagged {
+            Qemu(ImageRecord),
+            Ec2(Ec2Origin),
+        }
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Wire {
+            Tagged(Tagged),
+            Bare(ImageRecord),
+        }
+        Ok(match Wire::deserialize(d)? {
+            Wire::Tagged(Tagged::Qemu(r)) | Wire::Bare(r) => Origin::Qemu(r),
+            Wire::Tagged(Tagged::Ec2(e)) => Origin::Ec2(e),
+        })
+    }
+}
+
 impl Origin {
     pub fn digest(&self) -> String {
         match self {
-            Origin::Image(r) => r.digest(),
-            Origin::Ec2(e) => sha256_hex(
+            Origin::Qemu(r) => r.digest(),
+            // The tagged record: `backend` first, as before the tag moved out of the struct.
+            Origin::Ec2(_) => sha256_hex(
                 &[
                     b"runner-ec2-v1\0".as_slice(),
-                    &serde_json::to_vec(e).expect("origin serializes"),
+                    &serde_json::to_vec(self).expect("origin serializes"),
                 ]
                 .concat(),
             ),
@@ -50,7 +70,7 @@ impl Origin {
     /// `suite bookworm → trixie`, `AMI ami-1 → ami-2`.
     pub fn changes_from(&self, old: &Origin) -> Vec<String> {
         match (old, self) {
-            (Origin::Image(a), Origin::Image(b)) => {
+            (Origin::Qemu(a), Origin::Qemu(b)) => {
                 let mut out = vec![];
                 let field = |out: &mut Vec<String>, name: &str, x: String, y: String| {
                     if x != y {
@@ -107,7 +127,7 @@ impl Origin {
     /// Which kind of machine source, for provenance's builder id.
     pub fn kind(&self) -> &'static str {
         match self {
-            Origin::Image(_) => "qemu",
+            Origin::Qemu(_) => "qemu",
             Origin::Ec2(_) => "ec2",
         }
     }
@@ -117,14 +137,14 @@ impl Origin {
     /// image is downloaded and booted. A failure names the field below `builder.recipe`.
     pub fn check(&self) -> Result<(), Failed> {
         match self {
-            Origin::Image(r) => recipe(r),
+            Origin::Qemu(r) => r.recipe().map(drop),
             Origin::Ec2(e) => ec2(e),
         }
     }
 
     pub fn arch(&self) -> Arch {
         match self {
-            Origin::Image(r) => r.arch,
+            Origin::Qemu(r) => r.arch,
             Origin::Ec2(e) => e.arch,
         }
     }
@@ -132,11 +152,7 @@ impl Origin {
 
 /// What differs between two cloud images' recipes: the image itself, who logs in, how it
 /// boots, what the customising boot runs.
-fn cloud_changes(
-    out: &mut Vec<String>,
-    a: Option<&super::qemu::image::CloudRecipe>,
-    b: Option<&super::qemu::image::CloudRecipe>,
-) {
+fn cloud_changes(out: &mut Vec<String>, a: Option<&CloudRecipe>, b: Option<&CloudRecipe>) {
     let (Some(a), Some(b)) = (a, b) else { return };
     let short = |s: &str| s.chars().take(16).collect::<String>();
     if a.sha256 != b.sha256 {
@@ -163,120 +179,7 @@ fn cloud_changes(
     }
 }
 
-/// A recipe as a builder file would have to say it.
-fn recipe(r: &Recipe) -> Result<(), Failed> {
-    let f = |name: &str| format!("builder.recipe.{name}");
-    let package_ok: fn(&str) -> bool = match (r.distro.as_str(), &r.cloud) {
-        ("debian", None) => {
-            ensure(
-                names::is_debian_name(&r.suite),
-                || f("suite"),
-                &r.suite,
-                "a Debian suite name",
-            )?;
-            names::is_debian_name
-        }
-        ("cloud", Some(c)) => {
-            ensure(
-                r.suite.is_empty(),
-                || f("suite"),
-                &r.suite,
-                "empty for a cloud image",
-            )?;
-            cloud(c)?;
-            names::is_package_name
-        }
-        _ => {
-            return Err((
-                f("distro"),
-                Invalid::new(
-                    &r.distro,
-                    "`debian` (with a suite) or `cloud` (with an image)",
-                ),
-            ));
-        }
-    };
-    ensure(
-        r.packages.len() <= 4096,
-        || f("packages"),
-        "…",
-        "at most 4096 packages",
-    )?;
-    for (i, p) in r.packages.iter().enumerate() {
-        ensure(
-            package_ok(p),
-            || f(&format!("packages[{i}]")),
-            p,
-            "a package name",
-        )?;
-    }
-    ensure(
-        (DISK.min..=DISK.max).contains(&r.disk),
-        || f("disk"),
-        &r.disk.to_string(),
-        "a disk size within the builder limits (1 GiB to 2 TiB)",
-    )
-}
-
-fn cloud(c: &CloudRecipe) -> Result<(), Failed> {
-    let f = |name: &str| format!("builder.recipe.cloud.{name}");
-    match (&c.url, &c.path) {
-        (Some(url), None) => ensure(
-            url.len() <= 4096
-                && (url.starts_with("https://") || url.starts_with("http://"))
-                && !url.contains(|ch: char| ch.is_whitespace() || ch.is_control()),
-            || f("url"),
-            url,
-            "an http(s) URL",
-        )?,
-        (None, Some(path)) => ensure(
-            path.len() <= 4096
-                && path.starts_with('/')
-                && std::path::Path::new(path).components().all(|c| {
-                    matches!(
-                        c,
-                        std::path::Component::RootDir | std::path::Component::Normal(_)
-                    )
-                }),
-            || f("path"),
-            path,
-            "an absolute path without `.` or `..`",
-        )?,
-        _ => {
-            return Err((
-                f("url"),
-                Invalid::new("", "exactly one of `url` and `path`"),
-            ));
-        }
-    }
-    ensure(
-        names::is_sha256_lower(&c.sha256),
-        || f("sha256"),
-        &c.sha256,
-        "a SHA-256 (64 lowercase hex digits)",
-    )?;
-    ensure(
-        names::is_user_name(&c.ssh_user),
-        || f("ssh_user"),
-        &c.ssh_user,
-        "a login name",
-    )?;
-    let script = c.bake_script.as_deref().unwrap_or_default();
-    ensure(
-        script.len() <= MAX_BAKE_SCRIPT,
-        || f("bake_script"),
-        "…",
-        "at most 1 MiB",
-    )
-}
-
 fn ec2(e: &Ec2Origin) -> Result<(), Failed> {
-    ensure(
-        e.backend == "ec2",
-        || "builder.recipe.backend".into(),
-        &e.backend,
-        "`ec2`",
-    )?;
     ensure(
         names::is_ami_id(&e.image),
         || "builder.recipe.image".into(),

@@ -36,12 +36,13 @@ impl World {
             name: "fake".into(),
             path: self.tmp.path().join("builders/fake.toml"),
             backend: BackendConfig::Qemu(QemuBuilder {
-                suite: "bookworm".into(),
-                cloud: None,
+                kind: crate::config::ImageKind::Debian {
+                    suite: "bookworm".into(),
+                    init: Default::default(),
+                    warm: true,
+                },
                 arch: crate::config::Arch::Amd64,
                 packages: vec![],
-                init: Default::default(),
-                warm: true,
                 shape: Shape {
                     vcpus: 1,
                     memory: Size(1 << 30),

@@ -338,3 +338,43 @@ pub fn run_shown(mut cmd: Command, args: &[&str]) -> Output {
     );
     out
 }
+
+/// A copy of `examples/<name>` with the shared provision scripts beside it (as in the
+/// repository), in a temp dir; returns the dir and the example's root.
+pub fn example(name: &str) -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::Builder::new()
+        .prefix("runner-test-example-")
+        .tempdir()
+        .unwrap();
+    let root = tmp.path().join("examples").join(name);
+    copy_dir(&repo().join("examples").join(name), &root);
+    copy_dir(
+        &repo().join("provision-scripts"),
+        &tmp.path().join("provision-scripts"),
+    );
+    (tmp, root)
+}
+
+/// Every stdout line of `--message-format json`, parsed.
+pub fn json_events(out: &Output) -> Vec<serde_json::Value> {
+    stdout(out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect()
+}
+
+/// The `finished` event of `target`.
+pub fn finished<'a>(events: &'a [serde_json::Value], target: &str) -> &'a serde_json::Value {
+    events
+        .iter()
+        .find(|e| e["event"] == "finished" && e["target"] == target)
+        .unwrap_or_else(|| panic!("no finished event for {target}"))
+}
+
+/// Seconds since the epoch, now.
+pub fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use runner::artifacts::ArtifactFile;
 use runner::machine::Origin;
-use runner::machine::qemu::image::Recipe;
+use runner::machine::qemu::image::ImageRecord;
 use runner::manifest::{ArtifactRecord, Build, Manifest};
 use runner::provenance::keys::SigningKey;
 use runner::store::Records;
@@ -51,7 +51,7 @@ impl Fixture<'_> {
 
     /// Calls `f` with the fixture's build (it borrows values that live only here).
     fn with_build<R>(&self, f: impl FnOnce(&Build) -> R) -> R {
-        let origin = Origin::Image(Recipe {
+        let origin = Origin::Qemu(ImageRecord {
             distro: "debian".into(),
             suite: "fixture".into(),
             arch: runner::config::Arch::Amd64,

@@ -59,7 +59,7 @@ enum Source {
     },
 }
 
-pub async fn verify(env: &Env, args: Args) -> Result<i32> {
+pub async fn verify(env: &Env, args: Args) -> Result<Exit> {
     // A broken runner.toml is an error, not "no key configured".
     let project = super::project_if_any(env)?;
     let key = crate::provenance::keyring::verifying_key(args.key.as_deref(), project.as_ref())?;

@@ -67,7 +67,6 @@ impl Backend for Ec2Backend {
     async fn origin(&self) -> Result<Origin> {
         let r = self.resolved().await?;
         Ok(Origin::Ec2(Ec2Origin {
-            backend: "ec2".into(),
             ami: serde_json::to_value(&self.builder.ami).expect("AMI serializes"),
             image: r.ami.clone(),
             arch: self.builder.arch,

@@ -141,7 +141,7 @@ impl Launch<'_> {
                     .arg("-append")
                     .arg(format!(
                         "console={tty} root=/dev/vda rw panic=-1 quiet{}{}",
-                        match img.info.recipe.init {
+                        match img.info.recipe.init() {
                             Init::Lean => "",
                             Init::Systemd => " runner.init=/lib/systemd/systemd",
                         },

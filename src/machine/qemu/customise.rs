@@ -15,7 +15,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
 use super::command::Accel;
-use super::image::{CUSTOMISE, Image, ImageInfo, Recipe};
+use super::image::{CUSTOMISE, CloudRecipe, Image, ImageInfo, Recipe};
 use super::launch::Start;
 use super::packages::{DETECT, PackageManager};
 use crate::config::{QemuBuilder, Size};
@@ -43,6 +43,8 @@ pub struct Job<'a> {
     pub accel: Accel,
     pub name: &'a str,
     pub builder: &'a QemuBuilder,
+    /// The cloud image of the recipe being made.
+    pub cloud: &'a CloudRecipe,
     pub report: &'a Report,
 }
 
@@ -188,11 +190,11 @@ impl Steps<'_> {
             self.step(&what, &pm.install(&recipe.packages), None, STEP)
                 .await?;
         }
-        if let Some(script) = recipe.cloud.as_ref().and_then(|c| c.bake_script.as_ref()) {
+        if let Some(script) = &self.job.cloud.bake_script {
             self.step("running bake_script", BAKE, Some(script.clone()), STEP)
                 .await?;
         }
-        let user = &recipe.cloud.as_ref().expect("a cloud recipe").ssh_user;
+        let user = &self.job.cloud.ssh_user;
         let seal = format!("sh -s -- {}", quote(user));
         self.step("sealing", &seal, Some(CUSTOMISE.to_owned()), CLOUD_INIT)
             .await

@@ -25,12 +25,12 @@ use tokio::sync::OnceCell;
 
 use self::cold::ColdBoot;
 use self::command::Accel;
-use self::image::{Cache, Image, Provenance, Recipe};
+use self::image::{Cache, CloudRecipe, Image, Provenance, Recipe, RecipeKind};
 use self::launch::Start;
 use self::warm::{Key, Snapshot};
 use super::settings::Settings;
 use super::{Backend, Machine, MachineSpec, Origin, Prepared, Registry, Report};
-use crate::config::{Init, QemuBuilder, Shape};
+use crate::config::{ImageKind, Init, QemuBuilder, Shape};
 use crate::error::{Error, IoContext, Result};
 use crate::guest::GuestKeys;
 use crate::paths::Dirs;
@@ -83,14 +83,14 @@ impl QemuBackend {
         if self.settings.cold {
             return Err(ColdBoot::Asked);
         }
-        if self.builder.cloud.is_some() {
-            return Err(ColdBoot::CloudImage);
-        }
-        if !self.builder.warm {
-            return Err(ColdBoot::WarmOff);
-        }
-        if self.builder.init == Init::Systemd {
-            return Err(ColdBoot::Systemd);
+        match &self.builder.kind {
+            ImageKind::Cloud(_) => return Err(ColdBoot::CloudImage),
+            ImageKind::Debian { warm: false, .. } => return Err(ColdBoot::WarmOff),
+            ImageKind::Debian {
+                init: Init::Systemd,
+                ..
+            } => return Err(ColdBoot::Systemd),
+            ImageKind::Debian { .. } => {}
         }
         if spec.disks.len() > 1 {
             return Err(ColdBoot::ExtraDisks);
@@ -130,7 +130,7 @@ impl QemuBackend {
     async fn recipe(&self) -> Result<&Recipe> {
         self.recipe
             .get_or_try_init(|| async {
-                let sha256 = match &self.builder.cloud {
+                let sha256 = match self.builder.cloud() {
                     Some(c) => {
                         let downloads = Cache::new(&self.dirs).downloads();
                         let sha = image::download::expected_sha256(
@@ -139,11 +139,11 @@ impl QemuBackend {
                             &downloads,
                             &Report::Lines,
                         );
-                        Some(sha.await?)
+                        sha.await?
                     }
-                    None => None,
+                    None => String::new(),
                 };
-                Ok::<_, Error>(Recipe::of(&self.builder, sha256.as_deref()))
+                Ok::<_, Error>(Recipe::of(&self.builder, |_| sha256))
             })
             .await
     }
@@ -153,9 +153,12 @@ impl QemuBackend {
         self.ready
             .get_or_try_init(|| async {
                 let recipe = self.recipe().await?;
-                let (img, how) = match &self.builder.cloud {
-                    None => self.bake(recipe, report).await?,
-                    Some(_) => self.derive(recipe, report).await?,
+                let (img, how) = match &recipe.kind {
+                    RecipeKind::Debian { suite, init } => {
+                        let debian = image::bake::Debian { suite, init: *init };
+                        self.bake(recipe, debian, report).await?
+                    }
+                    RecipeKind::Cloud(cloud) => self.derive(recipe, cloud, report).await?,
                 };
                 let accel = accel::resolve(self.settings.accel, &img, &self.dirs.state).await;
                 tracing::debug!("{}: accelerator {accel:?}", self.name);
@@ -165,7 +168,12 @@ impl QemuBackend {
     }
 
     /// runner's own image, baked from Debian packages.
-    async fn bake(&self, recipe: &Recipe, report: &Report) -> Result<(Image, Provenance)> {
+    async fn bake(
+        &self,
+        recipe: &Recipe,
+        debian: image::bake::Debian<'_>,
+        report: &Report,
+    ) -> Result<(Image, Provenance)> {
         let opts = image::bake::Options {
             mirror: self.settings.mirror.clone(),
             force: self.settings.rebake,
@@ -173,22 +181,33 @@ impl QemuBackend {
         };
         Cache::new(&self.dirs)
             .ensure(recipe, opts.force, |images, digest| async move {
-                image::bake::bake(&images, &self.name, recipe, &digest, &opts).await
+                image::bake::bake(&images, &self.name, recipe, debian, &digest, &opts).await
             })
             .await
     }
 
     /// A cloud image, downloaded (verified before anything boots it) and customised.
-    async fn derive(&self, recipe: &Recipe, report: &Report) -> Result<(Image, Provenance)> {
+    async fn derive(
+        &self,
+        recipe: &Recipe,
+        cloud: &CloudRecipe,
+        report: &Report,
+    ) -> Result<(Image, Provenance)> {
         let cache = Cache::new(&self.dirs);
-        let cloud = recipe.cloud.as_ref().expect("a cloud recipe");
-        let source = &self.builder.cloud.as_ref().expect("a cloud builder").source;
+        // The builder's own source says how far its checksum is trusted; the recorded one
+        // (pinned to its sha256) serves when there is none.
+        let source = match self.builder.cloud() {
+            Some(c) => c.source.clone(),
+            None => cloud.source(),
+        };
+        let source = &source;
         let job = customise::Job {
             dirs: &self.dirs,
             registry: &self.registry,
             accel: accel::unprobed(self.settings.accel, recipe.arch, &self.dirs.state).await,
             name: &self.name,
             builder: &self.builder,
+            cloud,
             report,
         };
         let downloads = cache.downloads();
@@ -215,7 +234,7 @@ impl QemuBackend {
 #[async_trait]
 impl Backend for QemuBackend {
     async fn origin(&self) -> Result<Origin> {
-        Ok(Origin::Image(self.recipe().await?.clone()))
+        Ok(Origin::Qemu(self.recipe().await?.record()))
     }
 
     async fn prepare(&self, report: &Report) -> Result<Prepared> {

@@ -17,6 +17,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Command;
 
 use super::{GUEST_FILES, ImageInfo, Recipe};
+use crate::config::Init;
 use crate::digest::sha256_file;
 use crate::error::{Error, IoContext, Result, joined};
 use crate::logs::LogSink;
@@ -42,17 +43,25 @@ impl Drop for GroupGuard {
     }
 }
 
+/// What of a Debian recipe the bake script is told (the rest is in the recipe).
+#[derive(Clone, Copy)]
+pub struct Debian<'a> {
+    pub suite: &'a str,
+    pub init: Init,
+}
+
 pub async fn bake(
     images: &Path,
     builder: &str,
     recipe: &Recipe,
+    debian: Debian<'_>,
     digest: &str,
     opts: &Options,
 ) -> Result<()> {
     let mirror = super::mirror::resolve(opts.mirror.as_deref())?;
     let failed_log = images.join(format!("{digest}.failed.log"));
     derive(images, builder, recipe, digest, |out, log| async move {
-        let status = run_script(builder, recipe, &mirror, &out, &log, opts).await?;
+        let status = run_script(builder, recipe, debian, &mirror, &out, &log, opts).await?;
         if status.success() {
             return Ok(());
         }
@@ -137,6 +146,7 @@ async fn finish(
 async fn run_script(
     builder: &str,
     recipe: &Recipe,
+    debian: Debian<'_>,
     mirror: &str,
     out: &Path,
     log_path: &Path,
@@ -152,11 +162,11 @@ async fn run_script(
     let mut cmd = Command::new("unshare");
     cmd.args(["--mount", "--propagation", "private", "bash"])
         .arg(scripts.path().join("bake.sh"))
-        .args([recipe.suite.as_str(), recipe.arch.debian(), mirror])
+        .args([debian.suite, recipe.arch.debian(), mirror])
         .arg(out)
         .args(&recipe.packages)
         .env("RUNNER_IMAGE_SIZE", recipe.disk.to_string())
-        .env("RUNNER_INIT_KIND", recipe.init.as_str())
+        .env("RUNNER_INIT_KIND", debian.init.as_str())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -12,15 +12,16 @@ pub mod download;
 pub mod http;
 pub mod mirror;
 mod progress;
+mod recipe;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 pub use self::cloud::CloudRecipe;
-use crate::config::{Arch, Init, QemuBuilder, Size};
+pub use self::recipe::{ImageRecord, Recipe, RecipeKind};
+use crate::config::Arch;
 use crate::error::{Error, IoContext, Result};
 use crate::paths::Dirs;
 
@@ -48,66 +49,6 @@ pub const LOG_LIMIT: u64 = 16 << 20;
 /// script's wrapper) and of the user data the customising boot gets: a change to any of
 /// them must bump this, so derived images are made anew.
 pub const CUSTOMISE_STEPS: u32 = 1;
-
-/// Everything that determines an image's content, and nothing else (not vCPUs or memory).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Recipe {
-    pub distro: String,
-    pub suite: String,
-    pub arch: Arch,
-    pub packages: Vec<String>,
-    pub disk: Size,
-    /// Absent in records of lean images, so recipes from before init kinds read the same.
-    #[serde(default, skip_serializing_if = "Init::is_lean")]
-    pub init: Init,
-    /// A cloud image customised into this one (`distro` is then `cloud`, `suite` empty).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cloud: Option<CloudRecipe>,
-}
-
-impl Recipe {
-    /// The recipe of `q`; a cloud image's needs its sha256 (see `download::expected_sha256`).
-    pub fn of(q: &QemuBuilder, cloud_sha256: Option<&str>) -> Recipe {
-        let cloud = q
-            .cloud
-            .as_ref()
-            .map(|c| CloudRecipe::of(c, cloud_sha256.unwrap_or_default()));
-        Recipe {
-            distro: if cloud.is_some() { "cloud" } else { "debian" }.into(),
-            suite: q.suite.clone(),
-            arch: q.arch,
-            packages: q.packages.clone(),
-            disk: q.disk,
-            init: q.init,
-            cloud,
-        }
-    }
-
-    pub fn digest(&self) -> String {
-        let mut h = Sha256::new();
-        if let Some(c) = &self.cloud {
-            // Runner's own guest files are not in a cloud image; its customising script is.
-            let content = Recipe {
-                cloud: Some(c.content()),
-                ..self.clone()
-            };
-            h.update(b"runner-cloud-image-v1\0");
-            h.update(serde_json::to_vec(&content).expect("recipe serializes"));
-            h.update(CUSTOMISE.as_bytes());
-            h.update(CUSTOMISE_STEPS.to_le_bytes());
-            return hex::encode(h.finalize());
-        }
-        h.update(b"runner-image-v1\0");
-        h.update(serde_json::to_vec(self).expect("recipe serializes"));
-        for (name, text) in GUEST_FILES {
-            for part in [name, text] {
-                h.update((part.len() as u64).to_le_bytes());
-                h.update(part.as_bytes());
-            }
-        }
-        hex::encode(h.finalize())
-    }
-}
 
 /// A baked image in the cache.
 #[derive(Debug, Clone)]
@@ -164,7 +105,7 @@ impl Image {
 
     /// The cloud image this was customised from; `None` for images runner bakes.
     pub fn cloud(&self) -> Option<&CloudRecipe> {
-        self.info.recipe.cloud.as_ref()
+        self.info.recipe.cloud()
     }
 
     /// Bytes on disk (qcow2 is sparse-aware: this is what the cache really costs).
