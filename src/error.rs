@@ -131,6 +131,13 @@ pub enum Error {
     #[error("{machine} refused runner's key for user `{user}`")]
     HostRefusedKey { machine: String, user: String },
 
+    #[error(
+        "target `{target}`: `{}` gives no hourly_price, and the run has a spend cap \
+         (max_cost): give the price of its instance types",
+        builder.display()
+    )]
+    Unpriced { target: String, builder: PathBuf },
+
     #[error("{machine} did not accept SSH within {secs}s{reached} (console log: {})", console.display())]
     BootTimeout {
         machine: String,
@@ -306,7 +313,7 @@ impl Error {
     /// wrong (the message names file, line and key), 4 for everything else.
     pub fn exit_code(&self) -> Exit {
         match self {
-            Error::Config(_) => Exit::Config,
+            Error::Config(_) | Error::Unpriced { .. } => Exit::Config,
             _ => Exit::Error,
         }
     }

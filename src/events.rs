@@ -89,6 +89,8 @@ pub enum FailureKind {
     Cancelled,
     /// What the guest sent back was refused (hostile, over a limit, not asked for).
     ArtifactRefused,
+    /// Not launched: its machine's worst case would take the run past its spend cap.
+    SpendCap,
     /// A bug: the target's task panicked. Its machine was still torn down.
     Panic,
     /// Anything else: configuration, the store, the network, the host.

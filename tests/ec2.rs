@@ -43,14 +43,7 @@ fn cmd(world: &World, moto: &Moto) -> Command {
 }
 
 fn run(world: &World, moto: &Moto, args: &[&str]) -> std::process::Output {
-    let out = cmd(world, moto).args(args).output().unwrap();
-    eprintln!(
-        "runner {args:?} -> {}\n--- stdout\n{}--- stderr\n{}",
-        out.status,
-        stdout(&out),
-        stderr(&out)
-    );
-    out
+    run_shown(cmd(world, moto), args)
 }
 
 fn spawn(world: &World, moto: &Moto, args: &[&str]) -> Child {

@@ -30,6 +30,14 @@ pub struct Args {
     /// Publish to S3 (`s3://bucket/prefix`) instead of the configured store.
     #[arg(long)]
     pub upload: Option<S3Url>,
+    /// The run's spend cap in US dollars (over `[limits] max_cost`): machines whose worst
+    /// case (hourly price × timeout) would pass it are not launched.
+    #[arg(long, value_parser = crate::config::value::cli_cost)]
+    pub max_cost: Option<f64>,
+    /// Print the machines the run would launch, their types and worst-case cost, and start
+    /// nothing.
+    #[arg(long)]
+    pub plan: bool,
 }
 
 /// Builds the selected targets; returns the process exit code (0 only if all succeeded).
@@ -45,10 +53,14 @@ pub async fn build(env: &Env, args: Args) -> Result<Exit> {
             file: project.root.join(crate::config::project::FILE),
         });
     }
+    if args.plan {
+        return super::plan::print(env, &project, &targets, args.max_cost);
+    }
     let host = env.host();
     let opts = RunOptions {
         keep_failed: args.keep_failed,
         force: args.force,
+        max_cost: args.max_cost,
         ..Default::default()
     };
     let (run, rx) = Run::new(&host, Some(&project), opts)?;

@@ -7,6 +7,7 @@ pub mod gc;
 pub mod image;
 pub mod init;
 pub mod key;
+pub mod plan;
 pub mod project;
 pub mod reproduce;
 pub mod verify;

@@ -1,6 +1,7 @@
 //! The `ec2` backend's builder files: where cloud machines come from, with explicit limits.
 //! A builder names no credentials: those come from the standard AWS chain at run time.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -37,6 +38,28 @@ pub struct Ec2Builder {
     pub boot_timeout: Duration,
     /// At most this many instances of this builder at once, across a run's targets.
     pub max_instances: u32,
+    /// What an hour of each of `instance_types` costs, in US dollars (`hourly_price`: one
+    /// price for all, or a table by type). Empty: not priced (a spend cap refuses the run).
+    pub hourly_price: BTreeMap<String, f64>,
+}
+
+impl Ec2Builder {
+    /// The most an hour of this builder's machine can cost: the dearest type it may fall
+    /// back to. `None`: not priced.
+    pub fn worst_hourly_price(&self) -> Option<f64> {
+        self.instance_types
+            .iter()
+            .map(|t| self.hourly_price.get(t).copied())
+            .try_fold(0.0_f64, |worst, p| Some(worst.max(p?)))
+    }
+}
+
+/// `hourly_price = 0.0104`, or `hourly_price = { "t3.micro" = 0.0104, "c5.large" = 0.085 }`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawPrice {
+    All(f64),
+    ByType(BTreeMap<String, f64>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -81,6 +104,7 @@ pub(super) struct RawEc2 {
     max_lifetime: Option<Spanned<String>>,
     boot_timeout: Option<Spanned<String>>,
     max_instances: Option<Spanned<u32>>,
+    hourly_price: Option<Spanned<RawPrice>>,
 }
 
 fn amd64() -> Arch {
@@ -164,8 +188,42 @@ impl Ec2Builder {
             max_lifetime,
             boot_timeout,
             max_instances,
+            hourly_price: prices(src, raw.hourly_price.as_ref(), types)?,
         })
     }
+}
+
+/// Every listed type priced, within [`value::PRICE`]; a table naming a type the builder
+/// does not list is a typo.
+fn prices(
+    src: &Source,
+    raw: Option<&Spanned<RawPrice>>,
+    types: &[String],
+) -> Result<BTreeMap<String, f64>, ConfigError> {
+    let Some(raw) = raw else {
+        return Ok(BTreeMap::new());
+    };
+    let bad = |msg: String| src.error_at(Some(raw.span()), Some("hourly_price".into()), msg);
+    let table = match raw.get_ref() {
+        RawPrice::All(p) => types.iter().map(|t| (t.clone(), *p)).collect(),
+        RawPrice::ByType(t) => t.clone(),
+    };
+    let range = value::PRICE;
+    for (ty, p) in &table {
+        if !types.contains(ty) {
+            return Err(bad(format!("`{ty}` is not one of instance_types")));
+        }
+        if !(range.min..=range.max).contains(p) {
+            return Err(bad(format!(
+                "`{ty}`: a price between {} and {} dollars an hour",
+                range.min, range.max
+            )));
+        }
+    }
+    if let Some(missing) = types.iter().find(|t| !table.contains_key(*t)) {
+        return Err(bad(format!("no price for `{missing}`")));
+    }
+    Ok(table)
 }
 
 /// Without `security_group`, runner makes a temporary one open to `ssh_cidr` only.

@@ -1,5 +1,5 @@
 //! `[limits]` of `runner.toml`: caps on what a guest may send back, so that a hostile or
-//! runaway build cannot fill the host's disk or memory.
+//! runaway build cannot fill the host's disk or memory, and on what a run may spend.
 
 use std::time::Duration;
 
@@ -22,6 +22,11 @@ pub struct Limits {
     pub max_console: Size,
     /// How long a finished script's output may stay open before runner stops waiting.
     pub leak_timeout: Duration,
+    /// The spend cap of a run, in US dollars: no machine is launched whose worst case
+    /// (hourly price × the target's timeout) would take the run past it.
+    pub max_cost: Option<f64>,
+    /// The same cap in instance-hours of cloud machines, priced or not.
+    pub max_instance_hours: Option<f64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -33,6 +38,8 @@ pub struct RawLimits {
     max_log_size: Option<Spanned<Size>>,
     max_console_size: Option<Spanned<Size>>,
     leak_timeout: Option<Spanned<String>>,
+    max_cost: Option<Spanned<f64>>,
+    max_instance_hours: Option<Spanned<f64>>,
 }
 
 /// What each limit is when `[limits]` does not say (and when there is no project).
@@ -45,6 +52,8 @@ impl Default for Limits {
             max_log: DEFAULT_LOG,
             max_console: DEFAULT_CONSOLE,
             leak_timeout: DEFAULT_LEAK_TIMEOUT,
+            max_cost: None,
+            max_instance_hours: None,
         }
     }
 }
@@ -87,6 +96,13 @@ impl Limits {
                 "leak_timeout",
                 (LEAK_TIMEOUT, Example("2s")),
                 DEFAULT_LEAK_TIMEOUT,
+            )?,
+            max_cost: value::amount(src, raw.max_cost.as_ref(), "max_cost", value::COST)?,
+            max_instance_hours: value::amount(
+                src,
+                raw.max_instance_hours.as_ref(),
+                "max_instance_hours",
+                value::INSTANCE_HOURS,
             )?,
         })
     }

@@ -117,3 +117,44 @@ where
         )),
     }
 }
+
+/// A spend cap in US dollars (`max_cost`, `--max-cost`): above zero, and finite.
+pub const COST: Range<f64> = Range {
+    min: 0.0001,
+    max: 1_000_000.0,
+};
+
+/// A cap in instance-hours (`max_instance_hours`).
+pub const INSTANCE_HOURS: Range<f64> = Range {
+    min: 0.01,
+    max: 1_000_000.0,
+};
+
+/// What one instance-hour costs, in US dollars (`hourly_price`): zero is allowed (a free
+/// tier), NaN and infinity are not.
+pub const PRICE: Range<f64> = Range {
+    min: 0.0,
+    max: 10_000.0,
+};
+
+/// An optional amount (dollars, hours) within `limits`.
+pub fn amount(
+    src: &Source,
+    v: Option<&Spanned<f64>>,
+    key: &str,
+    limits: Range<f64>,
+) -> Result<Option<f64>, ConfigError> {
+    v.map(|n| count(src, Some(n), key, limits, 0.0)).transpose()
+}
+
+/// `--max-cost`, within [`COST`], with or without a leading `$`.
+pub fn cli_cost(text: &str) -> Result<f64, String> {
+    let n: f64 = text
+        .trim_start_matches('$')
+        .parse()
+        .map_err(|e| format!("{e}"))?;
+    if !(COST.min..=COST.max).contains(&n) {
+        return Err(format!("must be between {} and {}", COST.min, COST.max));
+    }
+    Ok(n)
+}

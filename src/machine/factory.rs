@@ -346,4 +346,8 @@ impl Backend for Missing {
     fn capacity(&self) -> usize {
         1
     }
+
+    fn summary(&self) -> String {
+        format!("{} (not built with `{}`)", self.builder, self.feature)
+    }
 }

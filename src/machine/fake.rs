@@ -67,6 +67,8 @@ pub struct FakeBackend {
     /// Every target produces this one artifact.
     pub artifact: (&'static str, &'static [u8]),
     pub shared: Arc<Shared>,
+    /// What each machine costs (spend-cap tests).
+    pub cost: super::Cost,
 }
 
 impl FakeBackend {
@@ -77,6 +79,7 @@ impl FakeBackend {
             behaviour: HashMap::new(),
             artifact: ("out.txt", b"built\n"),
             shared: Arc::default(),
+            cost: super::Cost::Local,
         }
     }
 }
@@ -133,6 +136,14 @@ impl Backend for FakeBackend {
 
     fn capacity(&self) -> usize {
         self.capacity
+    }
+
+    fn cost(&self) -> super::Cost {
+        self.cost
+    }
+
+    fn summary(&self) -> String {
+        "fake".into()
     }
 }
 

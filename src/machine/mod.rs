@@ -129,6 +129,25 @@ pub trait Backend: Send + Sync {
     fn attaches_disks(&self) -> bool {
         false
     }
+
+    /// What a machine costs while it runs, for a run's spend cap and `build --plan`.
+    fn cost(&self) -> Cost {
+        Cost::Local
+    }
+
+    /// The machine in a few words, for `build --plan`: backend, image, type or shape.
+    fn summary(&self) -> String;
+}
+
+/// What a backend's machine costs while it runs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Cost {
+    /// A machine on this host: no spend, no instance-hours.
+    Local,
+    /// A cloud machine at most this many US dollars an hour (its dearest type).
+    PerHour(f64),
+    /// A cloud machine whose builder gives no price.
+    Unpriced,
 }
 
 /// The backend-specific half of a running machine.

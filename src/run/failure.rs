@@ -19,6 +19,10 @@ pub enum Failure {
     #[error("cancelled")]
     Cancelled,
 
+    /// Not launched: the run's spend cap.
+    #[error(transparent)]
+    OverCap(#[from] super::budget::OverCap),
+
     /// Everything else, with its cause chain: a machine that died, a refused artifact, the
     /// store, the host.
     #[error(transparent)]
@@ -40,6 +44,7 @@ impl Failure {
             Failure::Script { .. } => FailureKind::Script,
             Failure::TimedOut { .. } => FailureKind::Timeout,
             Failure::Cancelled => FailureKind::Cancelled,
+            Failure::OverCap(_) => FailureKind::SpendCap,
             Failure::Error(Error::MachineDied { .. }) => FailureKind::MachineDied,
             Failure::Error(Error::ArtifactRefused(_)) => FailureKind::ArtifactRefused,
             Failure::Error(_) => FailureKind::Error,

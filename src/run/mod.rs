@@ -3,6 +3,7 @@
 //! result; [`phases`] is the pipeline itself, one function per phase. [`Run::new`] (in
 //! `setup`) is the one place a run is made.
 
+pub mod budget;
 pub mod dispatch;
 mod failure;
 mod inputs;
@@ -56,6 +57,8 @@ pub struct Run {
     pub signing: Option<Arc<SigningKey>>,
     /// Where context packs are kept (the cache).
     pub packs: PathBuf,
+    /// What the run's cloud machines may cost at worst, and what they have reserved.
+    pub budget: Arc<budget::Budget>,
     /// Context packs this run put in stores, removed when it ends.
     pub shared: std::sync::Mutex<Vec<(Arc<dyn ArtifactStore>, crate::store::Shared)>>,
 }

@@ -9,6 +9,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_util::sync::CancellationToken;
 
 use super::Run;
+use super::budget::Budget;
 use crate::config::{Project, S3Url, Target};
 use crate::error::{Error, Result};
 use crate::events::{Emitter, Event};
@@ -42,6 +43,8 @@ pub struct RunOptions {
     /// The exact context excludes to use (a reproduction's recorded ones) instead of the
     /// project's artifact directory.
     pub context_excludes: Option<Vec<String>>,
+    /// The run's spend cap in dollars (`--max-cost`), over the project's `max_cost`.
+    pub max_cost: Option<f64>,
 }
 
 /// A target as a run builds it: its configuration and the store it publishes to.
@@ -67,10 +70,13 @@ impl Run {
             })?;
         let trust = Trust(keyring::trusted_key(project)?);
         let (emitter, rx) = Emitter::channel();
+        let limits = project.map(|p| p.limits).unwrap_or_default();
+        let budget = Budget::new(opts.max_cost.or(limits.max_cost), limits.max_instance_hours);
         let run = Run {
             machines: host.machines.clone(),
             local: Arc::new(LocalStore::new(&local_dir).trusting(trust)),
-            limits: project.map(|p| p.limits).unwrap_or_default(),
+            limits,
+            budget: Arc::new(budget),
             emitter,
             cancel: host.cancel.clone(),
             keep_failed: opts.keep_failed,
@@ -104,6 +110,8 @@ impl Run {
         let mut remote: HashMap<String, Arc<dyn ArtifactStore>> = HashMap::new();
         let mut planned = Vec::with_capacity(targets.len());
         for target in targets {
+            let cost = self.machines.backend(&target.builder).cost();
+            self.budget.priced(&target, cost)?;
             let store = match destination(project, &target, upload) {
                 None => self.local.clone(),
                 Some(url) => match remote.get(&url.to_string()) {

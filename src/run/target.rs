@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
+use super::budget::Reservation;
 use super::inputs::Inputs;
 use super::phases;
 use super::transfer::Plan;
@@ -68,6 +69,8 @@ impl Tracker<'_> {
 #[derive(Default)]
 struct Leftover {
     lease: Option<Lease>,
+    /// The machine's share of the spend cap, given back once it is gone.
+    reservation: Option<Reservation>,
     context_digest: Option<String>,
 }
 
@@ -111,6 +114,12 @@ pub async fn run_target(run: Arc<Run>, planned: Planned) -> TargetResult {
         Some(lease) => finish_machine(&run, &tracker, lease, &result, sink.as_ref().ok()).await,
         None => String::new(),
     };
+    // A machine kept for inspection still runs: its worst case stays reserved.
+    if let Some(r) = left.reservation.take()
+        && !note.is_empty()
+    {
+        r.keep();
+    }
     let mut r = TargetResult {
         target: target.name.clone(),
         outcome: Outcome::Succeeded,
@@ -142,6 +151,14 @@ fn fail(r: &mut TargetResult, f: Failure, sink: Option<&LogSink>, note: &str) {
     if let Failure::Cancelled = f {
         r.outcome = Outcome::Cancelled;
         r.error = Some(format!("{} cancelled in {}", r.target, r.phase.as_str()));
+        return;
+    }
+    if let Failure::OverCap(over) = &f {
+        r.outcome = Outcome::Skipped;
+        if let Some(s) = sink {
+            s.note(&format!("not launched: {over}"));
+        }
+        r.error = Some(format!("{} skipped: {over}", r.target));
         return;
     }
     r.outcome = Outcome::Failed;
@@ -256,6 +273,8 @@ async fn machine_phases(
         ..
     } = *job;
     tracker.enter(Phase::Boot);
+    let cost = inputs.declared.backend.cost();
+    left.reservation = run.budget.reserve(cost, t.timeout)?;
     let lease = left
         .lease
         .insert(phases::boot(run, t, inputs, plan, log).await?);

@@ -68,6 +68,11 @@ impl World {
     /// A run made as `build` makes one (no project; defaults), over the fake backend, with
     /// short limits so leftover and log tests take milliseconds.
     fn run(&self, backend: FakeBackend, keep_failed: bool) -> Arc<Run> {
+        self.run_capped(backend, keep_failed, None)
+    }
+
+    /// [`World::run`] with a spend cap in dollars.
+    fn run_capped(&self, backend: FakeBackend, keep_failed: bool, cap: Option<f64>) -> Arc<Run> {
         let host = Host {
             machines: Arc::new(Machines::fake(&self.dirs, Arc::new(backend))),
             dirs: &self.dirs,
@@ -80,6 +85,7 @@ impl World {
             logs: Some(self.tmp.path().join("logs")),
             epoch: Some(crate::run::DEFAULT_EPOCH),
             context_excludes: None,
+            max_cost: cap,
         };
         let (mut run, _rx) = Run::new(&host, None, opts).unwrap();
         run.limits.leak_timeout = Duration::from_millis(100);
@@ -352,4 +358,38 @@ async fn the_context_pack_a_build_leaves_is_the_users_alone() {
     for f in files {
         assert_eq!(mode(&f.path()), 0o600, "{}", f.path().display());
     }
+}
+
+#[tokio::test]
+async fn machines_past_the_spend_cap_are_never_launched_and_finished_ones_give_back() {
+    let w = World::new();
+    let hour = Duration::from_secs(3600);
+    let opts = Options {
+        jobs: Some(1),
+        keep_going: true,
+    };
+    let capped = |targets: Vec<Target>| {
+        // $1 an hour under a $1.50 cap.
+        let (mut b, shared) = fake(&w, &[]);
+        b.cost = crate::machine::Cost::PerHour(1.0);
+        let run = w.run_capped(b, false, Some(1.5));
+        (run.clone(), run.local(targets), shared)
+    };
+    // One hour each, one at a time: each finished machine gives back all but its minimum
+    // minute, so all three fit.
+    let (run, planned, _) = capped(names(3).iter().map(|n| w.target(n, hour)).collect());
+    let results = super::dispatch::run(run, planned, &opts).await;
+    assert!(
+        results.iter().all(|r| r.outcome == Outcome::Succeeded),
+        "{results:?}"
+    );
+    // Two hours at worst never fit: skipped by name, and never launched.
+    let (run, planned, shared) = capped(vec![w.target("dear", 2 * hour)]);
+    let results = super::dispatch::run(run, planned, &opts).await;
+    assert_eq!(results[0].outcome, Outcome::Skipped);
+    assert_eq!(results[0].failure, Some(FailureKind::SpendCap));
+    let error = results[0].error.as_deref().unwrap();
+    assert!(error.starts_with("dear skipped: spend cap:"), "{error}");
+    assert!(error.contains("max_cost $1.5000"), "{error}");
+    assert!(shared.journal().iter().all(|l| !l.starts_with("launch")));
 }

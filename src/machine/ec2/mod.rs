@@ -23,7 +23,7 @@ use tokio::sync::{OnceCell, Semaphore};
 use self::instance::Ec2Instance;
 use super::dir::MachineDir;
 use super::record::{CloudRecord, MachineRecord};
-use super::{Backend, Ec2Origin, Machine, MachineSpec, Origin, Prepared, Registry, Report};
+use super::{Backend, Cost, Ec2Origin, Machine, MachineSpec, Origin, Prepared, Registry, Report};
 use crate::config::Ec2Builder;
 use crate::error::Result;
 use crate::guest::{Endpoint, GuestKeys};
@@ -142,5 +142,18 @@ impl Backend for Ec2Backend {
 
     fn capacity(&self) -> usize {
         self.builder.max_instances as usize
+    }
+
+    fn cost(&self) -> Cost {
+        self.builder
+            .worst_hourly_price()
+            .map_or(Cost::Unpriced, Cost::PerHour)
+    }
+
+    fn summary(&self) -> String {
+        let b = &self.builder;
+        let region = b.region.as_deref().unwrap_or("default region");
+        let spot = if b.spot { ", spot" } else { "" };
+        format!("ec2 {region} {}{spot}", b.instance_types.join(" or "))
     }
 }

@@ -273,6 +273,25 @@ impl Backend for QemuBackend {
         capacity(self.builder.shape)
     }
 
+    fn summary(&self) -> String {
+        let b = &self.builder;
+        let image = match &b.kind {
+            ImageKind::Debian { suite, init, .. } => format!("debian {suite} ({})", init.as_str()),
+            ImageKind::Cloud(c) => match &c.source {
+                crate::config::ImageSource::Url { url, .. } => format!("cloud image {url}"),
+                crate::config::ImageSource::Path { path, .. } => {
+                    format!("cloud image {}", path.display())
+                }
+            },
+        };
+        format!(
+            "qemu {} {image}, {} vCPU {}",
+            b.arch.debian(),
+            b.shape.vcpus,
+            b.shape.memory
+        )
+    }
+
     fn attaches_disks(&self) -> bool {
         true
     }
