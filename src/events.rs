@@ -133,6 +133,13 @@ pub enum Event {
         phase: Phase,
         seconds: f64,
     },
+    /// The target's machine cannot start yet and runner waits (a cloud's quota, throttling or
+    /// capacity): why, and how long until the next try.
+    Waiting {
+        target: String,
+        reason: String,
+        retry_in_seconds: f64,
+    },
     /// The target's machine is up: which one, and how it started (`warm (snapshot …)`,
     /// `cold`, or `cold (why not warm)`; empty where a backend has one way only).
     Machine {

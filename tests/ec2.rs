@@ -329,21 +329,24 @@ fn no_capacity_falls_back_to_the_next_instance_type_and_runs_out_cleanly() {
     assert_eq!(wait_exit(&mut child, Duration::from_secs(120)), Some(130));
     assert_nothing_left(&moto);
 
-    // No type has capacity: a clear error naming them, and the temporary group is gone.
+    // No type has capacity: the target waits for some, saying why, until its timeout; the
+    // temporary group is gone.
     let proj = project(
         &moto,
         "instance_types = [\"c5.large\", \"m5.large\"]\n",
         &["t"],
-        "",
+        "timeout = \"6s\"\n",
     );
     let world = World::with_project(proj.path().to_owned());
     let out = run(&world, &moto, &["build", "t"]);
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
     assert!(
-        err.contains("no capacity for any instance type")
-            && err.contains("c5.large: InsufficientInstanceCapacity")
-            && err.contains("m5.large"),
+        err.contains("t failed in boot: timed out after 6s")
+            && err.contains(
+                "waiting: no room for any instance type: c5.large: \
+                             InsufficientInstanceCapacity; m5.large: InsufficientInstanceCapacity"
+            ),
         "{err}"
     );
     assert_eq!(moto.instances().len(), 1);

@@ -1,4 +1,5 @@
-//! Fleet scale on EC2 against moto: the spend cap and `build --plan`. moto's machines never
+//! Fleet scale on EC2 against moto: quotas and throttling waited out, the spend cap and
+//! `build --plan`. moto's machines never
 //! answer SSH, so every launched target fails in boot after its (short) boot timeout; what
 //! these tests look at is which machines were launched at all, through the EC2 API.
 
@@ -206,4 +207,55 @@ fn prices_and_caps_are_checked_like_every_other_value() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+}
+
+#[test]
+fn quotas_and_throttling_are_waited_out_and_the_machine_then_launches() {
+    let refusals = [
+        "VcpuLimitExceeded",
+        "RequestLimitExceeded",
+        "InstanceLimitExceeded",
+    ];
+    let moto = Moto::refusing(&[], &refusals);
+    let proj = Project::new()
+        .builder(
+            "b",
+            &moto.builder("instance_types = [\"t3.micro\"]\nboot_timeout = \"3s\"\n"),
+        )
+        .file("build.sh", "#!/bin/sh\ntrue\n")
+        .toml("[target.t]\nbuilder = \"b\"\nscript = \"build.sh\"\n")
+        .done();
+    let world = World::with_project(proj.path().to_owned());
+    let mut c = world.cmd();
+    moto.env(&mut c);
+    // Throttling reaches runner's own wait, not only the SDK's retries.
+    c.env("AWS_MAX_ATTEMPTS", "1");
+    let out = run_shown(c, &["--message-format", "json", "build", "t"]);
+    let events = json_events(&out);
+    let waits: Vec<&serde_json::Value> =
+        events.iter().filter(|e| e["event"] == "waiting").collect();
+    assert_eq!(waits.len(), 3, "{events:?}");
+    for (w, code) in waits.iter().zip(refusals) {
+        assert_eq!(w["target"], "t");
+        let reason = w["reason"].as_str().unwrap();
+        assert_eq!(
+            reason,
+            format!("no room for any instance type: t3.micro: {code}")
+        );
+    }
+    // Growing pauses between tries.
+    let pauses: Vec<f64> = waits
+        .iter()
+        .map(|w| w["retry_in_seconds"].as_f64().unwrap())
+        .collect();
+    assert!(pauses.windows(2).all(|p| p[1] > p[0]), "{pauses:?}");
+    // Then it launched: moto's machine is unreachable, so the target ends in boot, at SSH.
+    let t = finished(&events, "t");
+    assert!(
+        t["error"].as_str().unwrap().contains("did not accept SSH"),
+        "{t}"
+    );
+    assert_eq!(launched(&moto), ["t"]);
+    assert!(moto.live_instances().is_empty() && moto.runner_groups().is_empty());
+    world.assert_clean();
 }

@@ -18,6 +18,7 @@ pub mod qemu;
 pub mod record;
 mod registry;
 mod settings;
+mod waits;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -35,6 +36,7 @@ pub use factory::{CachedImage, DEFAULT_SHAPE, Machines, builder_for};
 pub use origin::{Ec2Origin, Origin};
 pub use registry::Registry;
 pub use settings::{AccelChoice, Settings};
+pub use waits::{Tell, Waits};
 
 /// What the pipeline asks of a machine, whatever the backend.
 #[derive(Debug, Clone)]
@@ -51,6 +53,8 @@ pub struct MachineSpec {
     /// Its console log keeps at most this many bytes (head and tail), where runner reads
     /// the console as it goes (QEMU).
     pub console_limit: u64,
+    /// Where a launch that has to wait (a cloud's quota or capacity) says why.
+    pub waits: Waits,
 }
 
 /// A read-only disk image, seen in the guest with this serial.
@@ -70,6 +74,7 @@ impl MachineSpec {
             disks: vec![],
             context_url: None,
             console_limit: crate::config::project::DEFAULT_CONSOLE.0,
+            waits: Waits::default(),
         }
     }
 }

@@ -86,6 +86,10 @@ impl Bars {
                 self.line(target).bar.set_message(text);
             }
             Event::Boot { .. } => {}
+            Event::Waiting { target, reason, .. } => {
+                let text = format!("waiting: {}", sanitize(reason));
+                self.line(target).bar.set_message(text);
+            }
             Event::Machine { target, start, .. } => {
                 if !start.is_empty() {
                     let text = sanitize(start);

@@ -160,6 +160,15 @@ fn plain_line(event: &Event) -> Option<String> {
             fmt_seconds(*seconds)
         )),
         Event::Output { .. } | Event::Boot { .. } => None,
+        Event::Waiting {
+            target,
+            reason,
+            retry_in_seconds,
+        } => Some(format!(
+            "[{target}] waiting: {} (next try in {})",
+            sanitize(reason),
+            fmt_seconds(*retry_in_seconds)
+        )),
         Event::Machine {
             target,
             machine,
@@ -322,6 +331,7 @@ impl Tally {
             | Event::Transfer { .. }
             | Event::Packed { .. }
             | Event::Machine { .. }
+            | Event::Waiting { .. }
             | Event::Boot { .. } => {}
             Event::Finished(result) => {
                 self.see(&result.target);

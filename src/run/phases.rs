@@ -17,7 +17,7 @@ use crate::error::{Error, Result, joined};
 use crate::events::Event;
 use crate::guest::{self, Guest};
 use crate::logs::LogSink;
-use crate::machine::{self, Lease, MachineSpec, Prepared, Report};
+use crate::machine::{self, Lease, MachineSpec, Prepared, Report, Waits};
 use crate::manifest::{ArtifactRecord, Manifest, RelPath, Sha256};
 use crate::store::{ArtifactStore, Publishing, Records};
 
@@ -134,6 +134,7 @@ pub async fn boot(run: &Run, t: &Target, i: &Inputs, plan: &Plan, log: &LogSink)
             _ => None,
         },
         console_limit: run.limits.max_console.0,
+        waits: waits(run, t, log),
         ..MachineSpec::of(&t.builder, &t.name)
     };
     let lease = machine::lease(i.declared.backend.as_ref(), &spec, &run.cancel).await?;
@@ -160,6 +161,19 @@ pub async fn boot(run: &Run, t: &Target, i: &Inputs, plan: &Plan, log: &LogSink)
         });
     }
     Ok(lease)
+}
+
+/// A launch that waits says so in the target's log and as a `waiting` event.
+fn waits(run: &Run, t: &Target, log: &LogSink) -> Waits {
+    let (emitter, target, log) = (run.emitter.clone(), t.name.clone(), log.clone());
+    Waits(std::sync::Arc::new(move |why, retry_in| {
+        log.note(&format!("waiting: {why} (next try in {retry_in:?})"));
+        emitter.send(Event::Waiting {
+            target: target.clone(),
+            reason: why.to_owned(),
+            retry_in_seconds: retry_in.as_secs_f64(),
+        });
+    }))
 }
 
 pub async fn sync(lease: &Lease, i: &Inputs, plan: &Plan, log: &LogSink) -> Result<()> {

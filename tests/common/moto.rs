@@ -35,6 +35,12 @@ pub struct InstanceInfo {
 impl Moto {
     /// `no_capacity`: instance types RunInstances refuses with InsufficientInstanceCapacity.
     pub fn start(no_capacity: &[&str]) -> Moto {
+        Moto::refusing(no_capacity, &[])
+    }
+
+    /// Also refuses the first RunInstances calls, one per code of `refusals`, in order
+    /// (`VcpuLimitExceeded`, `RequestLimitExceeded`, …), as a busy account would.
+    pub fn refusing(no_capacity: &[&str], refusals: &[&str]) -> Moto {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -48,6 +54,7 @@ impl Moto {
             ))
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .env("RUNNER_TEST_NO_CAPACITY", no_capacity.join(","))
+            .env("RUNNER_TEST_REFUSALS", refusals.join(","))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

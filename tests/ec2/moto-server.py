@@ -1,6 +1,9 @@
-"""moto's EC2-compatible server for runner's tests, plus one fault moto cannot produce by
+"""moto's EC2-compatible server for runner's tests, plus faults moto cannot produce by
 itself: RunInstances refused with InsufficientInstanceCapacity for the instance types named
-in RUNNER_TEST_NO_CAPACITY (comma-separated), as AWS does when a zone runs out of a type.
+in RUNNER_TEST_NO_CAPACITY (comma-separated), as AWS does when a zone runs out of a type; and
+the first RunInstances calls refused with the codes in RUNNER_TEST_REFUSALS (comma-separated,
+one call each, in order: VcpuLimitExceeded, RequestLimitExceeded, ...), as a busy account's
+quotas and throttling do.
 
 Usage: python moto-server.py -H 127.0.0.1 -p PORT
 """
@@ -15,6 +18,9 @@ from moto.server import main
 NO_CAPACITY = {t for t in os.environ.get("RUNNER_TEST_NO_CAPACITY", "").split(",") if t}
 
 
+REFUSALS = [c for c in os.environ.get("RUNNER_TEST_REFUSALS", "").split(",") if c]
+
+
 class InsufficientInstanceCapacity(ServiceException):
     code = "InsufficientInstanceCapacity"
 
@@ -24,6 +30,11 @@ _run_instances = InstanceBackend.run_instances
 
 def run_instances(self, image_id, count, user_data, security_group_names, **kwargs):
     kind = kwargs.get("instance_type")
+    if REFUSALS:
+        code = REFUSALS.pop(0)
+        # moto serializes a ServiceException by its class's `code`, so each code gets a class.
+        refusal = type(code, (ServiceException,), {"code": code})
+        raise refusal(f"{code} (injected by runner's test server)")
     if kind in NO_CAPACITY:
         raise InsufficientInstanceCapacity(
             f"We currently do not have sufficient {kind} capacity in the Availability Zone you requested."

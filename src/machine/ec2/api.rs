@@ -19,17 +19,22 @@ pub const TAG_OWNER: &str = "runner:owner";
 pub const TAG_EXPIRES: &str = "runner:expires";
 pub const TAG_MACHINE: &str = "runner:machine";
 
-/// Errors that mean "no capacity for this type here and now": try the next type.
-pub(super) const CAPACITY_ERRORS: &[&str] = &[
+/// Errors that mean "not this type, here and now": try the next type, and when every type
+/// was refused so, wait and go round again (until the target's timeout). Quotas free up as
+/// other machines end, capacity comes back, throttling passes.
+pub(super) const WAIT_ERRORS: &[&str] = &[
     "InsufficientInstanceCapacity",
     "InsufficientHostCapacity",
     "InsufficientReservedInstanceCapacity",
     "InsufficientCapacity",
-    "Unsupported",
-    "SpotMaxPriceTooLow",
     "MaxSpotInstanceCountExceeded",
     "VcpuLimitExceeded",
+    "InstanceLimitExceeded",
+    "RequestLimitExceeded",
 ];
+
+/// Errors that mean "never this type here": try the next; waiting would not help.
+pub(super) const NEVER_ERRORS: &[&str] = &["Unsupported", "SpotMaxPriceTooLow"];
 
 /// This runner process, as tags name it: `<host>:<pid>:<process start>`, so `gc` on the same
 /// host can tell a dead run from a live one, and an owner people can ask.

@@ -14,10 +14,15 @@ use aws_sdk_ec2::types::{
 };
 
 use super::Ec2Backend;
-use super::api::{CAPACITY_ERRORS, tags};
+use super::api::{NEVER_ERRORS, WAIT_ERRORS, tags};
 use crate::aws;
 use crate::config::Address;
 use crate::error::{Error, Result};
+use crate::machine::Waits;
+
+/// The first pause when no type has room, doubled each round up to [`MAX_PAUSE`].
+const FIRST_PAUSE: Duration = Duration::from_millis(500);
+const MAX_PAUSE: Duration = Duration::from_secs(30);
 
 pub struct Launcher<'a> {
     pub backend: &'a Ec2Backend,
@@ -90,15 +95,51 @@ impl Launcher<'_> {
         Ok(group)
     }
 
-    /// RunInstances with each instance type in turn until one has capacity; returns the
-    /// instance id and its type.
+    /// Launches the first type with room, in the builder's order, and returns the instance
+    /// id and its type. When every type is
+    /// refused for capacity, quota or throttling, says so through `waits` and goes round
+    /// again after a growing pause: the target's timeout (or Ctrl-C) is what ends the wait.
     pub async fn run_instance(
         &self,
         group: Option<String>,
         user_data: &str,
+        waits: &Waits,
     ) -> Result<(String, String)> {
+        let group = self.backend.builder.security_group.clone().or(group);
+        let mut pause = FIRST_PAUSE;
+        let mut round = 0;
+        loop {
+            let refused = match self.one_round(round, &group, user_data).await? {
+                Ok(launched) => return Ok(launched),
+                Err(refused) => refused,
+            };
+            if refused
+                .iter()
+                .all(|(_, code)| NEVER_ERRORS.contains(&code.as_str()))
+            {
+                return Err(self.problem(format!(
+                    "no instance type can be launched: {}",
+                    list(&refused)
+                )));
+            }
+            waits.tell(
+                &format!("no room for any instance type: {}", list(&refused)),
+                pause,
+            );
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(MAX_PAUSE);
+            round += 1;
+        }
+    }
+
+    /// Each type once, in order: the instance and its type, or every type's refusal.
+    async fn one_round(
+        &self,
+        round: u32,
+        group: &Option<String>,
+        user_data: &str,
+    ) -> Result<Round> {
         let b = &self.backend.builder;
-        let group = b.security_group.clone().or(group);
         let mut refused = vec![];
         for (n, ty) in b.instance_types.iter().enumerate() {
             let req = self
@@ -109,7 +150,7 @@ impl Launcher<'_> {
                 .min_count(1)
                 .max_count(1)
                 // Idempotent per attempt: a retried request never starts a second machine.
-                .client_token(format!("runner-{}-{n}", self.id))
+                .client_token(format!("runner-{}-{round}-{n}", self.id))
                 .set_subnet_id(b.subnet.clone())
                 .set_security_group_ids(group.clone().map(|g| vec![g]))
                 .user_data(aws_smithy_types::base64::encode(user_data))
@@ -131,9 +172,9 @@ impl Launcher<'_> {
                         .and_then(|i| i.instance_id())
                         .ok_or_else(|| Error::other("RunInstances returned no instance"))?;
                     if !refused.is_empty() {
-                        tracing::warn!("{}: no capacity for {refused:?}; using {ty}", self.label);
+                        tracing::warn!("{}: {}; using {ty}", self.label, list(&refused));
                     }
-                    return Ok((iid.to_owned(), ty.clone()));
+                    return Ok(Ok((iid.to_owned(), ty.clone())));
                 }
                 Err(e) => aws::error(
                     format!("builder `{}`: RunInstances ({ty})", self.backend.name),
@@ -141,16 +182,13 @@ impl Launcher<'_> {
                 ),
             };
             match err.aws_code() {
-                Some(code) if CAPACITY_ERRORS.contains(&code) => {
-                    refused.push(format!("{ty}: {code}"))
+                Some(code) if WAIT_ERRORS.contains(&code) || NEVER_ERRORS.contains(&code) => {
+                    refused.push((ty.clone(), code.to_owned()))
                 }
                 _ => return Err(err),
             }
         }
-        Err(self.problem(format!(
-            "no capacity for any instance type: {}",
-            refused.join("; ")
-        )))
+        Ok(Err(refused))
     }
 
     pub async fn wait_running(&self, instance_id: &str, timeout: Duration) -> Result<()> {
@@ -239,4 +277,16 @@ fn spot() -> InstanceMarketOptionsRequest {
                 .build(),
         )
         .build()
+}
+
+/// One round's end: launched (instance id, type), or every type refused (type, AWS code).
+type Round = std::result::Result<(String, String), Vec<(String, String)>>;
+
+/// `c5.large: InsufficientInstanceCapacity; t3.micro: VcpuLimitExceeded`.
+fn list(refused: &[(String, String)]) -> String {
+    let each: Vec<String> = refused
+        .iter()
+        .map(|(ty, code)| format!("{ty}: {code}"))
+        .collect();
+    each.join("; ")
 }

@@ -125,7 +125,9 @@ impl Backend for Ec2Backend {
             expires,
             spec.context_url.as_deref(),
         )?;
-        let (instance_id, ty) = launcher.run_instance(inst.group(), &user_data).await?;
+        let (instance_id, ty) = launcher
+            .run_instance(inst.group(), &user_data, &spec.waits)
+            .await?;
         inst.note(|c| c.instance_id = Some(instance_id.clone()))?;
         tracing::info!("{}: launched {instance_id} ({ty})", spec.label);
         if let Err(e) = launcher.wait_running(&instance_id, spec.boot_timeout).await {

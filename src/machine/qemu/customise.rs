@@ -72,6 +72,7 @@ pub async fn customise(
         disks: vec![],
         context_url: None,
         console_limit: crate::config::project::DEFAULT_CONSOLE.0,
+        waits: Default::default(),
     };
     let keys = GuestKeys::generate()?;
     job.report
