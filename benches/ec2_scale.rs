@@ -1,15 +1,22 @@
-//! The EC2 control plane at scale: 200 machines launched (temporary security group, user data,
-//! tags, RunInstances, wait for `running`) and torn down (terminate, wait for `terminated`,
-//! delete the group) at once against a local moto server, beside a bare baseline that only
-//! calls RunInstances and TerminateInstances for as many instances, in the same run.
-//! Prints wall time, API calls and this process's peak memory. SSH is not part of it (moto
-//! has no machines).
+//! The EC2 control plane at scale, against a local moto server, at 200 and 1,000 targets:
 //!
-//! `cargo bench --bench ec2_scale`. Env: `BENCH_MACHINES` (default 200), `RUNNER_MOTO_PYTHON`.
+//! - **control plane**: n machines launched at once through runner's EC2 backend (the run's
+//!   security group, RunInstances, the shared poller's wait for `running`), all held, then
+//!   all torn down and the run closed — beside a bare SDK baseline doing only RunInstances
+//!   and TerminateInstances for as many instances, in the same run. Wall time, API calls per
+//!   machine by operation, and this process's peak memory for each side.
+//! - **whole run**: `runner build` of n targets at `-j n`, every machine live at once (moto's
+//!   machines never answer SSH, so each target waits out a short boot timeout and fails in
+//!   boot, torn down): wall time and the runner process's peak RSS.
+//!
+//! `cargo bench --bench ec2_scale`. Env: `BENCH_SIZES` (default `200,1000`),
+//! `RUNNER_MOTO_PYTHON`.
 
 #[path = "../tests/common/moto.rs"]
 mod moto;
 
+use std::collections::BTreeMap;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use runner::config::Builder;
@@ -19,20 +26,11 @@ use runner::machine::{MachineSpec, Machines, Report, Settings};
 use runner::paths::Dirs;
 
 fn main() {
-    let n: usize = std::env::var("BENCH_MACHINES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(200);
-    let server = moto::Moto::start(&[]);
-    let work = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(work.path().join("builders")).unwrap();
-    std::fs::write(
-        work.path().join("builders/scale.toml"),
-        server.builder(&format!(
-            "instance_types = [\"t3.micro\"]\nmax_instances = {n}\n"
-        )),
-    )
-    .unwrap();
+    let sizes: Vec<usize> = std::env::var("BENCH_SIZES")
+        .unwrap_or_else(|_| "200,1000".into())
+        .split(',')
+        .filter_map(|v| v.trim().parse().ok())
+        .collect();
     // SAFETY: set before the runtime (and any other thread) starts.
     unsafe {
         std::env::set_var("AWS_ACCESS_KEY_ID", "testing");
@@ -40,13 +38,84 @@ fn main() {
         std::env::set_var("AWS_EC2_METADATA_DISABLED", "true");
     }
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let dirs = Dirs::resolve(None, Some(work.path().join("state")));
-    let builder = Builder::find(work.path(), "scale").unwrap();
-    let machines = Machines::new(&dirs, Settings::default());
+    for n in sizes {
+        // A fresh server per size: moto slows down as it accumulates instances.
+        let server = moto::Moto::start(&[]);
+        let (bare, bare_calls, bare_peak) = baseline(&rt, &server, n);
+        let server = moto::Moto::start(&[]);
+        let (ours, calls, peak) = control_plane(&rt, &server, n);
+        let server = moto::Moto::start(&[]);
+        let (whole, whole_peak) = whole_run(&server, n);
+        let total: u64 = calls.values().sum();
+        println!("EC2 control plane, {n} machines at once, moto on loopback:");
+        println!(
+            "  runner   {:>7.2} s  {:>6} API calls  {:.2} per machine  peak RSS {:.1} MiB",
+            ours.as_secs_f64(),
+            total,
+            total as f64 / n as f64,
+            mib(peak)
+        );
+        for (op, c) in &calls {
+            println!(
+                "             {op:<32} {c:>6}  {:.3} per machine",
+                *c as f64 / n as f64
+            );
+        }
+        println!(
+            "  baseline {:>7.2} s  {:>6} API calls  {:.2} per machine  peak RSS {:.1} MiB  (RunInstances + TerminateInstances only)",
+            bare.as_secs_f64(),
+            bare_calls,
+            bare_calls as f64 / n as f64,
+            mib(bare_peak)
+        );
+        println!(
+            "  ratio runner / baseline: {:.2}x time, {:.2}x calls",
+            ours.as_secs_f64() / bare.as_secs_f64(),
+            total as f64 / bare_calls as f64
+        );
+        println!(
+            "  whole run: `runner build` of {n} targets at -j {n}: {:.2} s, runner's peak RSS {:.1} MiB",
+            whole.as_secs_f64(),
+            mib(whole_peak)
+        );
+    }
+}
 
-    // Baseline: the two calls a launch cannot do without, for n instances at once.
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+/// This process's peak RSS in KiB since the last [`reset_peak`].
+fn peak_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// Starts a new peak (proc(5): writing 5 to clear_refs resets VmHWM).
+fn reset_peak() {
+    std::fs::write("/proc/self/clear_refs", "5").unwrap();
+}
+
+fn calls_since(before: &BTreeMap<String, u64>) -> BTreeMap<String, u64> {
+    cleanup::api_calls_by_operation()
+        .into_iter()
+        .map(|(op, c)| {
+            let d = c - before.get(&op).copied().unwrap_or(0);
+            (op, d)
+        })
+        .filter(|(_, c)| *c > 0)
+        .collect()
+}
+
+/// The two calls a launch cannot do without, for n instances at once.
+fn baseline(rt: &tokio::runtime::Runtime, server: &moto::Moto, n: usize) -> (Duration, u64, u64) {
+    reset_peak();
     let t = Instant::now();
-    let bare_calls = rt.block_on(async {
+    let calls = rt.block_on(async {
         let client =
             runner::machine::ec2::client(Some("us-east-1"), Some(&server.endpoint())).await;
         let before = cleanup::api_calls();
@@ -81,55 +150,103 @@ fn main() {
         .await;
         cleanup::api_calls() - before
     });
-    let bare = t.elapsed();
+    (t.elapsed(), calls, peak_kib())
+}
 
+/// n machines through runner's backend: all launched, all held, all torn down, run closed.
+fn control_plane(
+    rt: &tokio::runtime::Runtime,
+    server: &moto::Moto,
+    n: usize,
+) -> (Duration, BTreeMap<String, u64>, u64) {
+    let work = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(work.path().join("builders")).unwrap();
+    std::fs::write(
+        work.path().join("builders/scale.toml"),
+        server.builder(&format!(
+            "instance_types = [\"t3.micro\"]\nmax_instances = {n}\n"
+        )),
+    )
+    .unwrap();
+    let dirs = Dirs::resolve(None, Some(work.path().join("state")));
+    let builder = Builder::find(work.path(), "scale").unwrap();
+    let machines = Machines::new(&dirs, Settings::default());
+    reset_peak();
     let t = Instant::now();
-    let runner_calls = rt.block_on(async {
+    let calls = rt.block_on(async {
         let backend = machines.backend(&builder);
         backend.prepare(&Report::Lines).await.unwrap();
-        let before = cleanup::api_calls();
+        let before = cleanup::api_calls_by_operation();
+        let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(n));
         futures_join(n, |i| {
-            let backend = backend.clone();
+            let (backend, barrier) = (backend.clone(), barrier.clone());
             let spec = MachineSpec {
                 boot_timeout: Duration::from_secs(600),
-                ..MachineSpec::of(&builder, &format!("t{i:03}"))
+                ..MachineSpec::of(&builder, &format!("t{i:04}"))
             };
             async move {
                 let keys = GuestKeys::generate().unwrap();
                 let mut m = backend.launch(&spec, &keys).await.unwrap();
+                barrier.wait().await;
                 m.teardown(false).await.unwrap();
             }
         })
         .await;
-        cleanup::api_calls() - before
+        machines.close().await.unwrap();
+        calls_since(&before)
     });
-    let ours = t.elapsed();
-    let left = server.live_instances().len();
-    assert_eq!(left, 0, "instances left running");
+    let took = t.elapsed();
+    let peak = peak_kib();
+    assert_eq!(server.live_instances().len(), 0, "instances left running");
     assert!(server.runner_groups().is_empty(), "groups left");
+    (took, calls, peak)
+}
 
-    let peak = std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:").map(|v| v.trim().to_owned()))
-        .unwrap();
-    println!("EC2 control plane, {n} machines at once, moto on loopback:");
-    println!(
-        "  runner   {:>7.2} s  {:>5} API calls  ({:.1} per machine: group, ingress, run, waits, console, terminate, group delete)",
-        ours.as_secs_f64(),
-        runner_calls,
-        runner_calls as f64 / n as f64
-    );
-    println!(
-        "  baseline {:>7.2} s  {:>5} API calls  (RunInstances + TerminateInstances only)",
-        bare.as_secs_f64(),
-        bare_calls
-    );
-    println!(
-        "  ratio runner / baseline: {:.2}x time, {:.2}x calls; peak memory of this process {peak}",
-        ours.as_secs_f64() / bare.as_secs_f64(),
-        runner_calls as f64 / bare_calls as f64
-    );
+/// `runner build` of n targets at once; its wall time and peak RSS (KiB, from wait4).
+fn whole_run(server: &moto::Moto, n: usize) -> (Duration, u64) {
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path();
+    std::fs::create_dir_all(root.join("builders")).unwrap();
+    std::fs::write(
+        root.join("builders/scale.toml"),
+        server.builder(&format!(
+            "instance_types = [\"t3.micro\"]\nmax_instances = {n}\nboot_timeout = \"15s\"\n"
+        )),
+    )
+    .unwrap();
+    std::fs::write(root.join("build.sh"), "#!/bin/sh\ntrue\n").unwrap();
+    let targets: String = (0..n)
+        .map(|i| format!("[target.t{i:04}]\nbuilder = \"scale\"\nscript = \"build.sh\"\n"))
+        .collect();
+    std::fs::write(root.join("runner.toml"), targets).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_runner"));
+    server.env(&mut cmd);
+    cmd.current_dir(root)
+        .args(["--state-dir", &root.join("state").to_string_lossy()])
+        .args(["--cache-dir", &root.join("cache").to_string_lossy()])
+        .args([
+            "build",
+            "--all",
+            "--keep-going",
+            "-j",
+            &n.to_string(),
+            "--quiet",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let t = Instant::now();
+    let child = cmd.spawn().unwrap();
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is a valid value for wait4 to fill.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: waits for our own child; status and usage outlive the call.
+    let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
+    assert_eq!(pid, child.id() as i32);
+    let took = t.elapsed();
+    std::mem::forget(child);
+    assert_eq!(server.live_instances().len(), 0, "instances left running");
+    assert!(server.runner_groups().is_empty(), "groups left");
+    (took, usage.ru_maxrss as u64)
 }
 
 /// Runs `n` futures made by `f` concurrently and collects their outputs in order.

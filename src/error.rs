@@ -156,6 +156,15 @@ pub enum Error {
         tail: String,
     },
 
+    /// Taken away from outside runner while in use (a spot reclaim, a terminate by someone
+    /// else), as its backend saw it.
+    #[error("{machine} was reclaimed during {phase}: {why}")]
+    MachineReclaimed {
+        machine: String,
+        phase: String,
+        why: String,
+    },
+
     #[error("`{program}` failed ({status}); log: {}", log.display())]
     Tool {
         program: String,

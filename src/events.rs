@@ -85,6 +85,8 @@ pub enum FailureKind {
     Timeout,
     /// The machine stopped by itself (powered off, panicked, its hypervisor was killed).
     MachineDied,
+    /// The machine was taken away from outside (a spot reclaim) and no retry was left.
+    MachineReclaimed,
     /// Ctrl-C / SIGTERM.
     Cancelled,
     /// What the guest sent back was refused (hostile, over a limit, not asked for).
@@ -139,6 +141,14 @@ pub enum Event {
         target: String,
         reason: String,
         retry_in_seconds: f64,
+    },
+    /// The target's machine was taken away from outside (a spot reclaim, a terminate by
+    /// someone else); `retrying`: the target starts again on a fresh machine.
+    MachineReclaimed {
+        target: String,
+        machine: String,
+        reason: String,
+        retrying: bool,
     },
     /// The target's machine is up: which one, and how it started (`warm (snapshot …)`,
     /// `cold`, or `cold (why not warm)`; empty where a backend has one way only).

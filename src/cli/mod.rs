@@ -63,6 +63,10 @@ pub fn main() -> ExitCode {
         if let Err(e) = &outcome {
             eprintln!("{}", chain(e));
         }
+        // What the run's machines shared (a cloud's temporary group) goes once they have.
+        if let Err(e) = machines.close().await {
+            eprintln!("runner: {}; `runner gc` will retry", chain(&e));
+        }
         // A signal decides the code: the run was interrupted, whatever it returned.
         shutdown.exit_code().unwrap_or_else(|| match outcome {
             Ok(exit) => exit.code(),

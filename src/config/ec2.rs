@@ -23,8 +23,8 @@ pub struct Ec2Builder {
     /// Tried in order: a type without capacity falls through to the next.
     pub instance_types: Vec<String>,
     pub subnet: Option<String>,
-    /// An existing security group; without one, runner creates a temporary group that
-    /// allows SSH from `ssh_cidr` only and deletes it with the machine.
+    /// An existing security group; without one, runner creates a temporary group for the
+    /// run that allows SSH from `ssh_cidr` only, and deletes it when the run ends.
     pub security_group: Option<String>,
     pub ssh_cidr: Option<String>,
     pub root_volume: Size,
@@ -41,6 +41,11 @@ pub struct Ec2Builder {
     /// What an hour of each of `instance_types` costs, in US dollars (`hourly_price`: one
     /// price for all, or a table by type). Empty: not priced (a spend cap refuses the run).
     pub hourly_price: BTreeMap<String, f64>,
+    /// A target whose machine is taken away (a spot reclaim) starts again on a fresh machine
+    /// this many times.
+    pub retry_on_reclaim: u32,
+    /// After a reclaim, the target's next machine is on-demand, not spot.
+    pub on_demand_after_reclaim: bool,
 }
 
 impl Ec2Builder {
@@ -105,6 +110,9 @@ pub(super) struct RawEc2 {
     boot_timeout: Option<Spanned<String>>,
     max_instances: Option<Spanned<u32>>,
     hourly_price: Option<Spanned<RawPrice>>,
+    retry_on_reclaim: Option<Spanned<u32>>,
+    #[serde(default)]
+    on_demand_after_reclaim: bool,
 }
 
 fn amd64() -> Arch {
@@ -120,6 +128,7 @@ const LIFETIME: Range<Duration> = Range {
     max: Duration::from_secs(24 * 3600),
 };
 const INSTANCES: Range<u32> = Range { min: 1, max: 1000 };
+const RECLAIM_RETRIES: Range<u32> = Range { min: 0, max: 10 };
 
 impl Ec2Builder {
     pub(super) fn from_raw(src: &Source, mut raw: RawEc2) -> Result<Ec2Builder, ConfigError> {
@@ -189,6 +198,14 @@ impl Ec2Builder {
             boot_timeout,
             max_instances,
             hourly_price: prices(src, raw.hourly_price.as_ref(), types)?,
+            retry_on_reclaim: value::count(
+                src,
+                raw.retry_on_reclaim.as_ref(),
+                "retry_on_reclaim",
+                RECLAIM_RETRIES,
+                1,
+            )?,
+            on_demand_after_reclaim: raw.on_demand_after_reclaim,
         })
     }
 }

@@ -116,6 +116,22 @@ impl Machines {
         backend.clone()
     }
 
+    /// Closes every backend the run used (see [`Backend::close`]), after its machines are
+    /// gone; every backend is closed even when one fails, and the first failure returned.
+    pub async fn close(&self) -> Result<()> {
+        let backends: Vec<Arc<dyn Backend>> =
+            self.backends.lock().unwrap().values().cloned().collect();
+        let mut first = Ok(());
+        for b in backends {
+            if let Err(e) = b.close().await
+                && first.is_ok()
+            {
+                first = Err(e);
+            }
+        }
+        first
+    }
+
     /// Finders of what dead runners left: local machines and bakes, EC2 machines (by record,
     /// and by tag in the regions of `builders`).
     pub fn sweepers(&self, builders: &[Builder]) -> Vec<Box<dyn Sweeper>> {

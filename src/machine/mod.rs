@@ -13,6 +13,7 @@ pub mod ec2;
 mod factory;
 #[cfg(test)]
 pub mod fake;
+mod lost;
 mod origin;
 pub mod qemu;
 pub mod record;
@@ -33,6 +34,7 @@ use crate::guest::ssh::{self, Booting, Probe};
 use crate::guest::{Endpoint, Guest, GuestKeys};
 
 pub use factory::{CachedImage, DEFAULT_SHAPE, Machines, builder_for};
+pub use lost::Lost;
 pub use origin::{Ec2Origin, Origin};
 pub use registry::Registry;
 pub use settings::{AccelChoice, Settings};
@@ -55,6 +57,9 @@ pub struct MachineSpec {
     pub console_limit: u64,
     /// Where a launch that has to wait (a cloud's quota or capacity) says why.
     pub waits: Waits,
+    /// How many machines of this target were taken away before this one (a backend may
+    /// launch differently after a reclaim: on-demand instead of spot).
+    pub reclaimed: u32,
 }
 
 /// A read-only disk image, seen in the guest with this serial.
@@ -75,6 +80,7 @@ impl MachineSpec {
             context_url: None,
             console_limit: crate::config::project::DEFAULT_CONSOLE.0,
             waits: Waits::default(),
+            reclaimed: 0,
         }
     }
 }
@@ -142,6 +148,18 @@ pub trait Backend: Send + Sync {
 
     /// The machine in a few words, for `build --plan`: backend, image, type or shape.
     fn summary(&self) -> String;
+
+    /// Removes what the run's machines of this backend shared (a cloud's temporary
+    /// security group), once they are all gone. The run calls it as it ends.
+    async fn close(&self) -> Result<()> {
+        Ok(())
+    }
+
+    /// How many times a target starts again on a fresh machine when its machine is taken
+    /// away from outside (a spot reclaim); local machines are never taken away.
+    fn retries_on_reclaim(&self) -> u32 {
+        0
+    }
 }
 
 /// What a backend's machine costs while it runs.
@@ -194,6 +212,8 @@ pub struct Machine {
     pub boot_phases: Vec<boot::BootPhase>,
     /// How it started, for the log: `cold`, `warm (snapshot …)`, `cold (why not warm)`.
     pub start: String,
+    /// Marked by the backend when the machine is taken away from outside.
+    pub lost: Lost,
     instance: Option<Box<dyn Instance>>,
 }
 
@@ -217,6 +237,7 @@ impl Machine {
             watch: None,
             boot_phases: vec![],
             start: String::new(),
+            lost: Lost::default(),
             instance: Some(instance),
         }
     }
@@ -241,6 +262,9 @@ impl Machine {
     pub async fn died(&mut self, phase: &str, wait: Duration) -> Option<Error> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
+            if let Some(why) = self.lost.why() {
+                return Some(self.reclaimed(phase, why.to_owned()));
+            }
             if let Some(status) = self.exited() {
                 return Some(Error::MachineDied {
                     machine: self.describe(),
@@ -253,6 +277,15 @@ impl Machine {
                 return None;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The error of a machine taken away during `phase`.
+    pub fn reclaimed(&self, phase: &str, why: String) -> Error {
+        Error::MachineReclaimed {
+            machine: self.describe(),
+            phase: phase.to_owned(),
+            why,
         }
     }
 
@@ -370,9 +403,15 @@ pub async fn lease(
         m = backend.launch(spec, &keys) => m?,
         _ = cancel.cancelled() => return Err(Error::Cancelled),
     };
+    let lost = machine.lost.clone();
     let connected = tokio::select! {
         g = machine.connect(&keys) => g,
         _ = cancel.cancelled() => Err(Error::Cancelled),
+        why = lost.wait() => Err(Error::MachineReclaimed {
+            machine: machine.describe(),
+            phase: "boot".into(),
+            why,
+        }),
     };
     match connected {
         Ok(guest) => Ok(Lease {

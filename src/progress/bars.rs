@@ -86,8 +86,22 @@ impl Bars {
                 self.line(target).bar.set_message(text);
             }
             Event::Boot { .. } => {}
-            Event::Waiting { target, reason, .. } => {
-                let text = format!("waiting: {}", sanitize(reason));
+            Event::Waiting {
+                target,
+                reason,
+                retry_in_seconds,
+            } => {
+                let text = super::waiting(reason, *retry_in_seconds);
+                self.line(target).bar.set_message(text);
+            }
+            Event::MachineReclaimed {
+                target,
+                machine,
+                reason,
+                retrying,
+            } => {
+                let text = super::reclaimed(machine, reason, *retrying);
+                self.line(target).bar.println(text.clone());
                 self.line(target).bar.set_message(text);
             }
             Event::Machine { target, start, .. } => {

@@ -140,6 +140,29 @@ fn write_json(event: &Event, out: &mut dyn Write) -> io::Result<()> {
 ///
 /// Output lines are left out: a build prints thousands, and the log file has them all.
 /// Entering `queued` is left out too: every target starts there, so it says nothing.
+/// `waiting: <why> (next try in 2.0s)`.
+pub(super) fn waiting(reason: &str, retry_in_seconds: f64) -> String {
+    format!(
+        "waiting: {} (next try in {})",
+        sanitize(reason),
+        fmt_seconds(retry_in_seconds)
+    )
+}
+
+/// `machine … reclaimed: <why>; starting again on a fresh machine`.
+pub(super) fn reclaimed(machine: &str, reason: &str, retrying: bool) -> String {
+    format!(
+        "machine {} reclaimed: {}{}",
+        sanitize(machine),
+        sanitize(reason),
+        if retrying {
+            "; starting again on a fresh machine"
+        } else {
+            ""
+        }
+    )
+}
+
 fn plain_line(event: &Event) -> Option<String> {
     match event {
         Event::RunStarted { targets, jobs } => Some(match targets.len() {
@@ -164,10 +187,15 @@ fn plain_line(event: &Event) -> Option<String> {
             target,
             reason,
             retry_in_seconds,
+        } => Some(format!("[{target}] {}", waiting(reason, *retry_in_seconds))),
+        Event::MachineReclaimed {
+            target,
+            machine,
+            reason,
+            retrying,
         } => Some(format!(
-            "[{target}] waiting: {} (next try in {})",
-            sanitize(reason),
-            fmt_seconds(*retry_in_seconds)
+            "[{target}] {}",
+            reclaimed(machine, reason, *retrying)
         )),
         Event::Machine {
             target,
@@ -332,6 +360,7 @@ impl Tally {
             | Event::Packed { .. }
             | Event::Machine { .. }
             | Event::Waiting { .. }
+            | Event::MachineReclaimed { .. }
             | Event::Boot { .. } => {}
             Event::Finished(result) => {
                 self.see(&result.target);

@@ -46,6 +46,7 @@ impl Failure {
             Failure::Cancelled => FailureKind::Cancelled,
             Failure::OverCap(_) => FailureKind::SpendCap,
             Failure::Error(Error::MachineDied { .. }) => FailureKind::MachineDied,
+            Failure::Error(Error::MachineReclaimed { .. }) => FailureKind::MachineReclaimed,
             Failure::Error(Error::ArtifactRefused(_)) => FailureKind::ArtifactRefused,
             Failure::Error(_) => FailureKind::Error,
         }

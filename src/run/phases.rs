@@ -121,9 +121,17 @@ pub async fn prepare(run: &Run, t: &Target, i: &Inputs) -> Result<Prepared> {
     i.declared.backend.prepare(&report).await
 }
 
-/// A fresh machine, reachable.
-pub async fn boot(run: &Run, t: &Target, i: &Inputs, plan: &Plan, log: &LogSink) -> Result<Lease> {
+/// A fresh machine, reachable; `reclaimed`: how many of the target's machines were taken
+/// away before this one.
+pub async fn boot(
+    run: &Run,
+    (t, reclaimed): (&Target, u32),
+    i: &Inputs,
+    plan: &Plan,
+    log: &LogSink,
+) -> Result<Lease> {
     let spec = MachineSpec {
+        reclaimed,
         shape: t.shape,
         disks: match plan {
             Plan::Attach(d) => vec![d.clone()],

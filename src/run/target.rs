@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use super::budget::Reservation;
 use super::inputs::Inputs;
 use super::phases;
+use super::phases::Collected;
 use super::transfer::Plan;
 use super::{Failure, Planned, Run};
 use crate::config::Target;
@@ -265,29 +266,45 @@ async fn machine_phases(
     left: &mut Leftover,
     publish_cancel: &CancellationToken,
 ) -> Result<Vec<PathBuf>, Failure> {
-    let Job {
-        run,
-        t,
-        log,
-        tracker,
-        ..
-    } = *job;
-    tracker.enter(Phase::Boot);
-    let cost = inputs.declared.backend.cost();
-    left.reservation = run.budget.reserve(cost, t.timeout)?;
-    let lease = left
-        .lease
-        .insert(phases::boot(run, t, inputs, plan, log).await?);
-    tracker.enter(Phase::Sync);
-    let synced = phases::sync(lease, inputs, plan, log).await;
-    alive(lease, Phase::Sync, synced.map_err(Failure::from)).await?;
-    tracker.enter(Phase::Provision);
-    let provisioned = phases::provision(run, lease.guest.as_ref(), t, inputs, log).await;
-    alive(lease, Phase::Provision, provisioned).await?;
-    tracker.enter(Phase::Collect);
-    let collected = phases::collect(run, lease, t, inputs, log).await;
-    let collected = alive(lease, Phase::Collect, collected.map_err(Failure::from)).await?;
-    tracker.enter(Phase::Publish);
+    let Job { run, t, log, .. } = *job;
+    let retries = inputs.declared.backend.retries_on_reclaim();
+    let mut reclaimed = 0;
+    let collected = loop {
+        let e = match on_machine(job, inputs, plan, left, reclaimed).await {
+            Err(Failure::Error(e @ Error::MachineReclaimed { .. })) => e,
+            r => break r?,
+        };
+        let retrying = reclaimed < retries;
+        if let Error::MachineReclaimed { machine, why, .. } = &e {
+            run.emitter.send(Event::MachineReclaimed {
+                target: t.name.clone(),
+                machine: machine.clone(),
+                reason: why.clone(),
+                retrying,
+            });
+        }
+        log.note(&format!(
+            "{e}{}",
+            if retrying {
+                "; starting again on a fresh machine"
+            } else {
+                ""
+            }
+        ));
+        if !retrying {
+            return Err(Failure::Error(e));
+        }
+        // Nothing of the taken machine is reused: it goes with its record and keys, and
+        // its share of the cap shrinks to what it ran.
+        if let Some(lease) = left.lease.take()
+            && let Err(e) = lease.release(true).await
+        {
+            log.note(&format!("teardown: {e}"));
+        }
+        left.reservation = None;
+        reclaimed += 1;
+    };
+    job.tracker.enter(Phase::Publish);
     let published = phases::publish(
         run,
         t,
@@ -300,6 +317,62 @@ async fn machine_phases(
     Ok(published.await?)
 }
 
+/// One machine's part, boot to collect. A machine taken away meanwhile ends it at once (its
+/// backend saw the instance go, whatever the connection still looks like).
+async fn on_machine(
+    job: &Job<'_>,
+    inputs: &Inputs,
+    plan: &Plan,
+    left: &mut Leftover,
+    reclaimed: u32,
+) -> Result<Collected, Failure> {
+    let Job {
+        run,
+        t,
+        log,
+        tracker,
+        ..
+    } = *job;
+    tracker.enter(Phase::Boot);
+    let cost = inputs.declared.backend.cost();
+    left.reservation = run.budget.reserve(cost, t.timeout)?;
+    let booted = phases::boot(run, (t, reclaimed), inputs, plan, log).await?;
+    let lease = left.lease.insert(booted);
+    let (lost, name) = (lease.machine.lost.clone(), lease.machine.describe());
+    tokio::select! {
+        r = guest_phases(job, lease, inputs, plan) => r,
+        why = lost.wait() => Err(Failure::Error(Error::MachineReclaimed {
+            machine: name,
+            phase: tracker.phase().as_str().to_owned(),
+            why,
+        })),
+    }
+}
+
+async fn guest_phases(
+    job: &Job<'_>,
+    lease: &mut Lease,
+    inputs: &Inputs,
+    plan: &Plan,
+) -> Result<Collected, Failure> {
+    let Job {
+        run,
+        t,
+        log,
+        tracker,
+        ..
+    } = *job;
+    tracker.enter(Phase::Sync);
+    let synced = phases::sync(lease, inputs, plan, log).await;
+    alive(lease, Phase::Sync, synced.map_err(Failure::from)).await?;
+    tracker.enter(Phase::Provision);
+    let provisioned = phases::provision(run, lease.guest.as_ref(), t, inputs, log).await;
+    alive(lease, Phase::Provision, provisioned).await?;
+    tracker.enter(Phase::Collect);
+    let collected = phases::collect(run, lease, t, inputs, log).await;
+    alive(lease, Phase::Collect, collected.map_err(Failure::from)).await
+}
+
 /// A guest step's failure, told as what it is when the machine itself stopped meanwhile
 /// (powered off, panicked, its hypervisor killed): "died during provision", with its console.
 async fn alive<T>(lease: &mut Lease, phase: Phase, r: Result<T, Failure>) -> Result<T, Failure> {
@@ -307,7 +380,9 @@ async fn alive<T>(lease: &mut Lease, phase: Phase, r: Result<T, Failure>) -> Res
     // a refused artifact usually does not (but a stream cut short may).
     let wait = match &r {
         Ok(_) | Err(Failure::Cancelled | Failure::TimedOut { .. }) => return r,
-        Err(Failure::Error(Error::MachineDied { .. })) => return r,
+        Err(Failure::Error(Error::MachineDied { .. } | Error::MachineReclaimed { .. })) => {
+            return r;
+        }
         Err(Failure::Script { status }) if *status != crate::guest::ExitStatus::Lost => return r,
         Err(Failure::Error(Error::ArtifactRefused(_))) => Duration::ZERO,
         Err(_) => Duration::from_secs(3),

@@ -30,6 +30,8 @@ pub struct InstanceInfo {
     pub tags: HashMap<String, String>,
     pub groups: Vec<String>,
     pub image: String,
+    /// Launched as a spot instance.
+    pub spot: bool,
 }
 
 impl Moto {
@@ -180,9 +182,23 @@ impl Moto {
                         .filter_map(|g| g.group_id().map(str::to_owned))
                         .collect(),
                     image: i.image_id().unwrap_or_default().to_owned(),
+                    spot: i.instance_lifecycle().is_some_and(|l| l.as_str() == "spot"),
                 })
                 .collect()
         })
+    }
+
+    /// Terminates an instance as someone other than runner would (a spot reclaim, a
+    /// colleague's console).
+    pub fn terminate(&self, id: &str) {
+        self.block_on(async {
+            self.client
+                .terminate_instances()
+                .instance_ids(id)
+                .send()
+                .await
+                .unwrap()
+        });
     }
 
     /// Instances not yet terminated.

@@ -1,7 +1,9 @@
 //! Removing EC2 resources: one machine's (its teardown, or `gc` from its record), and what a
 //! tag scan finds that no live run owns. Idempotent: what is already gone counts as removed.
 
+use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -10,6 +12,7 @@ use aws_sdk_ec2::client::Waiters;
 use aws_sdk_ec2::config::interceptors::BeforeTransmitInterceptorContextRef;
 use aws_sdk_ec2::config::{ConfigBag, Intercept, RuntimeComponents};
 use aws_sdk_ec2::types::Filter;
+use aws_smithy_runtime_api::client::orchestrator::Metadata;
 
 use super::{TAG_EXPIRES, TAG_MACHINE, TAG_RUN};
 use crate::aws;
@@ -23,8 +26,11 @@ const TERMINATE_WAIT: Duration = Duration::from_secs(600);
 const GROUP_RETRY: Duration = Duration::from_secs(180);
 
 static API_CALLS: AtomicU64 = AtomicU64::new(0);
+static BY_OPERATION: Mutex<BTreeMap<String, u64>> = Mutex::new(BTreeMap::new());
 
-/// Counts EC2 API requests (retries included), for the scale benchmark.
+/// Counts EC2 API requests (retries included) in all and by operation, for the scale
+/// benchmark and the fleet tests. Process-wide on purpose: it counts what this process
+/// asked of the API, whichever run or client asked.
 #[derive(Debug)]
 pub struct CountCalls;
 
@@ -37,9 +43,16 @@ impl Intercept for CountCalls {
         &self,
         _: &BeforeTransmitInterceptorContextRef<'_>,
         _: &RuntimeComponents,
-        _: &mut ConfigBag,
+        cfg: &mut ConfigBag,
     ) -> std::result::Result<(), aws_sdk_ec2::error::BoxError> {
         API_CALLS.fetch_add(1, Ordering::Relaxed);
+        if let Some(m) = cfg.load::<Metadata>() {
+            *BY_OPERATION
+                .lock()
+                .unwrap()
+                .entry(m.name().to_owned())
+                .or_default() += 1;
+        }
         Ok(())
     }
 }
@@ -48,8 +61,13 @@ pub fn api_calls() -> u64 {
     API_CALLS.load(Ordering::Relaxed)
 }
 
+/// Requests so far by operation (`RunInstances`, `DescribeInstances`, …).
+pub fn api_calls_by_operation() -> BTreeMap<String, u64> {
+    BY_OPERATION.lock().unwrap().clone()
+}
+
 /// Codes that mean "already gone": removing it again is done.
-fn gone(e: &Error) -> bool {
+pub(super) fn gone(e: &Error) -> bool {
     e.aws_code()
         .is_some_and(|c| c.starts_with("InvalidInstanceID") || c.starts_with("InvalidGroup"))
 }
@@ -74,13 +92,13 @@ pub async fn destroy(client: &Client, cloud: &CloudRecord, console: Option<&Path
     instances.dedup();
     groups.sort();
     groups.dedup();
+    // A group runner made for a run: whatever still uses it goes first.
+    if cloud.owns_group && cloud.instance_id.is_none() && !groups.is_empty() {
+        instances.extend(in_groups(client, &groups).await?);
+    }
     for id in &instances {
-        if let Some(path) = console
-            && let Ok(out) = client.get_console_output().instance_id(id).send().await
-            && let Some(text) = out.output()
-            && let Ok(bytes) = aws_smithy_types::base64::decode(text)
-        {
-            let _ = std::fs::write(path, bytes);
+        if let Some(path) = console {
+            save_console(client, id, path).await;
         }
         match client.terminate_instances().instance_ids(id).send().await {
             Ok(_) => {}
@@ -107,6 +125,52 @@ pub async fn destroy(client: &Client, cloud: &CloudRecord, console: Option<&Path
         delete_group(client, group).await?;
     }
     Ok(())
+}
+
+/// Keeps what the instance printed on its console (best effort: it is for post-mortems).
+pub async fn save_console(client: &Client, id: &str, path: &Path) {
+    if let Ok(out) = client.get_console_output().instance_id(id).send().await
+        && let Some(text) = out.output()
+        && let Ok(bytes) = aws_smithy_types::base64::decode(text)
+    {
+        let _ = std::fs::write(path, bytes);
+    }
+}
+
+/// Instances not yet terminated (shutting-down included: the group waits for them) in
+/// any of `groups`.
+async fn in_groups(client: &Client, groups: &[String]) -> Result<Vec<String>> {
+    let mut found = vec![];
+    let mut pages = client
+        .describe_instances()
+        .filters(
+            Filter::builder()
+                .name("instance.group-id")
+                .set_values(Some(groups.to_vec()))
+                .build(),
+        )
+        .filters(
+            Filter::builder()
+                .name("instance-state-name")
+                .set_values(Some(
+                    ["pending", "running", "shutting-down", "stopping", "stopped"]
+                        .map(String::from)
+                        .to_vec(),
+                ))
+                .build(),
+        )
+        .into_paginator()
+        .send();
+    while let Some(page) = pages.next().await {
+        let page = page.map_err(|e| aws::error("DescribeInstances", e))?;
+        found.extend(
+            page.reservations()
+                .iter()
+                .flat_map(|r| r.instances())
+                .filter_map(|i| i.instance_id().map(str::to_owned)),
+        );
+    }
+    Ok(found)
 }
 
 /// Live instances and groups carrying this `runner:machine` tag (only the kinds asked for:

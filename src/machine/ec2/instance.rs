@@ -8,6 +8,7 @@ use async_trait::async_trait;
 use aws_sdk_ec2::Client;
 use tokio::sync::OwnedSemaphorePermit;
 
+use super::fleet::Fleet;
 use super::{Resolved, cleanup, client};
 use crate::error::Result;
 use crate::machine::dir::MachineDir;
@@ -20,6 +21,8 @@ pub struct Ec2Instance {
     record: MachineRecord,
     console: PathBuf,
     registry: Arc<Registry>,
+    /// Once the instance exists: the run's poller watches it and its terminate is batched.
+    fleet: Option<Fleet>,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -37,6 +40,7 @@ impl Ec2Instance {
             record: MachineRecord::read(&dir.path)?,
             console,
             registry,
+            fleet: None,
             _permit: permit,
         })
     }
@@ -49,9 +53,9 @@ impl Ec2Instance {
         self.record.write(&self.dir)
     }
 
-    /// The temporary group runner made for this machine, if any.
-    pub fn group(&self) -> Option<String> {
-        self.record.cloud.as_ref()?.security_group.clone()
+    /// From now on the instance is the fleet's to watch and to terminate with others.
+    pub fn batched(&mut self, fleet: Fleet) {
+        self.fleet = Some(fleet);
     }
 
     pub async fn teardown(&mut self) -> Result<()> {
@@ -75,7 +79,15 @@ impl Instance for Ec2Instance {
         let Some(cloud) = self.record.cloud.clone() else {
             return Ok(());
         };
-        cleanup::destroy(&self.client, &cloud, Some(&self.console)).await?;
+        match (&self.fleet, &cloud.instance_id) {
+            // The success path: its console saved, then one TerminateInstances for every
+            // machine of the run ending about now. Its record named nothing else.
+            (Some(fleet), Some(id)) => {
+                cleanup::save_console(&self.client, id, &self.console).await;
+                fleet.terminate(id).await?;
+            }
+            _ => cleanup::destroy(&self.client, &cloud, Some(&self.console)).await?,
+        }
         // Only a complete teardown forgets the resources; on error the record stays for gc.
         self.record.cloud = None;
         let _ = std::fs::remove_dir_all(&self.dir);
@@ -89,6 +101,10 @@ impl Instance for Ec2Instance {
         let Some(cloud) = self.record.cloud.take() else {
             return;
         };
+        // Ours to end now: not a machine taken away.
+        if let (Some(fleet), Some(id)) = (&self.fleet, &cloud.instance_id) {
+            fleet.unwatch(id);
+        }
         let (console, dir) = (self.console.clone(), self.dir.clone());
         let label = self.record.label.clone();
         self.registry.spawn_teardown(move || {

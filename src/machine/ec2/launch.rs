@@ -1,20 +1,19 @@
-//! The API calls of one launch, in order: a temporary security group (if the builder names
-//! none), RunInstances across the instance types until one has capacity, the wait for
-//! `running`, and the address to connect to.
+//! The API call of one launch: RunInstances across the instance types until one has
+//! capacity (the run's group, the wait for `running` and the address are shared with the
+//! run's other machines: see [`super::group`] and [`super::fleet`]).
 
 use std::time::Duration;
 
 use aws_sdk_ec2::Client;
-use aws_sdk_ec2::client::Waiters;
 use aws_sdk_ec2::types::{
     BlockDeviceMapping, EbsBlockDevice, HttpTokensState, InstanceInterruptionBehavior,
-    InstanceMarketOptionsRequest, InstanceMetadataOptionsRequest, InstanceType, IpPermission,
-    IpRange, MarketType, ResourceType, ShutdownBehavior, SpotInstanceType, SpotMarketOptions,
-    VolumeType,
+    InstanceMarketOptionsRequest, InstanceMetadataOptionsRequest, InstanceType, MarketType,
+    ResourceType, ShutdownBehavior, SpotInstanceType, SpotMarketOptions, VolumeType,
 };
 
 use super::Ec2Backend;
 use super::api::{NEVER_ERRORS, WAIT_ERRORS, tags};
+use super::fleet::Seen;
 use crate::aws;
 use crate::config::Address;
 use crate::error::{Error, Result};
@@ -33,79 +32,21 @@ pub struct Launcher<'a> {
     pub id: &'a str,
     pub label: &'a str,
     pub expires: u64,
+    /// Spot, unless the builder says otherwise or a reclaim moved this target on-demand.
+    pub spot: bool,
 }
 
 impl Launcher<'_> {
-    /// A group that allows SSH from `ssh_cidr` only, tagged at creation.
-    pub async fn temporary_group(&self) -> Result<String> {
-        let (b, id) = (&self.backend.builder, self.id);
-        let vpc = match &b.subnet {
-            Some(s) => self
-                .client
-                .describe_subnets()
-                .subnet_ids(s)
-                .send()
-                .await
-                .map_err(|e| aws::error(format!("DescribeSubnets {s}"), e))?
-                .subnets()
-                .first()
-                .and_then(|s| s.vpc_id().map(str::to_owned)),
-            None => None,
-        };
-        let group = self
-            .client
-            .create_security_group()
-            .group_name(format!("runner-{id}"))
-            .description(format!("runner: SSH to machine {id} ({}) only", self.label))
-            .set_vpc_id(vpc)
-            .tag_specifications(self.tags(ResourceType::SecurityGroup))
-            .send()
-            .await
-            .map_err(|e| aws::error("CreateSecurityGroup", e))?
-            .group_id()
-            .ok_or_else(|| Error::other("CreateSecurityGroup returned no group id"))?
-            .to_owned();
-        let rule = IpPermission::builder()
-            .ip_protocol("tcp")
-            .from_port(22)
-            .to_port(22)
-            .ip_ranges(
-                IpRange::builder()
-                    .cidr_ip(b.ssh_cidr.clone().unwrap_or_default())
-                    .description("runner")
-                    .build(),
-            )
-            .build();
-        let authorized = self
-            .client
-            .authorize_security_group_ingress()
-            .group_id(&group)
-            .ip_permissions(rule)
-            .send()
-            .await;
-        if let Err(e) = authorized {
-            let _ = self
-                .client
-                .delete_security_group()
-                .group_id(&group)
-                .send()
-                .await;
-            return Err(aws::error("AuthorizeSecurityGroupIngress", e));
-        }
-        Ok(group)
-    }
-
     /// Launches the first type with room, in the builder's order, and returns the instance
     /// id and its type. When every type is
     /// refused for capacity, quota or throttling, says so through `waits` and goes round
     /// again after a growing pause: the target's timeout (or Ctrl-C) is what ends the wait.
     pub async fn run_instance(
         &self,
-        group: Option<String>,
+        group: String,
         user_data: &str,
         waits: &Waits,
     ) -> Result<(String, String)> {
-        let group = self.backend.builder.security_group.clone().or(group);
         let mut pause = FIRST_PAUSE;
         let mut round = 0;
         loop {
@@ -133,12 +74,7 @@ impl Launcher<'_> {
     }
 
     /// Each type once, in order: the instance and its type, or every type's refusal.
-    async fn one_round(
-        &self,
-        round: u32,
-        group: &Option<String>,
-        user_data: &str,
-    ) -> Result<Round> {
+    async fn one_round(&self, round: u32, group: &str, user_data: &str) -> Result<Round> {
         let b = &self.backend.builder;
         let mut refused = vec![];
         for (n, ty) in b.instance_types.iter().enumerate() {
@@ -152,7 +88,7 @@ impl Launcher<'_> {
                 // Idempotent per attempt: a retried request never starts a second machine.
                 .client_token(format!("runner-{}-{round}-{n}", self.id))
                 .set_subnet_id(b.subnet.clone())
-                .set_security_group_ids(group.clone().map(|g| vec![g]))
+                .security_group_ids(group)
                 .user_data(aws_smithy_types::base64::encode(user_data))
                 .instance_initiated_shutdown_behavior(ShutdownBehavior::Terminate)
                 .metadata_options(
@@ -163,7 +99,7 @@ impl Launcher<'_> {
                 .block_device_mappings(self.root_volume())
                 .tag_specifications(self.tags(ResourceType::Instance))
                 .tag_specifications(self.tags(ResourceType::Volume))
-                .set_instance_market_options(b.spot.then(spot));
+                .set_instance_market_options(self.spot.then(spot));
             let err = match req.send().await {
                 Ok(out) => {
                     let iid = out
@@ -191,45 +127,14 @@ impl Launcher<'_> {
         Ok(Err(refused))
     }
 
-    pub async fn wait_running(&self, instance_id: &str, timeout: Duration) -> Result<()> {
-        self.client
-            .wait_until_instance_running()
-            .instance_ids(instance_id)
-            .wait(timeout)
-            .await
-            .map(|_| ())
-            .map_err(|e| Error::Aws {
-                context: format!("waiting for {instance_id} ({}) to run", self.label),
-                code: None,
-                summary: format!(
-                    "not `running` within {}s: {}",
-                    timeout.as_secs(),
-                    aws_smithy_types::error::display::DisplayErrorContext(&e)
-                ),
-                source: Box::new(e),
-            })
-    }
-
-    pub async fn address(&self, instance_id: &str) -> Result<String> {
-        let out = self
-            .client
-            .describe_instances()
-            .instance_ids(instance_id)
-            .send()
-            .await
-            .map_err(|e| aws::error(format!("DescribeInstances {instance_id}"), e))?;
-        let i = out
-            .reservations()
-            .iter()
-            .flat_map(|r| r.instances())
-            .next()
-            .ok_or_else(|| self.problem(format!("{instance_id} vanished")))?;
+    /// The address to connect to, from what the poller saw of the running instance.
+    pub fn address(&self, instance_id: &str, seen: &Seen) -> Result<String> {
         let address = self.backend.builder.address;
         let ip = match address {
-            Address::Public => i.public_ip_address(),
-            Address::Private => i.private_ip_address(),
+            Address::Public => seen.public_ip.as_ref(),
+            Address::Private => seen.private_ip.as_ref(),
         };
-        ip.map(str::to_owned).ok_or_else(|| {
+        ip.cloned().ok_or_else(|| {
             self.problem(format!(
                 "{instance_id} has no {} address (set `address` in the builder file)",
                 match address {

@@ -1,10 +1,14 @@
 //! EC2 machines: RunInstances with per-machine keys in the user data, a dead-man switch, tags
-//! that `runner gc` can find, and a teardown that terminates, waits, and deletes the temporary
-//! security group. Every resource is written to the machine's record as soon as it exists, so
-//! nothing is ever created that a later `runner gc` could not find.
+//! that `runner gc` can find, and a teardown that terminates. What a run's machines share —
+//! the temporary security group, the poller that waits for `running` and notices a machine
+//! taken away, batched terminations — is made once per builder and run, and removed when the
+//! run closes. Every resource is written to a record as soon as it exists, so nothing is
+//! ever created that a later `runner gc` could not find.
 
 mod api;
 pub mod cleanup;
+mod fleet;
+mod group;
 mod instance;
 mod launch;
 pub mod sweep;
@@ -15,15 +19,19 @@ pub use api::{
     Resolved, TAG_EXPIRES, TAG_MACHINE, TAG_OWNER, TAG_RUN, TAG_TARGET, client, resolve, run_id,
 };
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
 use tokio::sync::{OnceCell, Semaphore};
 
+use self::fleet::Fleet;
+use self::group::RunGroup;
 use self::instance::Ec2Instance;
 use super::dir::MachineDir;
 use super::record::{CloudRecord, MachineRecord};
-use super::{Backend, Cost, Ec2Origin, Machine, MachineSpec, Origin, Prepared, Registry, Report};
+use super::{
+    Backend, Cost, Ec2Origin, Lost, Machine, MachineSpec, Origin, Prepared, Registry, Report,
+};
 use crate::config::Ec2Builder;
 use crate::error::Result;
 use crate::guest::{Endpoint, GuestKeys};
@@ -40,6 +48,10 @@ pub struct Ec2Backend {
     limit: Arc<Semaphore>,
     /// The client and the AMI, resolved once: every target of a run sees the same AMI.
     resolved: OnceCell<Resolved>,
+    /// The run's poller and batched terminations, once the client is known.
+    fleet: OnceLock<Fleet>,
+    /// The run's temporary security group, when the builder names none.
+    group: RunGroup,
 }
 
 impl Ec2Backend {
@@ -51,7 +63,15 @@ impl Ec2Backend {
             registry,
             limit: Arc::new(Semaphore::new(b.max_instances as usize)),
             resolved: OnceCell::new(),
+            fleet: OnceLock::new(),
+            group: RunGroup::default(),
         }
+    }
+
+    fn fleet(&self, r: &Resolved) -> Fleet {
+        self.fleet
+            .get_or_init(|| Fleet::new(r.client.clone()))
+            .clone()
     }
 
     /// Connects and resolves the AMI (the newest match, when the builder gives a filter).
@@ -90,6 +110,17 @@ impl Backend for Ec2Backend {
             .acquire_owned()
             .await
             .expect("semaphore open");
+        let expires = now_unix() + self.builder.max_lifetime.as_secs();
+        let group = match &self.builder.security_group {
+            Some(g) => g.clone(),
+            None => {
+                let named = (self.name.as_str(), &self.builder);
+                let g = self
+                    .group
+                    .get(&r.client, &r.region, named, &self.dirs, expires);
+                g.await?
+            }
+        };
         let dir = MachineDir::create(&self.dirs, |id| {
             let mut record = MachineRecord::new(id, "ec2", &spec.label, 22);
             record.cloud = Some(CloudRecord {
@@ -98,14 +129,14 @@ impl Backend for Ec2Backend {
                 instance_id: None,
                 security_group: None,
                 machine_tag: Some(id.to_owned()),
-                owns_group: self.builder.security_group.is_none(),
+                owns_group: false,
             });
             record
         })?;
         let console = dir.console_log(&self.dirs)?;
+        let fleet = self.fleet(&r);
         let mut inst = Ec2Instance::new(&r, &dir, console.clone(), permit, self.registry.clone())?;
         // Any error from here on: `inst` is dropped and its guard terminates what exists.
-        let expires = now_unix() + self.builder.max_lifetime.as_secs();
         let launcher = launch::Launcher {
             backend: self,
             client: &r.client,
@@ -114,11 +145,9 @@ impl Backend for Ec2Backend {
             id: &dir.id,
             label: &spec.label,
             expires,
+            spot: self.builder.spot
+                && !(spec.reclaimed > 0 && self.builder.on_demand_after_reclaim),
         };
-        if self.builder.security_group.is_none() {
-            let sg = launcher.temporary_group().await?;
-            inst.note(|c| c.security_group = Some(sg))?;
-        }
         let user_data = userdata::cloud_config(
             keys,
             &self.builder.ssh_user,
@@ -126,20 +155,42 @@ impl Backend for Ec2Backend {
             spec.context_url.as_deref(),
         )?;
         let (instance_id, ty) = launcher
-            .run_instance(inst.group(), &user_data, &spec.waits)
+            .run_instance(group, &user_data, &spec.waits)
             .await?;
         inst.note(|c| c.instance_id = Some(instance_id.clone()))?;
         tracing::info!("{}: launched {instance_id} ({ty})", spec.label);
-        if let Err(e) = launcher.wait_running(&instance_id, spec.boot_timeout).await {
-            inst.teardown().await?;
-            return Err(e);
-        }
+        let lost = Lost::default();
+        let mut seen = fleet.watch(&instance_id, lost.clone());
+        inst.batched(fleet.clone());
+        let running = fleet
+            .running(&instance_id, &mut seen, spec.boot_timeout)
+            .await;
+        let host = match running.and_then(|s| launcher.address(&instance_id, &s)) {
+            Ok(host) => host,
+            Err(e) => {
+                inst.teardown().await?;
+                return Err(e);
+            }
+        };
         let endpoint = Endpoint {
-            host: launcher.address(&instance_id).await?,
+            host,
             port: 22,
             user: self.builder.ssh_user.clone(),
         };
-        Ok(Machine::new(&dir, spec, endpoint, console, Box::new(inst)))
+        let mut machine = Machine::new(&dir, spec, endpoint, console, Box::new(inst));
+        machine.lost = lost;
+        Ok(machine)
+    }
+
+    async fn close(&self) -> Result<()> {
+        match self.resolved.get() {
+            Some(r) => self.group.close(&r.client).await,
+            None => Ok(()),
+        }
+    }
+
+    fn retries_on_reclaim(&self) -> u32 {
+        self.builder.retry_on_reclaim
     }
 
     fn capacity(&self) -> usize {

@@ -73,6 +73,7 @@ pub async fn customise(
         context_url: None,
         console_limit: crate::config::project::DEFAULT_CONSOLE.0,
         waits: Default::default(),
+        reclaimed: 0,
     };
     let keys = GuestKeys::generate()?;
     job.report
