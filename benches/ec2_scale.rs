@@ -119,9 +119,14 @@ fn baseline(rt: &tokio::runtime::Runtime, server: &moto::Moto, n: usize) -> (Dur
         let client =
             runner::machine::ec2::client(Some("us-east-1"), Some(&server.endpoint())).await;
         let before = cleanup::api_calls();
+        // At most 100 requests in flight: moto serves one at a time, and 1,000 connects at
+        // once time out (runner's own launches wait on the shared poller instead).
+        let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(100));
         let ids: Vec<String> = futures_join(n, |_| {
             let (c, ami, subnet) = (client.clone(), server.ami.clone(), server.subnet.clone());
+            let gate = gate.clone();
             async move {
+                let _turn = gate.acquire().await.unwrap();
                 c.run_instances()
                     .image_id(ami)
                     .subnet_id(subnet)
@@ -138,8 +143,9 @@ fn baseline(rt: &tokio::runtime::Runtime, server: &moto::Moto, n: usize) -> (Dur
         })
         .await;
         futures_join(n, |i| {
-            let (c, id) = (client.clone(), ids[i].clone());
+            let (c, id, gate) = (client.clone(), ids[i].clone(), gate.clone());
             async move {
+                let _turn = gate.acquire().await.unwrap();
                 c.terminate_instances()
                     .instance_ids(id)
                     .send()
@@ -205,7 +211,8 @@ fn control_plane(
 /// `runner build` of n targets at once; its wall time and peak RSS (KiB, from wait4).
 fn whole_run(server: &moto::Moto, n: usize) -> (Duration, u64) {
     let work = tempfile::tempdir().unwrap();
-    let root = work.path();
+    // The project directory is the targets' build context: state and cache stay outside it.
+    let (root, outside) = (&work.path().join("project"), work.path());
     std::fs::create_dir_all(root.join("builders")).unwrap();
     std::fs::write(
         root.join("builders/scale.toml"),
@@ -219,21 +226,19 @@ fn whole_run(server: &moto::Moto, n: usize) -> (Duration, u64) {
         .map(|i| format!("[target.t{i:04}]\nbuilder = \"scale\"\nscript = \"build.sh\"\n"))
         .collect();
     std::fs::write(root.join("runner.toml"), targets).unwrap();
+    let (events, errors) = (
+        tempfile::NamedTempFile::new().unwrap(),
+        tempfile::NamedTempFile::new().unwrap(),
+    );
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_runner"));
     server.env(&mut cmd);
     cmd.current_dir(root)
-        .args(["--state-dir", &root.join("state").to_string_lossy()])
-        .args(["--cache-dir", &root.join("cache").to_string_lossy()])
-        .args([
-            "build",
-            "--all",
-            "--keep-going",
-            "-j",
-            &n.to_string(),
-            "--quiet",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+        .args(["--state-dir", &outside.join("state").to_string_lossy()])
+        .args(["--cache-dir", &outside.join("cache").to_string_lossy()])
+        .args(["--message-format", "json", "build", "--all", "--keep-going"])
+        .args(["-j", &n.to_string()])
+        .stdout(Stdio::from(events.as_file().try_clone().unwrap()))
+        .stderr(Stdio::from(errors.as_file().try_clone().unwrap()));
     let t = Instant::now();
     let child = cmd.spawn().unwrap();
     let mut status = 0;
@@ -244,9 +249,29 @@ fn whole_run(server: &moto::Moto, n: usize) -> (Duration, u64) {
     assert_eq!(pid, child.id() as i32);
     let took = t.elapsed();
     std::mem::forget(child);
+    // The figure counts only if every target got a machine and waited its boot out.
+    let events = std::fs::read_to_string(events.path()).unwrap();
+    let in_boot = events
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["event"] == "finished" && e["phase"] == "boot")
+        .count();
+    let errors = std::fs::read_to_string(errors.path()).unwrap();
+    assert_eq!(
+        in_boot,
+        n,
+        "not every target reached boot:\n{}\n{}",
+        tail(&events),
+        tail(&errors)
+    );
     assert_eq!(server.live_instances().len(), 0, "instances left running");
     assert!(server.runner_groups().is_empty(), "groups left");
     (took, usage.ru_maxrss as u64)
+}
+
+fn tail(text: &str) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(5)..].join("\n")
 }
 
 /// Runs `n` futures made by `f` concurrently and collects their outputs in order.
