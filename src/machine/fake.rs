@@ -30,6 +30,9 @@ pub enum Behaviour {
     Panic,
     /// Stands for a guest whose machine dies mid-script.
     Dies,
+    /// The target's first machine is taken away from outside (a spot reclaim) `after` into
+    /// its script; the machines it gets after that succeed.
+    Reclaimed { after: Duration },
 }
 
 impl Default for Behaviour {
@@ -69,6 +72,7 @@ pub struct FakeBackend {
     pub shared: Arc<Shared>,
     /// What each machine costs (spend-cap tests).
     pub cost: super::Cost,
+    pub retries_on_reclaim: u32,
 }
 
 impl FakeBackend {
@@ -80,6 +84,7 @@ impl FakeBackend {
             artifact: ("out.txt", b"built\n"),
             shared: Arc::default(),
             cost: super::Cost::Local,
+            retries_on_reclaim: 1,
         }
     }
 }
@@ -112,14 +117,24 @@ impl Backend for FakeBackend {
         })?;
         let live = self.shared.live.fetch_add(1, Ordering::SeqCst) + 1;
         self.shared.peak.fetch_max(live, Ordering::SeqCst);
+        let first = !self
+            .shared
+            .journal()
+            .contains(&format!("launch {}", spec.label));
         self.shared.note(format!("launch {}", spec.label));
+        let lost = super::Lost::default();
+        let behaviour = match self.behaviour.get(&spec.label).cloned() {
+            Some(Behaviour::Reclaimed { .. }) if !first => Behaviour::default(),
+            b => b.unwrap_or_default(),
+        };
         let inst = FakeInstance {
             label: spec.label.clone(),
             dir: dir.path.clone(),
             shared: self.shared.clone(),
             guest: Some(FakeGuest {
                 label: spec.label.clone(),
-                behaviour: self.behaviour.get(&spec.label).cloned().unwrap_or_default(),
+                behaviour,
+                lost: lost.clone(),
                 artifact: self.artifact,
                 shared: self.shared.clone(),
             }),
@@ -131,7 +146,13 @@ impl Backend for FakeBackend {
             user: "root".into(),
         };
         let console = dir.path.join("console.log");
-        Ok(Machine::new(&dir, spec, endpoint, console, Box::new(inst)))
+        let mut machine = Machine::new(&dir, spec, endpoint, console, Box::new(inst));
+        machine.lost = lost;
+        Ok(machine)
+    }
+
+    fn retries_on_reclaim(&self) -> u32 {
+        self.retries_on_reclaim
     }
 
     fn capacity(&self) -> usize {
@@ -189,6 +210,8 @@ impl Instance for FakeInstance {
 struct FakeGuest {
     label: String,
     behaviour: Behaviour,
+    /// The machine's: what a backend that saw it taken away would mark.
+    lost: super::Lost,
     artifact: (&'static str, &'static [u8]),
     shared: Arc<Shared>,
 }
@@ -222,6 +245,12 @@ impl Guest for FakeGuest {
                 console: "console.log".into(),
                 tail: String::new(),
             }),
+            Behaviour::Reclaimed { after } => {
+                tokio::time::sleep(*after).await;
+                self.lost.mark("terminated from outside (fake)".into());
+                // The connection to a machine taken away just hangs.
+                std::future::pending().await
+            }
         }
     }
 

@@ -249,7 +249,7 @@ impl Machine {
 
     /// A name for messages: `bookworm-amd64 (machine 3f2a9c1e)`.
     pub fn describe(&self) -> String {
-        format!("{} (machine {})", self.label, self.id)
+        describe(&self.label, &self.id)
     }
 
     pub fn exited(&mut self) -> Option<String> {
@@ -382,6 +382,11 @@ impl Drop for Machine {
             inst.terminate_now();
         }
     }
+}
+
+/// How errors and events name a machine: its label and id.
+pub fn describe(label: &str, id: &str) -> String {
+    format!("{label} (machine {id})")
 }
 
 /// A machine, its guest and its keys, from launch until teardown.

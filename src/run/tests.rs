@@ -6,12 +6,16 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::mpsc::UnboundedReceiver;
+
 use super::{Host, Options, Planned, Run, RunOptions};
 use crate::config::{BackendConfig, Builder, QemuBuilder, Shape, Size, Target};
-use crate::events::{FailureKind, Outcome, TargetResult};
+use crate::events::{Event, FailureKind, Outcome, TargetResult};
 use crate::machine::fake::{Behaviour, FakeBackend, Shared};
 use crate::machine::{Machines, record::MachineRecord};
 use crate::paths::Dirs;
+
+mod reclaim;
 
 struct World {
     tmp: tempfile::TempDir,
@@ -73,6 +77,16 @@ impl World {
 
     /// [`World::run`] with a spend cap in dollars.
     fn run_capped(&self, backend: FakeBackend, keep_failed: bool, cap: Option<f64>) -> Arc<Run> {
+        self.run_with_events(backend, keep_failed, cap).0
+    }
+
+    /// [`World::run_capped`], and the run's events.
+    fn run_with_events(
+        &self,
+        backend: FakeBackend,
+        keep_failed: bool,
+        cap: Option<f64>,
+    ) -> (Arc<Run>, UnboundedReceiver<Event>) {
         let host = Host {
             machines: Arc::new(Machines::fake(&self.dirs, Arc::new(backend))),
             dirs: &self.dirs,
@@ -87,11 +101,11 @@ impl World {
             context_excludes: None,
             max_cost: cap,
         };
-        let (mut run, _rx) = Run::new(&host, None, opts).unwrap();
+        let (mut run, rx) = Run::new(&host, None, opts).unwrap();
         run.limits.leak_timeout = Duration::from_millis(100);
         run.limits.max_log = Size(1 << 20);
         run.limits.max_console = Size(1 << 20);
-        Arc::new(run)
+        (Arc::new(run), rx)
     }
 
     /// `t`, published to the run's local store.

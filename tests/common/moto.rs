@@ -20,6 +20,8 @@ pub struct Moto {
     /// A subnet in 127.0.0.0/20 (room for thousands of instances) and an AMI that exists.
     pub subnet: String,
     pub ami: String,
+    /// Where the server logs every call (`<access key id> <Action>` lines).
+    calls: tempfile::TempDir,
 }
 
 #[derive(Debug, Clone)]
@@ -48,6 +50,7 @@ impl Moto {
             .local_addr()
             .unwrap()
             .port();
+        let calls = tempfile::tempdir().unwrap();
         let python = std::env::var("RUNNER_MOTO_PYTHON").unwrap_or_else(|_| "python3".into());
         let child = Command::new(&python)
             .arg(concat!(
@@ -57,6 +60,7 @@ impl Moto {
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .env("RUNNER_TEST_NO_CAPACITY", no_capacity.join(","))
             .env("RUNNER_TEST_REFUSALS", refusals.join(","))
+            .env("RUNNER_TEST_CALL_LOG", calls.path().join("calls"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -125,7 +129,20 @@ impl Moto {
             client,
             subnet,
             ami,
+            calls,
         }
+    }
+
+    /// The calls moto served to the client with this access key id, by operation.
+    pub fn calls_by(&self, access_key: &str) -> std::collections::BTreeMap<String, u64> {
+        let log = std::fs::read_to_string(self.calls.path().join("calls")).unwrap_or_default();
+        let mut by = std::collections::BTreeMap::new();
+        for (key, op) in log.lines().filter_map(|l| l.split_once(' ')) {
+            if key == access_key {
+                *by.entry(op.to_owned()).or_default() += 1;
+            }
+        }
+        by
     }
 
     pub fn endpoint(&self) -> String {

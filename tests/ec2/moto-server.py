@@ -3,7 +3,8 @@ itself: RunInstances refused with InsufficientInstanceCapacity for the instance 
 in RUNNER_TEST_NO_CAPACITY (comma-separated), as AWS does when a zone runs out of a type; and
 the first RunInstances calls refused with the codes in RUNNER_TEST_REFUSALS (comma-separated,
 one call each, in order: VcpuLimitExceeded, RequestLimitExceeded, ...), as a busy account's
-quotas and throttling do.
+quotas and throttling do. With RUNNER_TEST_CALL_LOG set, every EC2 API call is appended to
+that file as `<access key id> <Action>`, so a test counts the calls one client made.
 
 Usage: python moto-server.py -H 127.0.0.1 -p PORT
 """
@@ -12,6 +13,7 @@ import os
 import sys
 
 from moto.core.exceptions import ServiceException
+from moto.core.responses import BaseResponse
 from moto.ec2.models.instances import InstanceBackend
 from moto.server import main
 
@@ -43,6 +45,19 @@ def run_instances(self, image_id, count, user_data, security_group_names, **kwar
 
 
 InstanceBackend.run_instances = run_instances
+
+CALL_LOG = os.environ.get("RUNNER_TEST_CALL_LOG")
+_call_action = BaseResponse.call_action
+
+
+def call_action(self):
+    if CALL_LOG:
+        with open(CALL_LOG, "a") as log:
+            log.write(f"{self.get_access_key()} {self._get_action()}\n")
+    return _call_action(self)
+
+
+BaseResponse.call_action = call_action
 
 if __name__ == "__main__":
     main(sys.argv[1:])

@@ -232,14 +232,19 @@ async fn poll(inner: &Inner, ids: &[String]) {
                 let seen = Seen {
                     state: i.state().and_then(|s| s.name()).cloned(),
                     reason: i.state_reason().and_then(|r| {
-                        let code = r.code().unwrap_or_default();
-                        Some(format!("{code}: {}", r.message()?))
+                        let (code, message) = (r.code().unwrap_or_default(), r.message()?);
+                        // EC2's messages usually begin with their code already.
+                        Some(match message.starts_with(code) {
+                            true => message.to_owned(),
+                            false => format!("{code}: {message}"),
+                        })
                     }),
                     public_ip: i.public_ip_address().map(str::to_owned),
                     private_ip: i.private_ip_address().map(str::to_owned),
                 };
                 if seen.ended() {
-                    w.lost.mark(lost_because(&seen));
+                    w.lost
+                        .mark(lost_because(i.instance_id().unwrap_or_default(), &seen));
                 }
                 w.seen.send_replace(seen);
             }
@@ -247,14 +252,14 @@ async fn poll(inner: &Inner, ids: &[String]) {
     }
 }
 
-fn lost_because(seen: &Seen) -> String {
+fn lost_because(id: &str, seen: &Seen) -> String {
     let state = seen.state.as_ref().map_or("ended", |s| s.as_str());
     match &seen.reason {
         Some(r) => format!(
-            "{state} from outside runner ({})",
+            "{id} {state} from outside runner ({})",
             crate::progress::sanitize(r)
         ),
-        None => format!("{state} from outside runner"),
+        None => format!("{id} {state} from outside runner"),
     }
 }
 

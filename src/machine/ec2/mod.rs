@@ -33,7 +33,7 @@ use super::{
     Backend, Cost, Ec2Origin, Lost, Machine, MachineSpec, Origin, Prepared, Registry, Report,
 };
 use crate::config::Ec2Builder;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::guest::{Endpoint, GuestKeys};
 use crate::host::now_unix;
 use crate::paths::Dirs;
@@ -169,7 +169,15 @@ impl Backend for Ec2Backend {
             Ok(host) => host,
             Err(e) => {
                 inst.teardown().await?;
-                return Err(e);
+                // Taken away before it ran: a reclaim, as it would be once running.
+                return Err(match lost.why() {
+                    Some(why) => Error::MachineReclaimed {
+                        machine: super::describe(&spec.label, &dir.id),
+                        phase: "boot".into(),
+                        why: why.to_owned(),
+                    },
+                    None => e,
+                });
             }
         };
         let endpoint = Endpoint {
