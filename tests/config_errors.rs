@@ -259,7 +259,8 @@ fn a_missing_builder_is_named() {
 }
 
 /// A target's `vcpus`/`memory` go through its builder's own checks; on an EC2 builder (whose
-/// instance type decides them) they are refused, never silently ignored.
+/// instance type decides them) they are refused, never silently ignored; its `timeout` must
+/// end before the builder's `max_lifetime`.
 #[test]
 fn target_overrides_are_checked_by_their_builder() {
     const EC2: &str = "backend = \"ec2\"\nami = \"ami-1\"\ninstance_types = [\"t3.micro\"]\nsecurity_group = \"sg-1\"\n";
@@ -268,6 +269,13 @@ fn target_overrides_are_checked_by_their_builder() {
         ("good", "vcpus = 0", "vcpus", "between 1 and 64"),
         ("cloud", "vcpus = 4", "vcpus", "runs on EC2"),
         ("cloud", "memory = \"8G\"", "memory", "runs on EC2"),
+        // A machine would end itself (its dead-man switch) before the target's timeout.
+        (
+            "cloud",
+            "timeout = \"4h\"",
+            "timeout",
+            "longer than builder `cloud`'s max_lifetime 3h",
+        ),
     ];
     for (builder, line, key, fragment) in cases {
         let project = Project::new()

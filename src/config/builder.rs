@@ -100,6 +100,15 @@ impl Builder {
         }
     }
 
+    /// How long a machine of this builder may live before it ends itself (its dead-man
+    /// switch), for a cloud machine.
+    pub fn max_lifetime(&self) -> Option<Duration> {
+        match &self.backend {
+            BackendConfig::Qemu(_) => None,
+            BackendConfig::Ec2(e) => Some(e.max_lifetime),
+        }
+    }
+
     /// The machine size this builder gives, if it is the builder's to give.
     pub fn shape(&self) -> Option<Shape> {
         match &self.backend {

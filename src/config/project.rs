@@ -261,6 +261,23 @@ fn resolve_target(
         (value::TARGET_TIMEOUT, Example("20m")),
         DEFAULT_TIMEOUT,
     )?;
+    // A machine outliving its dead-man switch would power itself off mid-build, and that
+    // would look like a reclaim.
+    if let Some(life) = builder.max_lifetime()
+        && timeout > life
+    {
+        return Err(bad(
+            t.timeout.as_ref().map_or(t.builder.span(), |t| t.span()),
+            "timeout",
+            format!(
+                "target `{n}`: timeout {} is longer than builder `{}`'s max_lifetime {}, after \
+                 which its machine powers itself off",
+                humantime::format_duration(timeout),
+                builder.name,
+                humantime::format_duration(life)
+            ),
+        ));
+    }
     let shape = builder.shape_with(src, t.vcpus.as_ref(), t.memory.as_ref())?;
     Ok(Target {
         upload: t.upload,

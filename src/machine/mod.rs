@@ -13,6 +13,7 @@ pub mod ec2;
 mod factory;
 #[cfg(test)]
 pub mod fake;
+mod lease;
 mod lost;
 mod origin;
 pub mod qemu;
@@ -26,7 +27,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio_util::sync::CancellationToken;
 
 use crate::config::Shape;
 use crate::error::{Error, Result};
@@ -34,6 +34,7 @@ use crate::guest::ssh::{self, Booting, Probe};
 use crate::guest::{Endpoint, Guest, GuestKeys};
 
 pub use factory::{CachedImage, DEFAULT_SHAPE, Machines, builder_for};
+pub use lease::{Lease, lease};
 pub use lost::Lost;
 pub use origin::{Ec2Origin, Origin};
 pub use registry::Registry;
@@ -387,65 +388,4 @@ impl Drop for Machine {
 /// How errors and events name a machine: its label and id.
 pub fn describe(label: &str, id: &str) -> String {
     format!("{label} (machine {id})")
-}
-
-/// A machine, its guest and its keys, from launch until teardown.
-pub struct Lease {
-    pub machine: Machine,
-    pub guest: Box<dyn Guest>,
-    pub keys: GuestKeys,
-}
-
-/// Launches and waits for the guest. On any failure or cancellation the machine is already
-/// torn down when this returns.
-pub async fn lease(
-    backend: &dyn Backend,
-    spec: &MachineSpec,
-    cancel: &CancellationToken,
-) -> Result<Lease> {
-    let keys = GuestKeys::generate()?;
-    let mut machine = tokio::select! {
-        m = backend.launch(spec, &keys) => m?,
-        _ = cancel.cancelled() => return Err(Error::Cancelled),
-    };
-    let lost = machine.lost.clone();
-    let connected = tokio::select! {
-        g = machine.connect(&keys) => g,
-        _ = cancel.cancelled() => Err(Error::Cancelled),
-        why = lost.wait() => Err(Error::MachineReclaimed {
-            machine: machine.describe(),
-            phase: "boot".into(),
-            why,
-        }),
-    };
-    match connected {
-        Ok(guest) => Ok(Lease {
-            machine,
-            guest,
-            keys,
-        }),
-        Err(e) => {
-            // Even when cancelled: the first signal means an orderly teardown (QMP quit, then
-            // kill); a second signal never gets here, it kills everything and exits.
-            machine.teardown(false).await?;
-            Err(e)
-        }
-    }
-}
-
-impl Lease {
-    /// Closes the guest connection and tears the machine down; a forced teardown skips
-    /// politeness.
-    pub async fn release(mut self, force: bool) -> Result<()> {
-        if !force {
-            self.guest.close().await;
-        }
-        self.machine.teardown(force).await
-    }
-
-    /// Writes a client key and a pinned `known_hosts` into `dir` (inside the machine's
-    /// directory, so they go with it) and returns the OpenSSH command line that uses them.
-    pub fn ssh_access(&self, dir: &std::path::Path) -> Result<dir::SshAccess> {
-        dir::SshAccess::write(dir, &self.keys, &self.machine.endpoint)
-    }
 }
