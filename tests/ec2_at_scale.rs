@@ -212,7 +212,9 @@ fn sigkill_while_two_hundred_machines_launch_then_gc_force_leaves_nothing() {
     let launched = launches().unwrap_or_default();
     eprintln!("{launched} of {n} machines launched when runner was killed");
 
+    let started = Instant::now();
     let forced = run_shown(command(&world, &moto, &[]), &["gc", "--force"]);
+    eprintln!("gc --force took {:.1}s", started.elapsed().as_secs_f64());
     assert_eq!(forced.status.code(), Some(0), "{}", stderr(&forced));
     assert_nothing_left(&moto);
     world.assert_clean();

@@ -21,7 +21,7 @@ use crate::host::{Owner, hostname, now_unix};
 use crate::machine::record::CloudRecord;
 
 /// How long to wait for an instance to reach `terminated`.
-const TERMINATE_WAIT: Duration = Duration::from_secs(600);
+pub(super) const TERMINATE_WAIT: Duration = Duration::from_secs(600);
 /// A group can still be in use for a while after its instance terminated.
 const GROUP_RETRY: Duration = Duration::from_secs(180);
 
@@ -139,7 +139,7 @@ pub async fn save_console(client: &Client, id: &str, path: &Path) {
 
 /// Instances not yet terminated (shutting-down included: the group waits for them) in
 /// any of `groups`.
-async fn in_groups(client: &Client, groups: &[String]) -> Result<Vec<String>> {
+pub(super) async fn in_groups(client: &Client, groups: &[String]) -> Result<Vec<String>> {
     let mut found = vec![];
     let mut pages = client
         .describe_instances()
@@ -221,7 +221,7 @@ async fn by_machine_tag(
 }
 
 /// Instances that still exist (or may come back: a stopped one can be started).
-fn not_terminated() -> Filter {
+pub(super) fn not_terminated() -> Filter {
     Filter::builder()
         .name("instance-state-name")
         .values("pending")
@@ -231,7 +231,7 @@ fn not_terminated() -> Filter {
         .build()
 }
 
-async fn delete_group(client: &Client, group: &str) -> Result<()> {
+pub(super) async fn delete_group(client: &Client, group: &str) -> Result<()> {
     let deadline = tokio::time::Instant::now() + GROUP_RETRY;
     loop {
         let e = match client.delete_security_group().group_id(group).send().await {

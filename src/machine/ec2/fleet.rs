@@ -287,6 +287,24 @@ async fn terminate_all(client: &Client, doomed: Vec<Doomed>) {
     }
 }
 
+/// Terminates these instances, [`CHUNK`] per call, one by one where a chunk names one EC2
+/// no longer knows (gone already: that counts as terminated).
+pub(super) async fn terminate_ids(client: &Client, ids: &[String]) -> Result<()> {
+    for chunk in ids.chunks(CHUNK) {
+        match terminate(client, chunk.to_vec()).await {
+            Err(e) if super::cleanup::gone(&e) && chunk.len() > 1 => {
+                for id in chunk {
+                    terminate(client, vec![id.clone()])
+                        .await
+                        .or_else(ignore_gone)?;
+                }
+            }
+            r => r.or_else(ignore_gone)?,
+        }
+    }
+    Ok(())
+}
+
 async fn terminate(client: &Client, ids: Vec<String>) -> Result<()> {
     let what = format!("TerminateInstances {}", ids.join(" "));
     client

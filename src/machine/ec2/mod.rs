@@ -11,6 +11,7 @@ mod fleet;
 mod group;
 mod instance;
 mod launch;
+mod reap;
 pub mod sweep;
 /// The user data, shared with local cloud images (see [`crate::machine::cloud_init`]).
 pub use super::cloud_init as userdata;

@@ -3,8 +3,13 @@
 //! the regions of the project's EC2 builders, whose run is gone or whose expiry passed.
 //! Untagged resources are never listed.
 
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
 use async_trait::async_trait;
 
+use super::reap::Reap;
 use super::{cleanup, client};
 use crate::error::chain;
 use crate::leftovers::{Finding, Leftover, Sweeper};
@@ -12,10 +17,13 @@ use crate::machine::dir;
 use crate::machine::record::{CloudRecord, MachineRecord};
 use crate::paths::Dirs;
 
+/// A region and an endpoint.
+type Cloud = (String, Option<String>);
+
 pub struct Ec2Sweeper {
     pub dirs: Dirs,
     /// (region, endpoint) of the project's EC2 builders; records add their own.
-    pub clouds: Vec<(String, Option<String>)>,
+    pub clouds: Vec<Cloud>,
 }
 
 #[async_trait]
@@ -25,6 +33,8 @@ impl Sweeper for Ec2Sweeper {
         let mut clouds = self.clouds.clone();
         // Ids the records cover: the tag scan leaves those to the record's removal.
         let mut handled = vec![];
+        // Orphans by region and endpoint: each lot is removed in one batch.
+        let mut orphans: BTreeMap<Cloud, Vec<(MachineRecord, PathBuf)>> = BTreeMap::new();
         for path in dir::all(&self.dirs.machines()) {
             let Ok(r) = MachineRecord::read(&path) else {
                 continue;
@@ -32,14 +42,18 @@ impl Sweeper for Ec2Sweeper {
             let Some(cloud) = r.cloud.clone().filter(|_| r.backend == "ec2") else {
                 continue;
             };
-            clouds.push((cloud.region.clone(), cloud.endpoint.clone()));
+            let at = (cloud.region.clone(), cloud.endpoint.clone());
+            clouds.push(at.clone());
             handled.extend(cloud.instance_id.clone());
             handled.extend(cloud.security_group.clone());
-            found.push(Finding::Found(if r.orphaned() {
-                Leftover::orphan(r.describe(), destroy_recorded(cloud, path))
+            if r.orphaned() {
+                orphans.entry(at).or_default().push((r, path));
             } else {
-                Leftover::in_use(r.describe())
-            }));
+                found.push(Finding::Found(Leftover::in_use(r.describe())));
+            }
+        }
+        for ((region, endpoint), lot) in orphans {
+            found.extend(batched(region, endpoint, lot));
         }
         clouds.sort();
         clouds.dedup();
@@ -50,12 +64,31 @@ impl Sweeper for Ec2Sweeper {
     }
 }
 
+/// A region's orphaned records as leftovers whose removals share one [`Reap`]: the first
+/// removal does the whole lot, and each then drops its own record.
+fn batched(
+    region: String,
+    endpoint: Option<String>,
+    lot: Vec<(MachineRecord, PathBuf)>,
+) -> Vec<Finding> {
+    let clouds = lot.iter().filter_map(|(r, _)| r.cloud.clone()).collect();
+    let reap = Arc::new(Reap::new(region, endpoint, clouds));
+    lot.into_iter()
+        .filter_map(|(r, path)| {
+            let cloud = r.cloud.clone()?;
+            let reap = reap.clone();
+            let remove = async move { destroy_recorded(&reap, cloud, path).await };
+            Some(Finding::Found(Leftover::orphan(r.describe(), remove)))
+        })
+        .collect()
+}
+
 async fn destroy_recorded(
+    reap: &Reap,
     cloud: CloudRecord,
-    dir: std::path::PathBuf,
+    dir: PathBuf,
 ) -> crate::error::Result<String> {
-    let client = client(Some(&cloud.region), cloud.endpoint.as_deref()).await;
-    cleanup::destroy(&client, &cloud, None).await?;
+    reap.run().await?;
     let _ = std::fs::remove_dir_all(&dir);
     let mut parts: Vec<String> = cloud.instance_id.iter().cloned().collect();
     parts.extend(
