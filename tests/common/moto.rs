@@ -67,7 +67,8 @@ impl Moto {
             .unwrap_or_else(|e| {
                 panic!("cannot start moto with {python} (scripts/test installs it): {e}")
             });
-        let deadline = Instant::now() + Duration::from_secs(60);
+        // Python imports take long on a loaded machine: generous, it is a start, not a wait.
+        let deadline = Instant::now() + Duration::from_secs(180);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(Instant::now() < deadline, "moto did not start");
             std::thread::sleep(Duration::from_millis(100));

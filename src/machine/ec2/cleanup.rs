@@ -255,6 +255,8 @@ pub struct Tagged {
     pub kind: &'static str,
     pub id: String,
     pub run: String,
+    /// Its `runner:machine` tag: the record that covers it, if that is still here.
+    pub machine: Option<String>,
     pub expired: bool,
     pub run_dead: bool,
 }
@@ -262,6 +264,19 @@ pub struct Tagged {
 impl Tagged {
     pub fn removable(&self) -> bool {
         self.expired || self.run_dead
+    }
+
+    /// As a record of what to remove: an instance, or a group a run made.
+    pub fn as_record(&self) -> CloudRecord {
+        let instance = self.kind == "instance";
+        CloudRecord {
+            region: String::new(),
+            endpoint: None,
+            instance_id: instance.then(|| self.id.clone()),
+            security_group: (!instance).then(|| self.id.clone()),
+            machine_tag: None,
+            owns_group: !instance,
+        }
     }
 
     pub fn describe(&self) -> String {
@@ -304,6 +319,7 @@ fn judge(kind: &'static str, id: &str, tags: &[aws_sdk_ec2::types::Tag]) -> Opti
         id: id.to_owned(),
         run_dead: run_dead(&run),
         run,
+        machine: get(TAG_MACHINE).map(str::to_owned),
         expired,
     })
 }
@@ -337,22 +353,4 @@ pub async fn scan(client: &Client) -> Result<Vec<Tagged>> {
         }
     }
     Ok(found)
-}
-
-/// Removes what [`scan`] found: an instance is terminated (and waited for), a group deleted.
-/// Callers remove instances first: a group in use cannot be deleted.
-pub async fn remove(client: &Client, t: &Tagged) -> Result<()> {
-    if t.kind == "instance" {
-        let cloud = CloudRecord {
-            region: String::new(),
-            endpoint: None,
-            instance_id: Some(t.id.clone()),
-            security_group: None,
-            machine_tag: None,
-            owns_group: false,
-        };
-        destroy(client, &cloud, None).await
-    } else {
-        delete_group(client, &t.id).await
-    }
 }

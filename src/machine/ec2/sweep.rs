@@ -3,14 +3,15 @@
 //! the regions of the project's EC2 builders, whose run is gone or whose expiry passed.
 //! Untagged resources are never listed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 
+use super::cleanup::{self, Tagged};
+use super::client;
 use super::reap::Reap;
-use super::{cleanup, client};
 use crate::error::chain;
 use crate::leftovers::{Finding, Leftover, Sweeper};
 use crate::machine::dir;
@@ -32,7 +33,7 @@ impl Sweeper for Ec2Sweeper {
         let mut found = vec![];
         let mut clouds = self.clouds.clone();
         // Ids the records cover: the tag scan leaves those to the record's removal.
-        let mut handled = vec![];
+        let mut handled = HashSet::new();
         // Orphans by region and endpoint: each lot is removed in one batch.
         let mut orphans: BTreeMap<Cloud, Vec<(MachineRecord, PathBuf)>> = BTreeMap::new();
         for path in dir::all(&self.dirs.machines()) {
@@ -46,6 +47,7 @@ impl Sweeper for Ec2Sweeper {
             clouds.push(at.clone());
             handled.extend(cloud.instance_id.clone());
             handled.extend(cloud.security_group.clone());
+            handled.extend(cloud.machine_tag.clone());
             if r.orphaned() {
                 orphans.entry(at).or_default().push((r, path));
             } else {
@@ -105,34 +107,41 @@ async fn destroy_recorded(
 }
 
 /// Instances and security groups tagged by runner in one region, beyond those local records
-/// already cover (`handled`).
-async fn tagged(region: &str, endpoint: Option<&str>, handled: &[String]) -> Vec<Finding> {
-    let region = (!region.is_empty()).then_some(region);
-    let client = client(region, endpoint).await;
+/// already cover (`handled`: their ids and machine tags). What may go is removed in one
+/// batch, as records are.
+async fn tagged(region: &str, endpoint: Option<&str>, handled: &HashSet<String>) -> Vec<Finding> {
+    let named = (!region.is_empty()).then_some(region);
+    let client = client(named, endpoint).await;
     let found = match cleanup::scan(&client).await {
         Ok(f) => f,
         Err(e) => {
             return vec![Finding::Failed(format!(
                 "EC2 scan of {}: {}",
-                region.unwrap_or("the default region"),
+                named.unwrap_or("the default region"),
                 chain(&e)
             ))];
         }
     };
-    found
+    let (removable, live): (Vec<_>, Vec<_>) = found
         .into_iter()
         .filter(|t| !handled.contains(&t.id))
-        .map(|t| {
-            let what = t.describe();
-            Finding::Found(if t.removable() {
-                let client = client.clone();
-                Leftover::orphan(what, async move {
-                    cleanup::remove(&client, &t).await?;
-                    Ok(String::new())
-                })
-            } else {
-                Leftover::in_use(what)
-            })
-        })
-        .collect()
+        .filter(|t| t.machine.as_ref().is_none_or(|m| !handled.contains(m)))
+        .partition(|t| t.removable());
+    let records = removable.iter().map(Tagged::as_record).collect();
+    let reap = Arc::new(Reap::new(
+        region.to_owned(),
+        endpoint.map(str::to_owned),
+        records,
+    ));
+    let mut findings: Vec<Finding> = live
+        .iter()
+        .map(|t| Finding::Found(Leftover::in_use(t.describe())))
+        .collect();
+    findings.extend(removable.iter().map(|t| {
+        let reap = reap.clone();
+        Finding::Found(Leftover::orphan(t.describe(), async move {
+            reap.run().await.map(|_| String::new())
+        }))
+    }));
+    findings
 }
