@@ -56,6 +56,22 @@ pub struct Ec2Backend {
 }
 
 impl Ec2Backend {
+    /// The machine's directory and record, written before anything exists in EC2.
+    fn machine_dir(&self, label: &str, region: &str) -> Result<MachineDir> {
+        MachineDir::create(&self.dirs, |id| {
+            let mut record = MachineRecord::new(id, "ec2", label, 22);
+            record.cloud = Some(CloudRecord {
+                region: region.to_owned(),
+                endpoint: self.builder.endpoint.clone(),
+                instance_id: None,
+                security_group: None,
+                machine_tag: Some(id.to_owned()),
+                owns_group: false,
+            });
+            record
+        })
+    }
+
     pub fn new(name: &str, b: &Ec2Builder, dirs: &Dirs, registry: Arc<Registry>) -> Ec2Backend {
         Ec2Backend {
             name: name.to_owned(),
@@ -122,18 +138,7 @@ impl Backend for Ec2Backend {
                 g.await?
             }
         };
-        let dir = MachineDir::create(&self.dirs, |id| {
-            let mut record = MachineRecord::new(id, "ec2", &spec.label, 22);
-            record.cloud = Some(CloudRecord {
-                region: r.region.clone(),
-                endpoint: self.builder.endpoint.clone(),
-                instance_id: None,
-                security_group: None,
-                machine_tag: Some(id.to_owned()),
-                owns_group: false,
-            });
-            record
-        })?;
+        let dir = self.machine_dir(&spec.label, &r.region)?;
         let console = dir.console_log(&self.dirs)?;
         let fleet = self.fleet(&r);
         let mut inst = Ec2Instance::new(&r, &dir, console.clone(), permit, self.registry.clone())?;
@@ -170,15 +175,7 @@ impl Backend for Ec2Backend {
             Ok(host) => host,
             Err(e) => {
                 inst.teardown().await?;
-                // Taken away before it ran: a reclaim, as it would be once running.
-                return Err(match lost.why() {
-                    Some(why) => Error::MachineReclaimed {
-                        machine: super::describe(&spec.label, &dir.id),
-                        phase: "boot".into(),
-                        why: why.to_owned(),
-                    },
-                    None => e,
-                });
+                return Err(reclaimed_or(e, &lost, &spec.label, &dir.id));
             }
         };
         let endpoint = Endpoint {
@@ -217,5 +214,18 @@ impl Backend for Ec2Backend {
         let region = b.region.as_deref().unwrap_or("default region");
         let spot = if b.spot { ", spot" } else { "" };
         format!("ec2 {region} {}{spot}", b.instance_types.join(" or "))
+    }
+}
+
+/// An instance taken away before it ran is a reclaim, as it would be once running; any other
+/// failure to run stays what it was.
+fn reclaimed_or(e: Error, lost: &Lost, label: &str, id: &str) -> Error {
+    match lost.why() {
+        Some(why) => Error::MachineReclaimed {
+            machine: super::describe(label, id),
+            phase: "boot".into(),
+            why: why.to_owned(),
+        },
+        None => e,
     }
 }
