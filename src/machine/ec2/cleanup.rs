@@ -11,7 +11,8 @@ use aws_sdk_ec2::Client;
 use aws_sdk_ec2::client::Waiters;
 use aws_sdk_ec2::config::interceptors::BeforeTransmitInterceptorContextRef;
 use aws_sdk_ec2::config::{ConfigBag, Intercept, RuntimeComponents};
-use aws_sdk_ec2::types::Filter;
+use aws_sdk_ec2::operation::describe_instances::builders::DescribeInstancesFluentBuilder;
+use aws_sdk_ec2::types::{Filter, Instance};
 use aws_smithy_runtime_api::client::orchestrator::Metadata;
 
 use super::{TAG_EXPIRES, TAG_MACHINE, TAG_RUN};
@@ -140,8 +141,7 @@ pub async fn save_console(client: &Client, id: &str, path: &Path) {
 /// Instances not yet terminated (shutting-down included: the group waits for them) in
 /// any of `groups`.
 pub(super) async fn in_groups(client: &Client, groups: &[String]) -> Result<Vec<String>> {
-    let mut found = vec![];
-    let mut pages = client
+    let request = client
         .describe_instances()
         .filters(
             Filter::builder()
@@ -158,15 +158,25 @@ pub(super) async fn in_groups(client: &Client, groups: &[String]) -> Result<Vec<
                         .to_vec(),
                 ))
                 .build(),
-        )
-        .into_paginator()
-        .send();
+        );
+    instance_ids(request, |_| true).await
+}
+
+/// The ids of the instances a DescribeInstances request finds, every page of them, that
+/// `keep` accepts.
+pub(super) async fn instance_ids(
+    request: DescribeInstancesFluentBuilder,
+    keep: impl Fn(&Instance) -> bool,
+) -> Result<Vec<String>> {
+    let mut found = vec![];
+    let mut pages = request.into_paginator().send();
     while let Some(page) = pages.next().await {
         let page = page.map_err(|e| aws::error("DescribeInstances", e))?;
         found.extend(
             page.reservations()
                 .iter()
                 .flat_map(|r| r.instances())
+                .filter(|i| keep(i))
                 .filter_map(|i| i.instance_id().map(str::to_owned)),
         );
     }

@@ -10,7 +10,7 @@ use aws_sdk_ec2::client::Waiters;
 use aws_sdk_ec2::types::{Filter, Tag};
 use tokio::sync::OnceCell;
 
-use super::cleanup::{TERMINATE_WAIT, delete_group, in_groups, not_terminated};
+use super::cleanup::{TERMINATE_WAIT, delete_group, in_groups, instance_ids, not_terminated};
 use super::{TAG_MACHINE, client, fleet};
 use crate::aws;
 use crate::error::{Error, Result, chain};
@@ -139,22 +139,9 @@ fn ours(tags: &[Tag], machines: &HashSet<String>) -> bool {
 
 /// Live instances of these machines.
 async fn tagged_instances(client: &Client, machines: &HashSet<String>) -> Result<Vec<String>> {
-    let mut found = vec![];
-    let mut pages = client
+    let request = client
         .describe_instances()
         .filters(tagged())
-        .filters(not_terminated())
-        .into_paginator()
-        .send();
-    while let Some(page) = pages.next().await {
-        let page = page.map_err(|e| aws::error("DescribeInstances", e))?;
-        found.extend(
-            page.reservations()
-                .iter()
-                .flat_map(|r| r.instances())
-                .filter(|i| ours(i.tags(), machines))
-                .filter_map(|i| i.instance_id().map(str::to_owned)),
-        );
-    }
-    Ok(found)
+        .filters(not_terminated());
+    instance_ids(request, |i| ours(i.tags(), machines)).await
 }
