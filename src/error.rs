@@ -138,6 +138,13 @@ pub enum Error {
     )]
     Unpriced { target: String, builder: PathBuf },
 
+    #[error("{machine} never reached its kernel: {why} (console log: {})", console.display())]
+    NeverBooted {
+        machine: String,
+        why: String,
+        console: PathBuf,
+    },
+
     #[error("{machine} did not accept SSH within {secs}s{reached} (console log: {})", console.display())]
     BootTimeout {
         machine: String,

@@ -124,6 +124,22 @@ pub struct TargetResult {
     pub context_digest: Option<String>,
 }
 
+/// A step of making a base image on first use: a cloud image's download, verification,
+/// customising boot and what runs in it; runner's own bake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ImageStep {
+    Download,
+    Verify,
+    Boot,
+    CloudInit,
+    Packages,
+    BakeScript,
+    Seal,
+    /// runner's own image, from Debian packages (its steps are in `detail`).
+    Bake,
+}
+
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
@@ -133,6 +149,14 @@ pub enum Event {
     Phase {
         target: String,
         phase: Phase,
+        seconds: f64,
+    },
+    /// A step of making the target's base image began (the `image` phase): which step, what
+    /// it is doing, seconds since the image phase began.
+    ImageStep {
+        target: String,
+        step: ImageStep,
+        detail: String,
         seconds: f64,
     },
     /// The target's machine cannot start yet and runner waits (a cloud's quota, throttling or

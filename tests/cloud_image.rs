@@ -69,9 +69,10 @@ impl CloudWorld {
     }
 }
 
+/// A cloud builder with no `firmware` key: the stand-in (UEFI only) is recognised as such.
 fn builder(image: &str, extra: &str) -> String {
     format!(
-        "backend = \"qemu\"\narch = \"amd64\"\nfirmware = \"uefi\"\nimage = {{ {image} }}\n\
+        "backend = \"qemu\"\narch = \"amd64\"\nimage = {{ {image} }}\n\
          vcpus = 2\nmemory = \"1G\"\ndisk = \"4G\"\n{extra}"
     )
 }
@@ -103,9 +104,10 @@ fn hello_c_builds_on_a_cloud_image_through_sudo_and_its_derived_image_is_reused(
     let project = hello_project(&server);
     let w = CloudWorld::new(project.path());
 
-    let out = w.run(&["build", "hello"]);
+    let out = w.run(&["build", "hello", "--message-format", "json"]);
     assert!(out.status.success(), "the first build failed");
     assert_resumed_once_and_kept(&server, &w, size, &sha);
+    assert_image_steps(&stdout(&out));
     let artifacts = project.path().join("artifacts/hello");
     let info = std::fs::read_to_string(artifacts.join("build-info.txt")).unwrap();
     assert!(info.contains("machine: x86_64"), "{info}");
@@ -129,6 +131,9 @@ fn hello_c_builds_on_a_cloud_image_through_sudo_and_its_derived_image_is_reused(
     // fresh machine on the same derived image — no download, no customising boot.
     let made = image_records(&w);
     assert_eq!(made.len(), 1, "{made:?}");
+    let record: Value = serde_json::from_slice(&std::fs::read(&made[0].0).unwrap()).unwrap();
+    assert_eq!(record["firmware"], "uefi", "auto-detected: {record}");
+    assert_eq!(record["recipe"]["cloud"]["firmware"], "auto", "{record}");
     let saved = project.path().join("first.json");
     std::fs::copy(artifacts.join("manifest.json"), &saved).unwrap();
     let out = w.run(&[
@@ -226,7 +231,10 @@ fn a_cloud_image_that_presents_its_own_host_key_is_refused() {
     let bake = "#!/bin/sh\nset -e\nssh-keygen -q -t ed25519 -N '' -f /etc/ssh/foreign_key\n\
                 echo 'HostKey /etc/ssh/foreign_key' > /etc/ssh/sshd_config.d/00-foreign.conf\n";
     let project = Project::new()
-        .builder("foreign", &builder(&image, "bake_script = \"bake.sh\"\n"))
+        .builder(
+            "foreign",
+            &builder(&image, "firmware = \"uefi\"\nbake_script = \"bake.sh\"\n"),
+        )
         .file("builders/bake.sh", bake)
         .done();
     let w = CloudWorld::new(project.path());
@@ -237,15 +245,68 @@ fn a_cloud_image_that_presents_its_own_host_key_is_refused() {
     w.world.assert_clean();
 }
 
+#[test]
+fn a_disk_with_no_bootloader_fails_at_once_naming_the_firmware_each_way() {
+    // A blank disk: no partition table, no boot code. `auto` takes BIOS for it; SeaBIOS
+    // then finds nothing, as OVMF does when the builder insists on UEFI.
+    let dir = tempfile::tempdir().unwrap();
+    let blank = dir.path().join("blank.qcow2");
+    let made = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&blank)
+        .arg("1G")
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let image = format!("path = \"{}\"", blank.display());
+    let project = Project::new()
+        .builder("blank", &builder(&image, ""))
+        .builder("blank-uefi", &builder(&image, "firmware = \"uefi\"\n"))
+        .done();
+    let w = CloudWorld::new(project.path());
+    for (name, needles) in [
+        (
+            "blank",
+            &[
+                "SeaBIOS",
+                "firmware = \"auto\" chose bios",
+                "neither",
+                "firmware = \"uefi\"",
+            ][..],
+        ),
+        (
+            "blank-uefi",
+            &[
+                "OVMF",
+                "the builder sets firmware = \"uefi\"",
+                "firmware = \"bios\"",
+            ][..],
+        ),
+    ] {
+        let started = std::time::Instant::now();
+        let out = w.run(&["image", "build", name]);
+        let took = started.elapsed();
+        assert!(!out.status.success(), "a blank disk booted");
+        let err = stderr(&out);
+        assert!(err.contains("never reached its kernel"), "{err}");
+        for needle in needles {
+            assert!(err.contains(needle), "no `{needle}` in: {err}");
+        }
+        assert!(took.as_secs() < 120, "{name}: {took:?} to say so");
+        w.world.assert_clean();
+    }
+}
+
 /// A project building hello-c on a cloud builder whose image `server` serves with its
-/// SHA256SUMS; its user is `builder`, its packages the C toolchain, its bake script marks it.
+/// SHA256SUMS; its user is `builder`, its package `make` (the stand-in has the compiler), its
+/// bake script marks it.
 fn hello_project(server: &FileServer) -> tempfile::TempDir {
     let image = format!(
         "url = \"{}\", checksum_url = \"{}\"",
         server.url("standin-cloud-amd64.qcow2"),
         server.url("SHA256SUMS")
     );
-    let extra = "ssh_user = \"builder\"\npackages = [\"gcc\", \"libc6-dev\", \"make\"]\n\
+    let extra = "ssh_user = \"builder\"\npackages = [\"make\"]\n\
                  bake_script = \"bake.sh\"\n";
     Project::new()
         .builder("cloud", &builder(&image, extra))
@@ -284,6 +345,39 @@ fn assert_resumed_once_and_kept(server: &FileServer, w: &CloudWorld, size: u64, 
         vec![w.cache.path().join(format!("images/downloads/{sha}.img"))],
         "one verified download, no partial file"
     );
+}
+
+/// Each customising step was an `image_step` event, in order, the boot naming the firmware
+/// `auto` chose.
+fn assert_image_steps(events: &str) {
+    let steps: Vec<(String, String)> = events
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|e| e["event"] == "image_step")
+        .map(|e| {
+            (
+                e["step"].as_str().unwrap().to_owned(),
+                e["detail"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let mut kinds: Vec<&str> = steps.iter().map(|(k, _)| k.as_str()).collect();
+    kinds.dedup();
+    assert_eq!(
+        kinds,
+        [
+            "download",
+            "verify",
+            "boot",
+            "cloud_init",
+            "packages",
+            "bake_script",
+            "seal"
+        ],
+        "{steps:?}"
+    );
+    let boot = &steps.iter().find(|(k, _)| k == "boot").unwrap().1;
+    assert!(boot.contains("firmware auto: uefi"), "{boot}");
 }
 
 /// The manifest records where the image came from and what it was made into.

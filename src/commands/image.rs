@@ -13,7 +13,7 @@ pub async fn build(env: &Env, names: &[String]) -> Result<Exit> {
         .map(|n| Builder::find(&env.project, n))
         .collect::<Result<Vec<_>, _>>()?;
     let report = match (env.quiet, env.interactive) {
-        (true, _) => Report::To(std::sync::Arc::new(|_| {})),
+        (true, _) => Report::To(std::sync::Arc::new(|_, _| {})),
         (_, true) => Report::Spinner,
         _ => Report::Lines,
     };

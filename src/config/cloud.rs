@@ -55,6 +55,10 @@ pub struct BakeScript {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Firmware {
+    /// Read from the image once it is downloaded (the default): an EFI system partition and
+    /// no BIOS boot code in its MBR is `uefi`; anything else (hybrid images too) is `bios`.
+    /// aarch64 machines have UEFI only.
+    Auto,
     /// SeaBIOS, QEMU's default for x86: images with a BIOS (or hybrid) bootloader.
     Bios,
     /// OVMF on x86-64, QEMU_EFI on aarch64: images with an EFI system partition.
@@ -64,6 +68,7 @@ pub enum Firmware {
 impl Firmware {
     pub fn as_str(self) -> &'static str {
         match self {
+            Firmware::Auto => "auto",
             Firmware::Bios => "bios",
             Firmware::Uefi => "uefi",
         }
@@ -129,8 +134,7 @@ impl CloudImage {
             }
         };
         let firmware = match (raw.firmware, raw.arch) {
-            (None, Arch::Amd64) => Firmware::Bios,
-            (None, Arch::Arm64) => Firmware::Uefi,
+            (None, _) => Firmware::Auto,
             (Some(f), Arch::Arm64) if *f.get_ref() == Firmware::Bios => {
                 return Err(bad(
                     f.span(),

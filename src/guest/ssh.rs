@@ -40,6 +40,8 @@ pub enum Probe {
     NotYet,
     /// Worth a handshake.
     Ready,
+    /// It never will be: its firmware found nothing to boot (why, and what to set).
+    Stuck(String),
 }
 
 /// How a remote command ended.
@@ -187,6 +189,13 @@ pub async fn wait_ready(
                     status: format!("exited during boot ({status})"),
                     console: m.console.to_owned(),
                     tail: crate::logs::tail(m.console, 20),
+                });
+            }
+            Probe::Stuck(why) => {
+                return Err(Error::NeverBooted {
+                    machine: m.name,
+                    why,
+                    console: m.console.to_owned(),
                 });
             }
             Probe::NotYet | Probe::Ready if Instant::now() >= deadline => {

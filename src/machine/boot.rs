@@ -31,6 +31,15 @@ pub const CLOUD_MARKERS: &[(&str, &str)] = &[(
     crate::machine::cloud_init::CONSOLE_MARKER,
 )];
 
+/// What firmware prints when it finds no bootloader on the disk: SeaBIOS (on its debug port,
+/// which shares the console), and EDK II (OVMF, QEMU_EFI) falling back to its shell or, in
+/// builds without one, saying so.
+pub const NO_BOOTLOADER: &[&str] = &[
+    "No bootable device.",
+    "UEFI Interactive Shell",
+    "No bootable option or device was found",
+];
+
 /// When a cloud image's console shows nothing (its kernel's console is not the serial port),
 /// SSH is tried anyway after this long.
 pub const QUIET_CONSOLE: std::time::Duration = std::time::Duration::from_secs(60);
@@ -43,6 +52,8 @@ pub struct BootWatch {
     started: Instant,
     /// Ready regardless of the console after this long (see [`QUIET_CONSOLE`]).
     ready_after: Option<std::time::Duration>,
+    /// What to say if the firmware finds nothing to boot (see [`NO_BOOTLOADER`]).
+    no_bootloader: Option<String>,
     seen: Vec<BootPhase>,
 }
 
@@ -61,8 +72,25 @@ impl BootWatch {
             ready,
             started,
             ready_after: None,
+            no_bootloader: None,
             seen: vec![],
         }
+    }
+
+    /// A machine booted by firmware: if it finds no bootloader, the boot is over, and `why`
+    /// says which firmware that was and what to set.
+    pub fn or_stuck(mut self, why: String) -> BootWatch {
+        self.no_bootloader = Some(why);
+        self
+    }
+
+    /// Why the machine will never boot, once its firmware has said it found nothing to boot.
+    pub fn stuck(&self) -> Option<&str> {
+        let why = self.no_bootloader.as_deref()?;
+        NO_BOOTLOADER
+            .iter()
+            .any(|m| self.console.seen(m).is_some())
+            .then_some(why)
     }
 
     /// Ready after `d` even if the ready text never appears.

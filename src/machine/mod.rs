@@ -30,6 +30,7 @@ use async_trait::async_trait;
 
 use crate::config::Shape;
 use crate::error::{Error, Result};
+use crate::events::ImageStep;
 use crate::guest::ssh::{self, Booting, Probe};
 use crate::guest::{Endpoint, Guest, GuestKeys};
 
@@ -94,15 +95,26 @@ pub enum Report {
     Spinner,
     #[default]
     Lines,
-    To(Arc<dyn Fn(String) + Send + Sync>),
+    /// Each line, and the step it begins (if it begins one).
+    To(Arc<dyn Fn(Option<ImageStep>, String) + Send + Sync>),
 }
 
 impl Report {
+    /// A line about the step under way.
     pub fn line(&self, text: String) {
+        self.show(None, text)
+    }
+
+    /// A line that begins `step`.
+    pub fn step(&self, step: ImageStep, text: String) {
+        self.show(Some(step), text)
+    }
+
+    fn show(&self, step: Option<ImageStep>, text: String) {
         match self {
             Report::Spinner => {}
             Report::Lines => eprintln!("{text}"),
-            Report::To(f) => f(text),
+            Report::To(f) => f(step, text),
         }
     }
 }
@@ -303,10 +315,18 @@ impl Machine {
             boot_timeout: self.boot_timeout,
             console: &console,
         };
-        let session = ssh::wait_ready(booting, keys, || match self.exited() {
-            Some(status) => Probe::Exited(status),
-            None if self.watch.as_mut().is_none_or(|w| w.poll()) => Probe::Ready,
-            None => Probe::NotYet,
+        let session = ssh::wait_ready(booting, keys, || {
+            if let Some(status) = self.exited() {
+                return Probe::Exited(status);
+            }
+            let Some(w) = self.watch.as_mut() else {
+                return Probe::Ready;
+            };
+            match (w.poll(), w.stuck()) {
+                (_, Some(why)) => Probe::Stuck(why.to_owned()),
+                (true, None) => Probe::Ready,
+                (false, None) => Probe::NotYet,
+            }
         })
         .await;
         if let Some(w) = self.watch.take() {

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressState, ProgressStyle};
 
-use super::{finish_text, fmt_seconds, sanitize};
+use super::lines::{finish_text, fmt_seconds, reclaimed, transfer_text, waiting};
+use super::sanitize;
 use crate::events::{Event, Outcome, Phase};
 
 /// Fast enough that tenths of a second visibly advance; the draw target caps redraws anyway.
@@ -85,13 +86,14 @@ impl Bars {
                 let text = sanitize(line).trim_start().to_owned();
                 self.line(target).bar.set_message(text);
             }
-            Event::Boot { .. } => {}
+            // The step's line comes as output too, which the line shows.
+            Event::Boot { .. } | Event::ImageStep { .. } => {}
             Event::Waiting {
                 target,
                 reason,
                 retry_in_seconds,
             } => {
-                let text = super::waiting(reason, *retry_in_seconds);
+                let text = waiting(reason, *retry_in_seconds);
                 self.line(target).bar.set_message(text);
             }
             Event::MachineReclaimed {
@@ -100,7 +102,7 @@ impl Bars {
                 reason,
                 retrying,
             } => {
-                let text = super::reclaimed(machine, reason, *retrying);
+                let text = reclaimed(machine, reason, *retrying);
                 self.line(target).bar.println(text.clone());
                 self.line(target).bar.set_message(text);
             }
@@ -124,7 +126,7 @@ impl Bars {
                 total,
                 seconds,
             } => {
-                let text = super::transfer_text(*bytes, *total, *seconds);
+                let text = transfer_text(*bytes, *total, *seconds);
                 self.line(target).bar.set_message(text);
             }
             Event::Finished(result) => {

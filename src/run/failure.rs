@@ -3,9 +3,10 @@
 
 use std::time::Duration;
 
-use crate::error::Error;
-use crate::events::FailureKind;
+use crate::error::{Error, chain};
+use crate::events::{FailureKind, Outcome, TargetResult};
 use crate::guest::ExitStatus;
+use crate::logs::{LogSink, tail};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Failure {
@@ -59,4 +60,49 @@ impl Failure {
             _ => None,
         }
     }
+}
+
+/// Records a failure in the result (and the log): outcome, kind, exit code and the message
+/// that names target, phase, cause, exit code and log.
+pub(super) fn fail(r: &mut TargetResult, f: Failure, sink: Option<&LogSink>, note: &str) {
+    r.failure = Some(f.kind());
+    r.exit_code = f.exit_code();
+    if let Failure::Cancelled = f {
+        r.outcome = Outcome::Cancelled;
+        r.error = Some(format!("{} cancelled in {}", r.target, r.phase.as_str()));
+        return;
+    }
+    if let Failure::OverCap(over) = &f {
+        r.outcome = Outcome::Skipped;
+        if let Some(s) = sink {
+            s.note(&format!("not launched: {over}"));
+        }
+        r.error = Some(format!("{} skipped: {over}", r.target));
+        return;
+    }
+    r.outcome = Outcome::Failed;
+    if let Some(s) = sink {
+        s.note(&format!("failed in {}: {}", r.phase.as_str(), chain(&f)));
+        // The failure quotes the log's end: write it out first.
+        r.log_truncated = Some(s.finish()).filter(|n| *n > 0);
+    }
+    r.error = Some(describe_failure(r, &f) + note);
+}
+
+/// `<target> failed in <phase>: <what> (exit code N); log: <path>` and the log's last lines.
+fn describe_failure(r: &TargetResult, f: &Failure) -> String {
+    let mut s = format!("{} failed in {}: {f}", r.target, r.phase.as_str());
+    if let Some(c) = r.exit_code {
+        s.push_str(&format!(" (exit code {c})"));
+    }
+    s.push_str(&format!("; log: {}", r.log.display()));
+    let last = tail(&r.log, 10);
+    if !last.trim().is_empty() {
+        s.push_str("\n  last lines of the log:");
+        for l in last.lines() {
+            s.push_str("\n    ");
+            s.push_str(&crate::progress::sanitize(l));
+        }
+    }
+    s
 }

@@ -108,11 +108,20 @@ pub async fn cached(
     }
 }
 
-/// The backend ready to launch (its image baked on first use), bake steps shown as the
-/// target's output.
+/// The backend ready to launch (its image baked on first use): each step begun is an
+/// `image_step` event, and every line the target's output (its progress line).
 pub async fn prepare(run: &Run, t: &Target, i: &Inputs) -> Result<Prepared> {
     let (emitter, name) = (run.emitter.clone(), t.name.clone());
-    let report = Report::To(Arc::new(move |line| {
+    let began = std::time::Instant::now();
+    let report = Report::To(Arc::new(move |step, line| {
+        if let Some(step) = step {
+            emitter.send(Event::ImageStep {
+                target: name.clone(),
+                step,
+                detail: line.clone(),
+                seconds: began.elapsed().as_secs_f64(),
+            });
+        }
         emitter.send(Event::Output {
             target: name.clone(),
             line,

@@ -11,15 +11,16 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::budget::Reservation;
+use super::failure::fail;
 use super::inputs::Inputs;
 use super::phases;
 use super::phases::Collected;
 use super::transfer::Plan;
 use super::{Failure, Planned, Run};
 use crate::config::Target;
-use crate::error::{Error, chain};
+use crate::error::Error;
 use crate::events::{Event, Outcome, Phase, TargetResult};
-use crate::logs::{LogSink, tail};
+use crate::logs::LogSink;
 use crate::machine::{Lease, Prepared};
 use crate::store::ArtifactStore;
 
@@ -142,33 +143,6 @@ pub async fn run_target(run: Arc<Run>, planned: Planned) -> TargetResult {
     }
     r.log_truncated = sink.map(LogSink::finish).filter(|n| *n > 0);
     r
-}
-
-/// Records a failure in the result (and the log): outcome, kind, exit code and the message
-/// that names target, phase, cause, exit code and log.
-fn fail(r: &mut TargetResult, f: Failure, sink: Option<&LogSink>, note: &str) {
-    r.failure = Some(f.kind());
-    r.exit_code = f.exit_code();
-    if let Failure::Cancelled = f {
-        r.outcome = Outcome::Cancelled;
-        r.error = Some(format!("{} cancelled in {}", r.target, r.phase.as_str()));
-        return;
-    }
-    if let Failure::OverCap(over) = &f {
-        r.outcome = Outcome::Skipped;
-        if let Some(s) = sink {
-            s.note(&format!("not launched: {over}"));
-        }
-        r.error = Some(format!("{} skipped: {over}", r.target));
-        return;
-    }
-    r.outcome = Outcome::Failed;
-    if let Some(s) = sink {
-        s.note(&format!("failed in {}: {}", r.phase.as_str(), chain(&f)));
-        // The failure quotes the log's end: write it out first.
-        r.log_truncated = Some(s.finish()).filter(|n| *n > 0);
-    }
-    r.error = Some(describe_failure(r, &f) + note);
 }
 
 /// Tears the machine down, or keeps it (`--keep-failed`) and says how to get in.
@@ -391,22 +365,4 @@ async fn alive<T>(lease: &mut Lease, phase: Phase, r: Result<T, Failure>) -> Res
         return Err(Failure::Error(died));
     }
     r
-}
-
-/// `<target> failed in <phase>: <what> (exit code N); log: <path>` and the log's last lines.
-fn describe_failure(r: &TargetResult, f: &Failure) -> String {
-    let mut s = format!("{} failed in {}: {f}", r.target, r.phase.as_str());
-    if let Some(c) = r.exit_code {
-        s.push_str(&format!(" (exit code {c})"));
-    }
-    s.push_str(&format!("; log: {}", r.log.display()));
-    let last = tail(&r.log, 10);
-    if !last.trim().is_empty() {
-        s.push_str("\n  last lines of the log:");
-        for l in last.lines() {
-            s.push_str("\n    ");
-            s.push_str(&crate::progress::sanitize(l));
-        }
-    }
-    s
 }

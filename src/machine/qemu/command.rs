@@ -128,8 +128,8 @@ impl Launch<'_> {
             .arg("-no-reboot");
         match img.cloud() {
             // A cloud image boots as it would anywhere: firmware, then its own bootloader.
-            Some(cloud) => {
-                if let Some(code) = firmware_file(cloud.firmware, img.arch) {
+            Some(_) => {
+                if let Some(code) = firmware_file(img.firmware(), img.arch) {
                     c.arg("-bios").arg(code);
                 }
             }
@@ -222,7 +222,7 @@ impl Launch<'_> {
             .args(["-device", "virtio-rng-pci"])
             // The console goes to QEMU's stdout, a pipe runner reads into a capped log (see
             // `machine::console`); a `file:` backend would grow with whatever the guest prints.
-            .args(["-serial", "stdio"])
+            .args(self.console())
             .arg("-qmp")
             .arg(format!(
                 "unix:{},server=on,wait=off",
@@ -233,6 +233,26 @@ impl Launch<'_> {
         if let Some(state) = self.incoming {
             c.arg("-incoming")
                 .arg(format!("exec:cat {}", state.display()));
+        }
+    }
+
+    /// The serial console on QEMU's stdout. A cloud image booted by SeaBIOS shares it with
+    /// SeaBIOS's debug port: SeaBIOS says there ("No bootable device.") when it finds no
+    /// bootloader, which the serial port never shows, so a wrong firmware is seen at once.
+    fn console(&self) -> Vec<&'static str> {
+        let seabios = self.image.cloud().is_some()
+            && self.image.arch == Arch::Amd64
+            && self.image.firmware() == Firmware::Bios;
+        match seabios {
+            false => vec!["-serial", "stdio"],
+            true => vec![
+                "-chardev",
+                "stdio,id=console,mux=on,signal=off",
+                "-serial",
+                "chardev:console",
+                "-device",
+                "isa-debugcon,iobase=0x402,chardev=console",
+            ],
         }
     }
 
@@ -257,9 +277,11 @@ pub fn seed_file(image: &Image) -> &'static str {
 
 /// The firmware image QEMU starts with: none for SeaBIOS (QEMU's own default on x86); the
 /// distribution's OVMF or QEMU_EFI build for UEFI (Debian: `ovmf`, `qemu-efi-aarch64`).
+/// `auto` is resolved before a machine starts (see `image::firmware`); unresolved, it is
+/// QEMU's default.
 pub fn firmware_file(firmware: Firmware, arch: Arch) -> Option<&'static str> {
     match (firmware, arch) {
-        (Firmware::Bios, _) => None,
+        (Firmware::Bios | Firmware::Auto, _) => None,
         (Firmware::Uefi, Arch::Amd64) => Some("/usr/share/ovmf/OVMF.fd"),
         (Firmware::Uefi, Arch::Arm64) => Some("/usr/share/qemu-efi-aarch64/QEMU_EFI.fd"),
     }

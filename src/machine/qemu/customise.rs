@@ -15,11 +15,13 @@ use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
 use super::command::Accel;
-use super::image::{CUSTOMISE, CloudRecipe, Image, ImageInfo, Recipe};
+use super::image::bake::Made;
+use super::image::{CUSTOMISE, CloudRecipe, Image, ImageInfo, Recipe, firmware};
 use super::launch::Start;
 use super::packages::{DETECT, PackageManager};
-use crate::config::{QemuBuilder, Size};
+use crate::config::{Firmware, QemuBuilder, Size};
 use crate::error::{Error, IoContext, Result};
+use crate::events::ImageStep;
 use crate::guest::{Guest, GuestKeys, quote};
 use crate::logs::LogSink;
 use crate::machine::{MachineSpec, Registry, Report};
@@ -55,7 +57,7 @@ pub async fn customise(
     source: &Path,
     out: &Path,
     log: &Path,
-) -> Result<()> {
+) -> Result<Made> {
     let image = staging(job, recipe, source, out).await?;
     let start = Start {
         dirs: job.dirs,
@@ -76,8 +78,14 @@ pub async fn customise(
         reclaimed: 0,
     };
     let keys = GuestKeys::generate()?;
-    job.report
-        .line(format!("customising {}: booting the image", job.name));
+    job.report.step(
+        ImageStep::Boot,
+        format!(
+            "customising {}: booting the image ({})",
+            job.name,
+            firmware_line(job.cloud.firmware, image.firmware())
+        ),
+    );
     let mut machine = start
         .cold(&spec, &keys, "cold (customising)".into())
         .await?;
@@ -100,13 +108,25 @@ pub async fn customise(
     ran?;
     power_off(job, &mut machine, guest).await?;
     flatten(&machine.dir.join("overlay.qcow2"), &out.join("base.qcow2")).await?;
-    machine.teardown(false).await
+    machine.teardown(false).await?;
+    Ok(Made {
+        firmware: image.info.firmware,
+    })
+}
+
+/// `firmware uefi` as declared, `firmware auto: uefi` as read from the image.
+fn firmware_line(declared: Firmware, booted: Firmware) -> String {
+    match declared {
+        Firmware::Auto => format!("firmware auto: {}", booted.as_str()),
+        _ => format!("firmware {}", booted.as_str()),
+    }
 }
 
 /// The image as a machine boots it while it is customised: the downloaded file under the
 /// machine's overlay (grown to the recipe's disk), in the scratch directory `out`.
 async fn staging(job: &Job<'_>, recipe: &Recipe, source: &Path, out: &Path) -> Result<Image> {
     let (format, size) = image_info(source).await?;
+    let firmware = firmware::resolve(job.cloud.firmware, recipe.arch, source, &format).await?;
     if size > recipe.disk.0 {
         return Err(Error::Bake {
             builder: job.name.to_owned(),
@@ -131,7 +151,9 @@ async fn staging(job: &Job<'_>, recipe: &Recipe, source: &Path, out: &Path) -> R
             base_sha256: String::new(),
             created_unix: crate::host::now_unix(),
             bake_seconds: 0.0,
+            firmware: Some(firmware.firmware),
         },
+        choice: Some(firmware),
     })
 }
 
@@ -180,8 +202,14 @@ impl Steps<'_> {
         // The first boot's own cloud-init work (growing the disk) is done before anything
         // else touches the package manager. A non-zero status only means it logged errors.
         let wait = "cloud-init status --wait || true";
-        self.step("waiting for cloud-init", wait, None, CLOUD_INIT)
-            .await?;
+        self.step(
+            ImageStep::CloudInit,
+            "waiting for cloud-init",
+            wait,
+            None,
+            CLOUD_INIT,
+        )
+        .await?;
         if !recipe.packages.is_empty() {
             let found = self.detect().await?;
             let pm = PackageManager::from_detected(&found).ok_or_else(|| Error::Bake {
@@ -189,23 +217,37 @@ impl Steps<'_> {
                 problem: "customising: the image has none of apt-get, dnf, yum, zypper, apk".into(),
             })?;
             let what = format!("installing {}", recipe.packages.join(" "));
-            self.step(&what, &pm.install(&recipe.packages), None, STEP)
-                .await?;
+            self.step(
+                ImageStep::Packages,
+                &what,
+                &pm.install(&recipe.packages),
+                None,
+                STEP,
+            )
+            .await?;
         }
         if let Some(script) = &self.job.cloud.bake_script {
-            self.step("running bake_script", BAKE, Some(script.clone()), STEP)
-                .await?;
+            let script = Some(script.clone());
+            self.step(
+                ImageStep::BakeScript,
+                "running bake_script",
+                BAKE,
+                script,
+                STEP,
+            )
+            .await?;
         }
         let user = &self.job.cloud.ssh_user;
         let seal = format!("sh -s -- {}", quote(user));
-        self.step("sealing", &seal, Some(CUSTOMISE.to_owned()), CLOUD_INIT)
+        let sealer = Some(CUSTOMISE.to_owned());
+        self.step(ImageStep::Seal, "sealing", &seal, sealer, CLOUD_INIT)
             .await
     }
 
     /// The package manager's name, from the little the guest prints for it.
     async fn detect(&self) -> Result<String> {
         let what = "finding the package manager";
-        self.line(what).await;
+        self.line(ImageStep::Packages, what).await;
         let (w, r) = tokio::io::duplex(4096);
         let run = self
             .guest
@@ -227,12 +269,13 @@ impl Steps<'_> {
     /// Runs `command` (as root) within `limit`, its output into the log.
     async fn step(
         &self,
+        kind: ImageStep,
         what: &str,
         command: &str,
         stdin: Option<String>,
         limit: Duration,
     ) -> Result<()> {
-        self.line(what).await;
+        self.line(kind, what).await;
         self.log
             .clone()
             .write_all(format!("$ {command}\n").as_bytes())
@@ -252,10 +295,10 @@ impl Steps<'_> {
         }
     }
 
-    async fn line(&self, what: &str) {
+    async fn line(&self, step: ImageStep, what: &str) {
         self.job
             .report
-            .line(format!("customising {}: {what}", self.job.name));
+            .step(step, format!("customising {}: {what}", self.job.name));
         let line = format!("== {what}\n");
         self.log.clone().write_all(line.as_bytes()).await.ok();
     }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::command::{Accel, Launch, qemu_binary, seed_file};
-use super::image::Image;
+use super::image::{Image, firmware};
 use super::instance::QemuInstance;
 use super::warm::{Key, Snapshot};
 use super::{free_port, seed, warm};
@@ -16,7 +16,7 @@ use crate::config::Shape;
 use crate::error::{Error, IoContext, Result};
 use crate::guest::{Endpoint, GuestKeys};
 use crate::logs::LogSink;
-use crate::machine::boot::{BootWatch, CLOUD_MARKERS, LEAN_MARKERS, QUIET_CONSOLE};
+use crate::machine::boot::{BootWatch, CLOUD_MARKERS, LEAN_MARKERS, NO_BOOTLOADER, QUIET_CONSOLE};
 use crate::machine::console::Console;
 use crate::machine::dir::MachineDir;
 use crate::machine::record::MachineRecord;
@@ -37,7 +37,10 @@ const RESEED_FAILED: &str = "runner-warm: reseed failed";
 /// Every marker any start looks for on the console.
 fn markers() -> Vec<&'static str> {
     let boot = LEAN_MARKERS.iter().chain(CLOUD_MARKERS).map(|(_, m)| *m);
-    boot.chain([IDENTITY, WAITING, RESEED_FAILED]).collect()
+    let firmware = NO_BOOTLOADER.iter().copied();
+    boot.chain(firmware)
+        .chain([IDENTITY, WAITING, RESEED_FAILED])
+        .collect()
 }
 
 /// What every start needs.
@@ -144,8 +147,14 @@ impl Start<'_> {
         let watch = match cloud {
             // sshd runs with -e, so its "Server listening" line reaches the serial console.
             None => BootWatch::new(serial.clone(), LEAN_MARKERS, "Server listening", p.started),
-            Some(_) => BootWatch::new(serial.clone(), CLOUD_MARKERS, CLOUD_MARKERS[0].1, p.started)
-                .or_after(QUIET_CONSOLE),
+            Some(c) => BootWatch::new(serial.clone(), CLOUD_MARKERS, CLOUD_MARKERS[0].1, p.started)
+                .or_after(QUIET_CONSOLE)
+                .or_stuck(firmware::no_bootloader(
+                    c.firmware,
+                    self.image.firmware(),
+                    self.image.arch,
+                    self.image.choice,
+                )),
         };
         let mut m =
             Machine::new(&p.dir, spec, endpoint, p.console, Box::new(p.inst)).watching(watch);

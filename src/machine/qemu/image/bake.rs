@@ -17,9 +17,10 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Command;
 
 use super::{GUEST_FILES, ImageInfo, Recipe};
-use crate::config::Init;
+use crate::config::{Firmware, Init};
 use crate::digest::sha256_file;
 use crate::error::{Error, IoContext, Result, joined};
+use crate::events::ImageStep;
 use crate::logs::LogSink;
 use crate::machine::Report;
 
@@ -63,7 +64,7 @@ pub async fn bake(
     derive(images, builder, recipe, digest, |out, log| async move {
         let status = run_script(builder, recipe, debian, &mirror, &out, &log, opts).await?;
         if status.success() {
-            return Ok(());
+            return Ok(Made::default());
         }
         Err(Error::Tool {
             program: format!("bake of {builder}"),
@@ -72,6 +73,13 @@ pub async fn bake(
         })
     })
     .await
+}
+
+/// What a maker learnt about the image it made, for its `image.json`.
+#[derive(Debug, Default)]
+pub struct Made {
+    /// The firmware a cloud image was found to boot with.
+    pub firmware: Option<Firmware>,
 }
 
 /// An image made by `make(out, log)` in a scratch directory, then recorded and moved into
@@ -86,7 +94,7 @@ pub async fn derive<F, Fut>(
 ) -> Result<()>
 where
     F: FnOnce(std::path::PathBuf, std::path::PathBuf) -> Fut,
-    Fut: std::future::Future<Output = Result<()>>,
+    Fut: std::future::Future<Output = Result<Made>>,
 {
     let started = Instant::now();
     let scratch = tempfile::Builder::new()
@@ -101,23 +109,38 @@ where
     let out = scratch.path().join("out");
     let log_path = scratch.path().join("bake.log");
     std::fs::create_dir_all(&out).ctx(|| format!("cannot create `{}`", out.display()))?;
-    if let Err(e) = make(out.clone(), log_path.clone()).await {
-        let kept = images.join(format!("{digest}.failed.log"));
-        let _ = std::fs::copy(&log_path, &kept);
-        return Err(e);
-    }
-    finish(images, builder, recipe, digest, &out, &log_path, started).await
+    let made = match make(out.clone(), log_path.clone()).await {
+        Ok(made) => made,
+        Err(e) => {
+            let kept = images.join(format!("{digest}.failed.log"));
+            let _ = std::fs::copy(&log_path, &kept);
+            return Err(e);
+        }
+    };
+    let record = Record {
+        builder,
+        recipe,
+        made,
+        started,
+    };
+    finish(images, digest, &out, &log_path, record).await
+}
+
+/// What `image.json` is made of, besides the image's own hash.
+struct Record<'a> {
+    builder: &'a str,
+    recipe: &'a Recipe,
+    made: Made,
+    started: Instant,
 }
 
 /// Records a made image (`image.json`, its log) and moves it into place.
 async fn finish(
     images: &Path,
-    builder: &str,
-    recipe: &Recipe,
     digest: &str,
     out: &Path,
     log_path: &Path,
-    started: Instant,
+    record: Record<'_>,
 ) -> Result<()> {
     let qcow2 = out.join("base.qcow2");
     let base_sha256 = joined(
@@ -126,11 +149,12 @@ async fn finish(
     )
     .await?;
     let info = ImageInfo {
-        builder: builder.to_owned(),
-        recipe: recipe.clone(),
+        builder: record.builder.to_owned(),
+        recipe: record.recipe.clone(),
         base_sha256,
         created_unix: crate::host::now_unix(),
-        bake_seconds: started.elapsed().as_secs_f64(),
+        bake_seconds: record.started.elapsed().as_secs_f64(),
+        firmware: record.made.firmware,
     };
     std::fs::write(
         out.join("image.json"),
@@ -184,7 +208,8 @@ async fn run_script(
         log.write_all(format!("{line}\n").as_bytes()).await.ok();
         if let Some(step) = line.strip_prefix("== ").filter(|s| !s.ends_with(" s")) {
             bar.set_message(step.to_owned());
-            opts.report.line(format!("baking {builder}: {step}"));
+            let line = format!("baking {builder}: {step}");
+            opts.report.step(ImageStep::Bake, line);
         }
     }
     let status = child.wait().await.ctx(|| "cannot wait for the bake")?;

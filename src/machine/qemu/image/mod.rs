@@ -9,6 +9,7 @@ pub mod bake;
 mod checksum;
 pub mod cloud;
 pub mod download;
+pub mod firmware;
 pub mod http;
 pub mod mirror;
 mod progress;
@@ -21,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 pub use self::cloud::CloudRecipe;
 pub use self::recipe::{ImageRecord, Recipe, RecipeKind};
-use crate::config::Arch;
+use crate::config::{Arch, Firmware};
 use crate::error::{Error, IoContext, Result};
 use crate::paths::Dirs;
 
@@ -63,6 +64,9 @@ pub struct Image {
     pub kernel: PathBuf,
     pub initrd: PathBuf,
     pub info: ImageInfo,
+    /// How `info.firmware` was chosen, where that is known (the customising boot): a machine
+    /// stuck in its firmware says why that firmware.
+    pub choice: Option<firmware::Choice>,
 }
 
 /// `image.json`: what `runner image list` shows and what a manifest records.
@@ -74,6 +78,10 @@ pub struct ImageInfo {
     pub base_sha256: String,
     pub created_unix: u64,
     pub bake_seconds: f64,
+    /// A cloud image's firmware as booted: the recipe's, or what `firmware = "auto"` read
+    /// from the download (see [`firmware`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub firmware: Option<Firmware>,
 }
 
 impl Image {
@@ -100,12 +108,25 @@ impl Image {
                 .unwrap_or_else(|| dir.join("vmlinuz")),
             initrd: dir.join("initrd.img"),
             info,
+            choice: None,
         })
     }
 
     /// The cloud image this was customised from; `None` for images runner bakes.
     pub fn cloud(&self) -> Option<&CloudRecipe> {
         self.info.recipe.cloud()
+    }
+
+    /// The firmware a cloud image boots with. Images recorded before `auto` carry the
+    /// recipe's own (never `auto` then); an unresolved `auto` is the arch's default.
+    pub fn firmware(&self) -> Firmware {
+        match (self.info.firmware, self.cloud().map(|c| c.firmware)) {
+            (Some(f), _) | (None, Some(f @ (Firmware::Bios | Firmware::Uefi))) => f,
+            _ => match self.arch {
+                Arch::Amd64 => Firmware::Bios,
+                Arch::Arm64 => Firmware::Uefi,
+            },
+        }
     }
 
     /// Bytes on disk (qcow2 is sparse-aware: this is what the cache really costs).

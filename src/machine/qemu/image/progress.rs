@@ -3,6 +3,7 @@
 
 use indicatif::{ProgressBar, ProgressStyle};
 
+use crate::events::ImageStep;
 use crate::machine::Report;
 
 /// A byte bar on a terminal; otherwise a line per quarter.
@@ -35,15 +36,18 @@ impl<'a> Progress<'a> {
         } else {
             ProgressBar::hidden()
         };
-        report.line(format!(
-            "downloading {builder}: {}{}",
-            total.map_or("size unknown".into(), |t| format!("{} MiB", t >> 20)),
-            if from > 0 {
-                format!(", resuming at {} MiB", from >> 20)
-            } else {
-                String::new()
-            }
-        ));
+        report.step(
+            ImageStep::Download,
+            format!(
+                "downloading {builder}: {}{}",
+                total.map_or("size unknown".into(), |t| format!("{} MiB", t >> 20)),
+                if from > 0 {
+                    format!(", resuming at {} MiB", from >> 20)
+                } else {
+                    String::new()
+                }
+            ),
+        );
         Progress {
             bar,
             report,
@@ -67,10 +71,9 @@ impl<'a> Progress<'a> {
 
     pub(super) fn done(&self, n: u64) {
         self.bar.finish_and_clear();
-        self.report.line(format!(
-            "downloading {}: {} MiB, verifying",
-            self.builder,
-            n >> 20
-        ));
+        self.report.step(
+            ImageStep::Verify,
+            format!("downloading {}: {} MiB, verifying", self.builder, n >> 20),
+        );
     }
 }
