@@ -95,14 +95,18 @@ pub struct Launch<'a> {
     /// Read-only disks beyond the context slot (cold boots only: a snapshot's devices are
     /// fixed).
     pub extra_disks: &'a [crate::machine::Disk],
-    /// A warm-start template, or a machine restored from one (`incoming`: the snapshot).
+    /// A warm-start template, or a machine restored from one (`incoming`: the snapshot's
+    /// device state, loaded through QMP once QEMU is up: see `warm::resume`).
     pub warm: bool,
     pub incoming: Option<&'a Path>,
+    /// The snapshot's memory file, for a template (which writes it, shared) and for a
+    /// restored machine (which maps it copy-on-write): see [`Launch::memory`].
+    pub ram: Option<&'a Path>,
 }
 
 /// A snapshot is only valid for the command line that made it: a change to the devices
 /// below must change this.
-pub const LAYOUT: u32 = 2;
+pub const LAYOUT: u32 = 3;
 
 impl Launch<'_> {
     pub fn command(&self) -> Command {
@@ -121,11 +125,17 @@ impl Launch<'_> {
         let mut c = Command::new(qemu_binary(img.arch));
         c.arg("-name")
             .arg(format!("runner-{}", self.label))
-            .args(["-machine", machine, "-accel", self.accel.qemu_name()])
+            .args([
+                "-machine",
+                &self.machine(machine),
+                "-accel",
+                self.accel.qemu_name(),
+            ])
             .args(["-cpu", cpu, "-smp", &self.shape.vcpus.to_string()])
             .args(["-m", &format!("{}M", self.shape.memory.mib())])
             .args(["-nodefaults", "-no-user-config", "-display", "none"])
             .arg("-no-reboot");
+        self.memory(&mut c);
         match img.cloud() {
             // A cloud image boots as it would anywhere: firmware, then its own bootloader.
             Some(_) => {
@@ -230,10 +240,34 @@ impl Launch<'_> {
             ))
             .arg("-pidfile")
             .arg(self.dir.join("qemu.pid"));
-        if let Some(state) = self.incoming {
-            c.arg("-incoming")
-                .arg(format!("exec:cat {}", state.display()));
+        // The state is named once QEMU is up, after the migration capabilities are set.
+        if self.incoming.is_some() {
+            c.args(["-incoming", "defer"]);
         }
+    }
+
+    /// The board, with its memory from [`Launch::memory`]'s backend when there is one.
+    fn machine(&self, machine: &str) -> String {
+        match self.ram {
+            Some(_) => format!("{machine},memory-backend=ram"),
+            None => machine.to_owned(),
+        }
+    }
+
+    /// A warm start's memory is a file. The template maps it shared, so the guest's memory
+    /// is written to it, and its saved state leaves memory out (`x-ignore-shared`). Each
+    /// restored machine maps it private: the pages it only reads stay the host's page cache,
+    /// one copy for every machine restored from the snapshot, and only what a guest writes
+    /// becomes its own. N machines cost what they write, not N × their memory.
+    fn memory(&self, c: &mut Command) {
+        let Some(ram) = self.ram else { return };
+        let share = if self.incoming.is_some() { "off" } else { "on" };
+        c.arg("-object").arg(format!(
+            "memory-backend-file,id=ram,size={}M,mem-path={},share={share}",
+            self.shape.memory.mib(),
+            // QEMU's option syntax: a comma in a value is written twice.
+            ram.display().to_string().replace(',', ",,")
+        ));
     }
 
     /// The serial console on QEMU's stdout. A cloud image booted by SeaBIOS shares it with

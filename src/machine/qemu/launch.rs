@@ -133,6 +133,7 @@ impl Start<'_> {
             extra_disks: &[],
             warm: false,
             incoming: None,
+            ram: None,
         }
     }
 
@@ -196,6 +197,7 @@ impl Start<'_> {
         let launch = Launch {
             warm: true,
             incoming: Some(&snap.state),
+            ram: Some(&snap.ram),
             ..self.launch(&p, &spec.label)
         };
         let cmd = launch.command();
@@ -205,7 +207,8 @@ impl Start<'_> {
         let inst = &mut p.inst;
         // Err(_, true): the snapshot itself is at fault and is discarded.
         let mut loaded = 0.0;
-        let resumed = match warm::resume(&dir, &seed, &mut || inst.exited_now()).await {
+        let resumed = match warm::resume(&dir, &snap.state, &seed, &mut || inst.exited_now()).await
+        {
             Ok(port) => {
                 loaded = p.started.elapsed().as_secs_f64();
                 p.inst.seed_port = Some(port);
@@ -256,8 +259,13 @@ impl Start<'_> {
         let label = format!("snapshot of {label}");
         let mut p = self.prepare(&label, None).await?;
         seed::write_empty_seed(&p.dir.path.join("seed.tar"))?;
+        // A new file (a new inode, never one truncated under a machine that maps it), 0600
+        // like the state: QEMU would make it with its umask.
+        let _ = std::fs::remove_file(&snap.ram);
+        drop(crate::private::create(&snap.ram)?);
         let launch = Launch {
             warm: true,
+            ram: Some(&snap.ram),
             ..self.launch(&p, &label)
         };
         let cmd = launch.command();

@@ -77,10 +77,12 @@ impl Key {
     }
 }
 
-/// A snapshot on disk: `<image>/snapshots/<key id>/{state, snapshot.json}`.
+/// A snapshot on disk: `<image>/snapshots/<key id>/{ram, state, snapshot.json}`: the
+/// guest's memory, its devices' state, and what it was made for (written last).
 pub struct Snapshot {
     pub dir: PathBuf,
     pub state: PathBuf,
+    pub ram: PathBuf,
 }
 
 impl Snapshot {
@@ -88,6 +90,7 @@ impl Snapshot {
         let dir = image_dir.join("snapshots").join(key.id());
         Snapshot {
             state: dir.join("state"),
+            ram: dir.join("ram"),
             dir,
         }
     }
@@ -105,7 +108,9 @@ impl Snapshot {
         let Ok(bytes) = std::fs::read(self.dir.join("snapshot.json")) else {
             return false;
         };
-        serde_json::from_slice::<Key>(&bytes).is_ok_and(|k| k == *key) && self.state.is_file()
+        serde_json::from_slice::<Key>(&bytes).is_ok_and(|k| k == *key)
+            && self.state.is_file()
+            && self.ram.is_file()
     }
 
     /// Forgets a snapshot that would not restore, so the next machine makes a new one.
@@ -169,7 +174,8 @@ pub fn kept(image_dir: &Path) -> Vec<Kept> {
             let key: Key =
                 serde_json::from_slice(&std::fs::read(dir.join("snapshot.json")).ok()?).ok()?;
             use std::os::unix::fs::MetadataExt;
-            let bytes = std::fs::metadata(dir.join("state")).ok()?.blocks() * 512;
+            let size = |f: &str| std::fs::metadata(dir.join(f)).map(|m| m.blocks() * 512);
+            let bytes = size("state").ok()? + size("ram").unwrap_or(0);
             let id = dir.file_name()?.to_string_lossy().into_owned();
             Some(Kept {
                 id,
@@ -199,17 +205,21 @@ pub async fn save(qmp: &Path, snap: &Snapshot, key: &Key) -> Result<()> {
     keep(&part.0, snap, key)
 }
 
-/// Snapshot states being written whose lock nobody holds: what a killed runner left.
+/// Snapshots being made whose lock nobody holds — what a killed runner left: a state being
+/// written, and the memory of a snapshot never completed.
 pub fn stale_parts(images: &Path) -> Vec<PathBuf> {
     let Ok(rd) = std::fs::read_dir(images) else {
         return vec![];
     };
     rd.filter_map(|e| std::fs::read_dir(e.ok()?.path().join("snapshots")).ok())
         .flat_map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())))
-        .filter(|dir| {
-            dir.join(PART).exists() && crate::host::lock_free(&dir.with_extension("lock"))
+        .filter(|dir| crate::host::lock_free(&dir.with_extension("lock")))
+        .flat_map(|dir| {
+            let unfinished = !dir.join("snapshot.json").exists();
+            [Some(dir.join(PART)), unfinished.then(|| dir.join("ram"))]
         })
-        .map(|dir| dir.join(PART))
+        .flatten()
+        .filter(|f| f.exists())
         .collect()
 }
 
@@ -218,6 +228,7 @@ async fn save_to(qmp: &Path, part: &Path) -> Result<()> {
     drop(crate::private::create(part)?);
     let mut q = Qmp::connect(qmp).await?;
     q.execute("stop", json!({})).await?;
+    ignore_shared(&mut q).await?;
     q.execute(
         "migrate",
         json!({ "uri": format!("exec:cat > {}", part.display()) }),
@@ -249,8 +260,20 @@ async fn save_to(qmp: &Path, part: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Renames the saved state into place and records its key: the snapshot is complete.
+/// Memory the guest's mapping shares with a file is not part of the saved state: it is
+/// the snapshot's `ram` file. Set on both sides of a save and a restore.
+async fn ignore_shared(q: &mut Qmp) -> Result<()> {
+    let caps = json!({ "capabilities": [{ "capability": "x-ignore-shared", "state": true }] });
+    q.execute("migrate-set-capabilities", caps).await?;
+    Ok(())
+}
+
+/// Renames the saved state into place and records its key: the snapshot is complete. The
+/// memory file is on disk first (the template wrote it through its mapping).
 fn keep(part: &Path, snap: &Snapshot, key: &Key) -> Result<()> {
+    std::fs::File::open(&snap.ram)
+        .and_then(|f| f.sync_all())
+        .ctx(|| "cannot keep the snapshot's memory")?;
     std::fs::rename(part, &snap.state).ctx(|| "cannot keep the snapshot")?;
     crate::private::write(
         &snap.dir.join("snapshot.json"),
@@ -264,6 +287,7 @@ fn keep(part: &Path, snap: &Snapshot, key: &Key) -> Result<()> {
 /// instead.
 pub async fn resume(
     dir: &Path,
+    state: &Path,
     seed: &(dyn Fn() -> Result<Vec<u8>> + Send + Sync),
     exited: &mut (dyn FnMut() -> bool + Send),
 ) -> Result<tokio::net::UnixStream> {
@@ -283,6 +307,9 @@ pub async fn resume(
             Err(e) => return Err(e),
         }
     };
+    ignore_shared(&mut q).await?;
+    let uri = format!("exec:cat {}", state.display());
+    q.execute("migrate-incoming", json!({ "uri": uri })).await?;
     loop {
         let status = q.execute("query-status", json!({})).await?;
         match status["status"].as_str().unwrap_or_default() {
@@ -358,6 +385,7 @@ mod tests {
         assert!(!snap.usable(&k), "nothing made yet");
         std::fs::create_dir_all(&snap.dir).unwrap();
         std::fs::write(&snap.state, b"state").unwrap();
+        std::fs::write(&snap.ram, b"ram").unwrap();
         let stale = Key {
             qemu: "QEMU emulator version 6.0".into(),
             ..key()
