@@ -7,10 +7,18 @@
 //! the snapshot's memory file copy-on-write, so its clean pages are shared; a cold one has
 //! all of its own. RSS (which counts a shared page in every process) is printed beside it.
 //!
+//! Then whole builds the way a user runs them: `runner build -j N` of N trivial targets
+//! against one target, warm against `--cold`: wall time, and the host's peak memory in use
+//! (MemTotal − MemAvailable, sampled every 20 ms, over what was in use before the run).
+//!
 //! `cargo bench --bench fanout` (as root; bakes runner's image on first use). Env:
-//! `FANOUT` (default `1,4,8`), `RUNNER_CACHE_DIR` (where the image lives).
+//! `FANOUT` (default `1,4,8`), `FANOUT_BUILDS` (default 8), `RUNNER_CACHE_DIR` (where the
+//! image lives).
 
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use runner::config::Builder;
@@ -60,6 +68,93 @@ fn main() {
             c.pss as f64 / w.pss.max(1) as f64
         );
     }
+    let builds: usize = std::env::var("FANOUT_BUILDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(8);
+    whole_builds(&repo, builds);
+}
+
+/// `runner build` of 1 and of `n` trivial targets (at `-j n`), warm and `--cold`.
+fn whole_builds(repo: &Path, n: usize) {
+    let proj = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(proj.path().join("builders")).unwrap();
+    std::fs::copy(
+        repo.join("builders/bookworm-amd64.toml"),
+        proj.path().join("builders/bookworm-amd64.toml"),
+    )
+    .unwrap();
+    std::fs::write(
+        proj.path().join("build.sh"),
+        "#!/bin/sh\necho built > \"$RUNNER_OUT/result.txt\"\n",
+    )
+    .unwrap();
+    let targets: String = (0..n)
+        .map(|i| format!("[target.t{i}]\nbuilder = \"bookworm-amd64\"\nscript = \"build.sh\"\n"))
+        .collect();
+    std::fs::write(proj.path().join("runner.toml"), targets).unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let build = |cold: bool, count: usize| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_runner"));
+        c.arg("-C")
+            .arg(proj.path())
+            .env("RUNNER_STATE_DIR", state.path())
+            .args(["--accel", "tcg"])
+            .args(if cold { &["--cold"][..] } else { &[] })
+            .args(["build", "--force", "-j", &count.to_string()])
+            .args((0..count).map(|i| format!("t{i}")))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        measure(c)
+    };
+    // The snapshot exists already (made above); one warm build first warms the page cache.
+    build(false, 1);
+    println!("whole builds (`runner build --force`, a trivial script; wall, peak host memory):");
+    println!("  {:>14}  {:>20}  {:>20}", "", "warm", "--cold");
+    for count in [1, n] {
+        let (w, c) = (build(false, count), build(true, count));
+        println!(
+            "  {:>14}  {:>7.2} s {:>9}  {:>7.2} s {:>9}   cold/warm {:.1}x time, {:.1}x memory",
+            format!("{count} at -j {count}"),
+            w.0.as_secs_f64(),
+            mib(w.1),
+            c.0.as_secs_f64(),
+            mib(c.1),
+            c.0.as_secs_f64() / w.0.as_secs_f64(),
+            c.1 as f64 / w.1.max(1) as f64
+        );
+    }
+}
+
+/// Runs `cmd` (which must succeed): its wall time, and the host's peak memory in use over
+/// what was in use when it started.
+fn measure(mut cmd: Command) -> (Duration, u64) {
+    let before = in_use();
+    let peak = Arc::new(AtomicU64::new(before));
+    let done = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let (peak, done) = (peak.clone(), done.clone());
+        std::thread::spawn(move || {
+            while !done.load(Ordering::Relaxed) {
+                peak.fetch_max(in_use(), Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    let t = Instant::now();
+    let ok = cmd.status().expect("runner").success();
+    let wall = t.elapsed();
+    done.store(true, Ordering::Relaxed);
+    sampler.join().unwrap();
+    assert!(ok, "runner build failed");
+    (wall, peak.load(Ordering::Relaxed).saturating_sub(before))
+}
+
+/// MemTotal − MemAvailable: what the host's processes hold (the page cache, where the
+/// snapshot's shared memory lives, is available).
+fn in_use() -> u64 {
+    let info = std::fs::read_to_string("/proc/meminfo").unwrap();
+    field(&info, "MemTotal:").saturating_sub(field(&info, "MemAvailable:"))
 }
 
 struct Figures {

@@ -18,7 +18,20 @@ fn world_with_memory(memory: &str) -> (tempfile::TempDir, World, PathBuf) {
         .unwrap()
         .replace("memory = \"1G\"", &format!("memory = \"{memory}\""));
     assert!(text.contains(memory));
-    let project = project_with(&[("shaped", &text)]);
+    world_of(&text)
+}
+
+/// The systemd builder of `tests/guest.rs` (so the image is the same), with `memory`.
+fn systemd_world(memory: &str) -> (tempfile::TempDir, World, PathBuf) {
+    world_of(&format!(
+        "backend = \"qemu\"\ndistro = \"debian\"\nsuite = \"bookworm\"\n\
+         arch = \"amd64\"\ninit = \"systemd\"\nmemory = \"{memory}\"\n"
+    ))
+}
+
+/// A project whose one builder, `shaped`, is `text`; its image built.
+fn world_of(text: &str) -> (tempfile::TempDir, World, PathBuf) {
+    let project = project_with(&[("shaped", text)]);
     let world = World::with_project(project.path().to_owned());
     let built = world.run(&["image", "build", "shaped"]);
     assert!(built.status.success());
@@ -53,6 +66,17 @@ fn snapshots_of(image: &Path, memory_mib: u64) -> Vec<PathBuf> {
     out
 }
 
+/// The snapshot a machine was restored from (or made for it), as its `-v` log names it:
+/// other snapshots of the same memory may be in a long-lived cache (made for another QEMU or
+/// command line), so a test never picks one by its shape.
+fn snapshot_used(log: &str, image: &Path) -> PathBuf {
+    let id = ["warm (snapshot ", "making a warm-start snapshot ("]
+        .iter()
+        .find_map(|m| log.split(m).nth(1)?.split(')').next())
+        .unwrap_or_else(|| panic!("no snapshot named in: {log}"));
+    image.join("snapshots").join(id)
+}
+
 fn now() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -70,6 +94,8 @@ struct Identity {
     boot_id: String,
     clock_skew: f64,
     log: String,
+    /// Everything the command printed.
+    stdout: String,
 }
 
 // The kernel's uuid first: its first read after the restore, before anything else draws.
@@ -79,12 +105,24 @@ const SELF_REPORT: &str = "u=$(cat /proc/sys/kernel/random/uuid); \
     $(cat /proc/sys/kernel/random/boot_id) $(date +%s.%N)";
 
 fn identity(world: &World) -> Identity {
-    let mut child = world.spawn(&["-v", "vm", "run", "shaped", "--", SELF_REPORT]);
+    identity_with(
+        world,
+        &[],
+        &format!("echo hostname $(hostname); {SELF_REPORT}"),
+    )
+}
+
+/// [`identity`], with runner's `flags` and a command that prints the report line.
+fn identity_with(world: &World, flags: &[&str], report: &str) -> Identity {
+    let args = [flags, &["-v", "vm", "run", "shaped", "--", report]].concat();
+    let mut child = world.spawn(&args);
     let stdout = child.stdout.take().unwrap();
     let mut line = String::new();
     let mut reader = BufReader::new(stdout);
     let mut got = None;
+    let mut said = String::new();
     while reader.read_line(&mut line).unwrap() > 0 {
+        said.push_str(&line);
         if let Some(rest) = line.trim().strip_prefix("id ") {
             let f: Vec<&str> = rest.split_whitespace().collect();
             let skew = now() - f[f.len() - 1].parse::<f64>().unwrap();
@@ -112,6 +150,7 @@ fn identity(world: &World) -> Identity {
         boot_id,
         clock_skew,
         log,
+        stdout: said,
     }
 }
 
@@ -142,6 +181,10 @@ fn machines_restored_from_one_snapshot_each_have_their_own_identity_and_the_cloc
     }
     assert_ne!(a.host_key, b.host_key);
     assert_ne!(a.machine_id, b.machine_id);
+    assert_ne!(
+        line_of(&a.stdout, "hostname "),
+        line_of(&b.stdout, "hostname ")
+    );
     assert_ne!(a.random, b.random);
     assert_ne!(
         a.uuid, b.uuid,
@@ -150,6 +193,81 @@ fn machines_restored_from_one_snapshot_each_have_their_own_identity_and_the_cloc
     // Made on its first read, which the template never did (see README "Warm starts").
     assert_ne!(a.boot_id, b.boot_id);
     assert_eq!(a.machine_id.len(), 32);
+    world.assert_clean();
+}
+
+/// Waits for systemd to finish starting, lists its failed units (`failed: a b`, sorted) and
+/// then reports the machine's identity.
+const SYSTEMD_REPORT: &str = "state=$(systemctl is-system-running --wait); \
+    echo \"state: $state\"; \
+    echo failed: $(systemctl --failed --no-legend --plain | awk '{print $1}' | sort); \
+    echo hostname $(hostname)";
+
+/// What a systemd machine said of its health: its state and the units that failed.
+fn health(said: &str) -> (String, String) {
+    (line_of(said, "state: "), line_of(said, "failed:"))
+}
+
+/// The rest of the first line of `said` that starts with `prefix`.
+fn line_of(said: &str, prefix: &str) -> String {
+    said.lines()
+        .find_map(|l| l.strip_prefix(prefix))
+        .unwrap_or_else(|| panic!("no `{prefix}` in: {said}"))
+        .trim()
+        .to_owned()
+}
+
+#[test]
+fn systemd_machines_restored_from_one_snapshot_are_their_own_and_as_healthy_as_a_cold_one() {
+    let (_p, world, image) = systemd_world("1216M");
+    // What the system's health is when it boots cold: a warm start may not add to it.
+    let cold = identity_with(
+        &world,
+        &["--cold"],
+        &format!("{SYSTEMD_REPORT}; {SELF_REPORT}"),
+    );
+    assert!(cold.log.contains("cold (--cold)"), "{}", cold.log);
+    let (cold_state, cold_failed) = health(&cold.stdout);
+    std::thread::sleep(Duration::from_secs(3));
+    let report = format!("{SYSTEMD_REPORT}; {SELF_REPORT}");
+    let a = identity_with(&world, &[], &report);
+    let b = identity_with(&world, &[], &report);
+    for m in [&a, &b] {
+        assert!(m.log.contains("warm (snapshot"), "{}", m.log);
+        assert_eq!(
+            health(&m.stdout),
+            (cold_state.clone(), cold_failed.clone()),
+            "a restored systemd machine is not as healthy as a cold one"
+        );
+        assert!(
+            m.clock_skew.abs() < 2.0,
+            "guest clock off by {}s",
+            m.clock_skew
+        );
+    }
+    assert!(
+        cold_state == "running" || cold_state == "degraded",
+        "{}",
+        cold.stdout
+    );
+    assert_ne!(a.host_key, b.host_key);
+    assert_ne!(a.machine_id, b.machine_id);
+    assert_ne!(a.random, b.random);
+    assert_ne!(a.uuid, b.uuid);
+    assert_ne!(a.boot_id, b.boot_id);
+    let hostname = |m: &Identity| line_of(&m.stdout, "hostname ");
+    assert_ne!(hostname(&a), hostname(&b));
+
+    // Damaged memory: the guest never takes its seed; the machine boots cold, still healthy.
+    let snap = snapshot_used(&a.log, &image);
+    cut(&snap.join("ram"), 0);
+    let fell_back = identity_with(&world, &[], &report);
+    assert!(
+        fell_back.log.contains("cold (the warm start failed"),
+        "{}",
+        fell_back.log
+    );
+    assert_eq!(health(&fell_back.stdout).0, cold_state);
     world.assert_clean();
 }
 
@@ -172,25 +290,14 @@ fn a_damaged_or_stale_snapshot_means_a_cold_boot_and_a_new_snapshot() {
 
     // Damaged: QEMU cannot load half a state. The machine boots cold and the snapshot goes.
     let state = snap.join("state");
-    let len = std::fs::metadata(&state).unwrap().len();
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&state)
-        .unwrap()
-        .set_len(len / 2)
-        .unwrap();
+    cut(&state, std::fs::metadata(&state).unwrap().len() / 2);
     report("cold (the warm start failed");
     assert!(!snap.exists(), "the damaged snapshot was kept");
     report("making a warm-start snapshot");
 
     // Damaged memory: QEMU loads the devices' state, but the memory file the machines map
     // lost its pages (read as zeros). The guest never takes its seed: cold, and it goes.
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(snap.join("ram"))
-        .unwrap()
-        .set_len(0)
-        .unwrap();
+    cut(&snap.join("ram"), 0);
     report("cold (the warm start failed");
     assert!(!snap.exists(), "the snapshot with damaged memory was kept");
     report("making a warm-start snapshot");
@@ -204,6 +311,16 @@ fn a_damaged_or_stale_snapshot_means_a_cold_boot_and_a_new_snapshot() {
     report("making a warm-start snapshot");
     report("warm (snapshot");
     world.assert_clean();
+}
+
+/// Damages a snapshot's file: only its first `len` bytes are left.
+fn cut(file: &Path, len: u64) {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(file)
+        .unwrap()
+        .set_len(len)
+        .unwrap();
 }
 
 /// Waits until `found` says yes, polling fast; panics after `timeout`.
@@ -225,15 +342,9 @@ fn restoring(state_dir: &Path) -> bool {
 #[test]
 fn ctrl_c_mid_restore_and_sigkill_mid_snapshot_leave_only_the_cached_snapshot() {
     let (_p, world, image) = world_with_memory("1088M");
-    assert!(
-        world
-            .run(&["vm", "run", "shaped", "--", "true"])
-            .status
-            .success()
-    );
-    let snap = snapshots_of(&image, 1088)
-        .pop()
-        .expect("a snapshot was made");
+    let first = world.run(&["-v", "vm", "run", "shaped", "--", "true"]);
+    assert!(first.status.success());
+    let snap = snapshot_used(&stderr(&first), &image);
 
     // Ctrl-C while QEMU loads the snapshot.
     let child = world.spawn(&["vm", "run", "shaped", "--", "sleep 600"]);

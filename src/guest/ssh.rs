@@ -207,7 +207,9 @@ pub async fn wait_ready(
                 });
             }
             Probe::NotYet => {
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                // A probe reads the console runner already holds: polling it often costs
+                // nothing, and a warm machine is ready a second after it started.
+                tokio::time::sleep(Duration::from_millis(20)).await;
                 continue;
             }
             Probe::Ready => {}

@@ -13,8 +13,6 @@ pub enum ColdBoot {
     CloudImage,
     /// The builder says `warm = false`.
     WarmOff,
-    /// `init = "systemd"` always boots.
-    Systemd,
     /// The machine has more disks than a snapshot was made with.
     ExtraDisks,
     /// No snapshot could be made or found.
@@ -29,7 +27,6 @@ impl fmt::Display for ColdBoot {
             ColdBoot::Asked => write!(f, "cold (--cold)"),
             ColdBoot::CloudImage => write!(f, "cold (a cloud image always boots)"),
             ColdBoot::WarmOff => write!(f, "cold (warm = false)"),
-            ColdBoot::Systemd => write!(f, "cold (init = \"systemd\" always boots)"),
             ColdBoot::ExtraDisks => write!(f, "cold (more disks than a snapshot has)"),
             ColdBoot::NoSnapshot(e) => write!(f, "cold (no snapshot: {e})"),
             ColdBoot::WarmFailed(e) => write!(f, "cold (the warm start failed: {e})"),

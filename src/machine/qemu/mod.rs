@@ -30,7 +30,7 @@ use self::launch::Start;
 use self::warm::{Key, Snapshot};
 use super::settings::Settings;
 use super::{Backend, Machine, MachineSpec, Origin, Prepared, Registry, Report};
-use crate::config::{ImageKind, Init, QemuBuilder, Shape};
+use crate::config::{ImageKind, QemuBuilder, Shape};
 use crate::error::{Error, IoContext, Result};
 use crate::guest::GuestKeys;
 use crate::paths::Dirs;
@@ -86,10 +86,8 @@ impl QemuBackend {
         match &self.builder.kind {
             ImageKind::Cloud(_) => return Err(ColdBoot::CloudImage),
             ImageKind::Debian { warm: false, .. } => return Err(ColdBoot::WarmOff),
-            ImageKind::Debian {
-                init: Init::Systemd,
-                ..
-            } => return Err(ColdBoot::Systemd),
+            // Lean and systemd alike: the snapshot point is in runner's initrd, before
+            // switch_root, so a systemd machine's init starts only after its identity arrived.
             ImageKind::Debian { .. } => {}
         }
         if spec.disks.len() > 1 {

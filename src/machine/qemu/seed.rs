@@ -59,8 +59,8 @@ async fn qemu_img(mut cmd: Command, what: &str, disk: &Path) -> Result<()> {
 
 /// The seed is a plain tar written raw to a second disk: the guest's initrd unpacks it with
 /// busybox tar. It carries the per-machine keys, so it is private and dies with the machine.
-pub fn write_seed(path: &Path, keys: &GuestKeys, hostname: &str) -> Result<()> {
-    write_private(path, &seed(keys, hostname)?)
+pub fn write_seed(path: &Path, keys: &GuestKeys, label: &str) -> Result<()> {
+    write_private(path, &seed(keys, label)?)
 }
 
 /// An empty seed disk, for a warm-start template (whose seed comes over its serial port).
@@ -78,7 +78,8 @@ const SEED_RECORD: usize = 10240;
 /// A machine's identity as a tar: its keys, hostname and machine-id, and — for a machine
 /// restored from a snapshot — the wall clock and 64 bytes of the host's randomness. Padded
 /// to exactly one tar record.
-pub fn seed(keys: &GuestKeys, hostname: &str) -> Result<Vec<u8>> {
+pub fn seed(keys: &GuestKeys, label: &str) -> Result<Vec<u8>> {
+    let machine_id = machine_id();
     let mut tar = tar::Builder::new(Vec::new());
     let mut add = |name: &str, mode: u32, data: &[u8]| {
         let mut h = tar::Header::new_gnu();
@@ -102,13 +103,9 @@ pub fn seed(keys: &GuestKeys, hostname: &str) -> Result<Vec<u8>> {
         (
             "hostname",
             0o644,
-            format!("{}\n", hostname_of(hostname)).into_bytes(),
+            format!("{}\n", hostname_of(label, &machine_id)).into_bytes(),
         ),
-        (
-            "machine-id",
-            0o644,
-            format!("{}\n", machine_id()).into_bytes(),
-        ),
+        ("machine-id", 0o644, format!("{machine_id}\n").into_bytes()),
         ("time", 0o644, format!("{}\n", wall_clock()).into_bytes()),
         ("random", 0o600, rand::random::<[u8; 64]>().to_vec()),
     ];
@@ -138,9 +135,11 @@ pub fn machine_id() -> String {
     format!("{:032x}", rand::random::<u128>())
 }
 
-/// A label as a hostname: letters, digits and `-`, at most 63 characters.
-pub fn hostname_of(label: &str) -> String {
-    label
+/// A machine's hostname: its label in letters, digits and `-`, and the start of its
+/// machine-id, at most 63 characters. Two machines of one target (say, restored from one
+/// snapshot) never share one; a build must not depend on it, as on any machine's identity.
+pub fn hostname_of(label: &str, machine_id: &str) -> String {
+    let name: String = label
         .chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || c == '-' {
@@ -149,8 +148,9 @@ pub fn hostname_of(label: &str) -> String {
                 '-'
             }
         })
-        .take(63)
-        .collect()
+        .take(54)
+        .collect();
+    format!("{name}-{}", &machine_id[..8])
 }
 
 /// How long a local cloud machine may live before its own dead-man switch powers it off,
@@ -161,14 +161,14 @@ pub const CLOUD_LIFETIME: std::time::Duration = std::time::Duration::from_secs(5
 /// A cloud image's seed: a NoCloud `cidata` FAT volume carrying the same user data an EC2
 /// machine gets (runner's client key for `user`, the pinned host key, the dead-man switch)
 /// and a fresh instance id, so cloud-init treats every machine as a first boot.
-pub fn write_nocloud(path: &Path, keys: &GuestKeys, user: &str, hostname: &str) -> Result<()> {
+pub fn write_nocloud(path: &Path, keys: &GuestKeys, user: &str, label: &str) -> Result<()> {
     use std::io::Write;
     let expires = crate::host::now_unix() + CLOUD_LIFETIME.as_secs();
     let user_data = crate::machine::cloud_init::cloud_config(keys, user, expires, None)?;
+    let id = machine_id();
     let meta_data = format!(
-        "instance-id: runner-{}\nlocal-hostname: {}\n",
-        machine_id(),
-        hostname_of(hostname)
+        "instance-id: runner-{id}\nlocal-hostname: {}\n",
+        hostname_of(label, &id)
     );
     let mut volume = std::io::Cursor::new(vec![0u8; 2 << 20]);
     fatfs::format_volume(
