@@ -221,15 +221,11 @@ fn line_of(said: &str, prefix: &str) -> String {
 fn systemd_machines_restored_from_one_snapshot_are_their_own_and_as_healthy_as_a_cold_one() {
     let (_p, world, image) = systemd_world("1216M");
     // What the system's health is when it boots cold: a warm start may not add to it.
-    let cold = identity_with(
-        &world,
-        &["--cold"],
-        &format!("{SYSTEMD_REPORT}; {SELF_REPORT}"),
-    );
+    let report = format!("{SYSTEMD_REPORT}; {SELF_REPORT}");
+    let cold = identity_with(&world, &["--cold"], &report);
     assert!(cold.log.contains("cold (--cold)"), "{}", cold.log);
     let (cold_state, cold_failed) = health(&cold.stdout);
     std::thread::sleep(Duration::from_secs(3));
-    let report = format!("{SYSTEMD_REPORT}; {SELF_REPORT}");
     let a = identity_with(&world, &[], &report);
     let b = identity_with(&world, &[], &report);
     for m in [&a, &b] {

@@ -106,7 +106,7 @@ pub struct Launch<'a> {
 
 /// A snapshot is only valid for the command line that made it: a change to the devices
 /// below must change this.
-pub const LAYOUT: u32 = 4;
+pub const LAYOUT: u32 = 3;
 
 impl Launch<'_> {
     pub fn command(&self) -> Command {
@@ -153,15 +153,7 @@ impl Launch<'_> {
                         "console={tty} root=/dev/vda rw panic=-1 quiet{}{}",
                         match img.info.recipe.init() {
                             Init::Lean => "",
-                            // Its generator would start a getty on the console, waiting
-                            // 90 s for a device unit that never comes (the image has no
-                            // udev): `is-system-running --wait` would wait that long, then
-                            // say "degraded".
-                            Init::Systemd => {
-                                " runner.init=/lib/systemd/systemd \
-                                 systemd.mask=serial-getty@ttyS0.service \
-                                 systemd.mask=serial-getty@ttyAMA0.service"
-                            }
+                            Init::Systemd => " runner.init=/lib/systemd/systemd",
                         },
                         if self.warm { " runner.warm=1" } else { "" }
                     ));

@@ -150,7 +150,9 @@ pub fn hostname_of(label: &str, machine_id: &str) -> String {
         })
         .take(54)
         .collect();
-    format!("{name}-{}", &machine_id[..8])
+    let name = if name.is_empty() { "runner" } else { &name };
+    let id: String = machine_id.chars().take(8).collect();
+    format!("{name}-{id}")
 }
 
 /// How long a local cloud machine may live before its own dead-man switch powers it off,

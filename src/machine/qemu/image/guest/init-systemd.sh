@@ -20,8 +20,10 @@ StandardOutput=journal+console
 StandardError=journal+console
 EOS
 # Nothing here waits for a network manager, a display or a clock source runner does not have:
-# the initrd configured eth0, the host's clock is the VM's.
-for unit in systemd-networkd-wait-online.service getty@tty1.service \
+# the initrd configured eth0, the host's clock is the VM's. No getty on the serial console
+# either: the image has no udev, so its device unit never appears, and the getty's start
+# would wait 90 s for it (`systemctl is-system-running --wait` too, then say "degraded").
+for unit in systemd-networkd-wait-online.service getty@tty1.service serial-getty@.service \
             systemd-timesyncd.service apt-daily.timer apt-daily-upgrade.timer \
             e2scrub_all.timer fstrim.timer; do
   ln -sf /dev/null "$R/etc/systemd/system/$unit"
