@@ -248,6 +248,10 @@ pub enum Error {
         source: Option<BoxError>,
     },
 
+    /// A build cache's new generation was not kept.
+    #[error("cache `{key}`: {problem}")]
+    CacheRefused { key: String, problem: String },
+
     /// A lock another runner holds, or one that cannot be taken.
     #[error("cannot lock {what}")]
     Lock {

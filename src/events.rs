@@ -22,6 +22,8 @@ pub enum Phase {
     Provision,
     /// Pulling artifacts back.
     Collect,
+    /// Sealing the build cache's next generation (committed once published).
+    Cache,
     /// Moving artifacts into the store.
     Publish,
     /// Tearing the machine down.
@@ -37,6 +39,7 @@ impl Phase {
             Phase::Sync => "sync",
             Phase::Provision => "provision",
             Phase::Collect => "collect",
+            Phase::Cache => "cache",
             Phase::Publish => "publish",
             Phase::Teardown => "teardown",
         }

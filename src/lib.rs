@@ -10,6 +10,7 @@ pub mod artifacts;
 #[cfg(feature = "aws")]
 mod aws;
 pub mod beneath;
+pub mod cache;
 pub mod cli;
 pub mod commands;
 pub mod config;

@@ -7,7 +7,8 @@
 //! `artifact_globs`, `env`, `source_date_epoch`, `inputs_digest`, `started_unix`,
 //! `finished_unix`, `artifacts` [{`path`, `size`, `sha256`, `uri`}], `context_tree` {path:
 //! `sha256:<hex>[ +x]` | `dir` | `-> <target>`}, `machine` {`vcpus`, `memory_mib`} (absent
-//! where the backend sized it, EC2).
+//! where the backend sized it, EC2), `cache` {`key`, `generation`, `read_sha256`,
+//! `saved_sha256`} (absent without a build cache; a byproduct, not an input).
 //! The script travels inside the manifest so that a manifest is enough to rebuild.
 
 mod check;
@@ -61,6 +62,23 @@ pub struct Manifest {
     /// The machine's size where runner chose it; reproductions use it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub machine: Option<MachineShape>,
+    /// The build cache the build read and the generation it saved: byproducts, never part
+    /// of the inputs digest; a reproduction builds without them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<CacheRecord>,
+}
+
+/// A build's cache, as its manifest records it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CacheRecord {
+    /// The cache's key (`runner cache ls`).
+    pub key: FileName,
+    /// The generation the build read, and its image's digest.
+    pub generation: u64,
+    pub read_sha256: Sha256,
+    /// The image of the generation it saved (committed once the build was published).
+    pub saved_sha256: Sha256,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -219,6 +237,7 @@ impl Manifest {
             artifacts,
             context_tree: build.context_tree.clone(),
             machine: build.shape.map(MachineShape::of),
+            cache: None,
         };
         check::manifest(&m).map_err(|(field, source)| Error::InvalidManifest {
             what: "the manifest of this build".into(),

@@ -298,3 +298,51 @@ fn target_overrides_are_checked_by_their_builder() {
         assert!(err.contains(fragment), "{line}: no `{fragment}` in {err}");
     }
 }
+
+/// A target's `cache` paths and `cache_key`, and `[limits] max_cache_size`, are checked at
+/// load time with the file, line and key.
+#[test]
+fn cache_paths_keys_and_limits_are_checked_at_load_time() {
+    let cases = [
+        ("cache = [\"var/cache\"]", "cache", "absolute guest path"),
+        ("cache = [\"/build/out\"]", "cache", "inside `/build`"),
+        ("cache = [\"/var/cache/a b\"]", "cache", "letters, digits"),
+        ("cache = [\"/var/../etc\"]", "cache", "normal path"),
+        (
+            "cache = [\"/var/cache\", \"/var/cache/apt\"]",
+            "cache",
+            "may not nest",
+        ),
+        ("cache_key = \"apt\"", "cache_key", "without cache"),
+        (
+            "cache = [\"/c\"]\ncache_key = \"../x\"",
+            "cache_key",
+            "only letters",
+        ),
+        (
+            "[limits]\nmax_cache_size = \"1M\"",
+            "max_cache_size",
+            "outside 16M..=256G",
+        ),
+    ];
+    for (lines, key, fragment) in cases {
+        let project = Project::new()
+            .builder("good", GOOD)
+            .file("build.sh", "#!/bin/sh\n")
+            .toml(&format!(
+                "[target.t]\nbuilder = \"good\"\nscript = \"build.sh\"\n{lines}\n"
+            ))
+            .done();
+        let world = World::with_project(project.path().to_owned());
+        let out = world.run(&["check"]);
+        let err = stderr(&out);
+        assert!(!out.status.success(), "{lines} should be refused");
+        let line = 4 + lines.lines().count() - 1;
+        assert!(
+            err.contains(&format!("runner.toml:{line}:")),
+            "{lines}: {err}"
+        );
+        assert!(err.contains(&format!("key `{key}`")), "{lines}: {err}");
+        assert!(err.contains(fragment), "{lines}: no `{fragment}` in {err}");
+    }
+}

@@ -91,6 +91,9 @@ pub enum Command {
     /// Base images: bake, list, remove.
     #[command(subcommand)]
     Image(ImageCmd),
+    /// Build caches (`cache = [...]` of a target): list, remove.
+    #[command(subcommand)]
+    Cache(CacheCmd),
     /// Disposable machines, used directly.
     #[command(subcommand)]
     Vm(VmCmd),
@@ -149,6 +152,17 @@ pub enum ImageCmd {
     /// Show cached images.
     List,
     /// Remove cached images by builder name or digest prefix.
+    Rm {
+        #[arg(required = true)]
+        what: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum CacheCmd {
+    /// Show every build cache on this host: its key, target, paths, generations and size.
+    Ls,
+    /// Remove build caches by key, or by the target or `cache_key` they belong to.
     Rm {
         #[arg(required = true)]
         what: Vec<String>,

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use clap::{CommandFactory, Parser};
 
-use self::args::{ArtifactsCmd, Cli, Command, ImageCmd, KeyCmd, MessageFormat, VmCmd};
+use self::args::{ArtifactsCmd, CacheCmd, Cli, Command, ImageCmd, KeyCmd, MessageFormat, VmCmd};
 use crate::commands::{self, Env, Exit};
 use crate::error::{Error, Result, chain};
 use crate::machine::{Machines, Settings};
@@ -124,6 +124,8 @@ async fn dispatch(command: Command, env: &Env) -> Result<Exit> {
         Command::Check => commands::project::check(env),
         Command::Init { dir } => commands::init::init(env, dir.as_deref()),
         Command::Image(cmd) => image(env, cmd).await,
+        Command::Cache(CacheCmd::Ls) => commands::cache::ls(env),
+        Command::Cache(CacheCmd::Rm { what }) => commands::cache::rm(env, &what),
         Command::Vm(cmd) => vm(env, cmd).await,
         Command::Gc { force } => commands::gc::gc(env, force).await,
         Command::Completions { shell } => {

@@ -27,6 +27,9 @@ pub struct Args {
     /// Build even if a published build has the same inputs digest (no cache hit).
     #[arg(long)]
     pub force: bool,
+    /// Build without build caches: machines start without them and save nothing.
+    #[arg(long)]
+    pub no_cache: bool,
     /// Publish to S3 (`s3://bucket/prefix`) instead of the configured store.
     #[arg(long)]
     pub upload: Option<S3Url>,
@@ -61,6 +64,7 @@ pub async fn build(env: &Env, args: Args) -> Result<Exit> {
         keep_failed: args.keep_failed,
         force: args.force,
         max_cost: args.max_cost,
+        no_cache: args.no_cache,
         ..Default::default()
     };
     let (run, rx) = Run::new(&host, Some(&project), opts)?;

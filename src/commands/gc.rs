@@ -27,6 +27,9 @@ pub async fn sweep(env: &Env, force: bool) -> Report {
     sweepers.push(Box::new(crate::context::pack::PackSweeper {
         cache: env.dirs.cache.clone(),
     }));
+    sweepers.push(Box::new(crate::cache::list::PartSweeper {
+        caches: crate::cache::Caches::new(&env.dirs.cache),
+    }));
     let mut report = Report::default();
     for sweeper in sweepers {
         for finding in sweeper.find().await {

@@ -3,6 +3,7 @@
 
 pub mod artifacts;
 pub mod build;
+pub mod cache;
 pub mod gc;
 pub mod image;
 pub mod init;

@@ -146,6 +146,7 @@ async fn rebuild(env: &Env, m: &Manifest, args: &Args, out: &Path) -> Result<Pat
         timeout: args.timeout,
         upload: None,
         transfer: Default::default(),
+        cache: None,
     };
     let store = out.join("artifacts");
     let host = env.host();
@@ -156,6 +157,8 @@ async fn rebuild(env: &Env, m: &Manifest, args: &Args, out: &Path) -> Result<Pat
         logs: Some(out.to_owned()),
         epoch: Some(m.source_date_epoch),
         context_excludes: Some(m.context_excludes.clone()),
+        // What proves a cache cannot change an artifact: the reproduction never has one.
+        no_cache: true,
         ..Default::default()
     };
     let (run, rx) = Run::new(&host, project.as_ref(), opts)?;

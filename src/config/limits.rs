@@ -27,6 +27,9 @@ pub struct Limits {
     pub max_cost: Option<f64>,
     /// The same cap in instance-hours of cloud machines, priced or not.
     pub max_instance_hours: Option<f64>,
+    /// The most a build cache's generation may hold; its filesystem holds twice this, so a
+    /// build that overfills it fails in the guest rather than filling the host.
+    pub max_cache: Size,
 }
 
 #[derive(Deserialize, Default)]
@@ -40,6 +43,7 @@ pub struct RawLimits {
     leak_timeout: Option<Spanned<String>>,
     max_cost: Option<Spanned<f64>>,
     max_instance_hours: Option<Spanned<f64>>,
+    max_cache_size: Option<Spanned<Size>>,
 }
 
 /// What each limit is when `[limits]` does not say (and when there is no project).
@@ -54,6 +58,7 @@ impl Default for Limits {
             leak_timeout: DEFAULT_LEAK_TIMEOUT,
             max_cost: None,
             max_instance_hours: None,
+            max_cache: DEFAULT_CACHE,
         }
     }
 }
@@ -67,6 +72,12 @@ const DEFAULT_LEAK_TIMEOUT: Duration = Duration::from_secs(2);
 pub const DEFAULT_LOG: Size = Size(64 << 20);
 /// A console log's default cap (`max_console_size`).
 pub const DEFAULT_CONSOLE: Size = Size(8 << 20);
+/// Enough for a distribution's package downloads and a compiler cache.
+const DEFAULT_CACHE: Size = Size(8 * GIB);
+const CACHE_SIZE: Range<Size> = Range {
+    min: Size(16 << 20),
+    max: Size(256 * GIB),
+};
 const LOG_SIZE: Range<Size> = Range {
     min: Size(64 << 10),
     max: Size(16 * GIB),
@@ -103,6 +114,13 @@ impl Limits {
                 raw.max_instance_hours.as_ref(),
                 "max_instance_hours",
                 value::INSTANCE_HOURS,
+            )?,
+            max_cache: value::size(
+                src,
+                raw.max_cache_size.as_ref(),
+                "max_cache_size",
+                CACHE_SIZE,
+                DEFAULT_CACHE,
             )?,
         })
     }

@@ -3,6 +3,7 @@
 
 mod arch;
 pub mod builder;
+pub mod cache;
 pub mod cloud;
 pub mod ec2;
 mod limits;
@@ -22,6 +23,7 @@ use serde::de::DeserializeOwned;
 
 pub use arch::Arch;
 pub use builder::{BackendConfig, Builder, ImageKind, Init, QemuBuilder, Shape};
+pub use cache::CacheDecl;
 pub use cloud::{CloudImage, Firmware, ImageSource};
 pub use ec2::{Address, Ami, Ec2Builder};
 pub use limits::Limits;

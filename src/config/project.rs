@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::cache::CacheDecl;
 use super::shape::Shape;
 use super::value::{self, Example};
 use super::{Builder, ConfigError, S3Url, Size, Source};
@@ -76,6 +77,8 @@ pub struct Target {
     pub upload: Option<S3Url>,
     /// How the context reaches the machine.
     pub transfer: Transfer,
+    /// Guest directories kept between builds of the cache's key (`cache`, `cache_key`).
+    pub cache: Option<CacheDecl>,
 }
 
 /// `context_transfer`: how a target's context pack reaches its machine.
@@ -121,6 +124,9 @@ struct RawTarget {
     upload: Option<S3Url>,
     #[serde(default)]
     context_transfer: Transfer,
+    #[serde(default)]
+    cache: Vec<Spanned<String>>,
+    cache_key: Option<Spanned<String>>,
 }
 
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
@@ -290,6 +296,7 @@ fn resolve_target(
         timeout,
         shape,
         transfer: t.context_transfer,
+        cache: super::cache::declared(src, n, &t.cache, t.cache_key.as_ref())?,
     })
 }
 

@@ -4,6 +4,7 @@
 //!
 //! The pipeline talks to a machine only through [`Guest`]; [`ssh::Session`] is the real one.
 
+pub mod cache;
 mod capped;
 mod collect;
 pub mod keys;

@@ -52,6 +52,9 @@ pub struct MachineSpec {
     pub boot_timeout: Duration,
     /// Read-only disks to attach (the context pack's image), where the backend can.
     pub disks: Vec<Disk>,
+    /// A build cache's generation, attached (where the backend attaches disks) through a
+    /// writable copy-on-write layer of the machine's own: see [`Machine::cache_layer`].
+    pub cache: Option<PathBuf>,
     /// A URL the machine fetches its context from as it boots (remote machines).
     pub context_url: Option<String>,
     /// Its console log keeps at most this many bytes (head and tail), where runner reads
@@ -79,6 +82,7 @@ impl MachineSpec {
             shape: builder.shape(),
             boot_timeout: builder.boot_timeout(),
             disks: vec![],
+            cache: None,
             context_url: None,
             console_limit: crate::config::project::DEFAULT_CONSOLE.0,
             waits: Waits::default(),
@@ -227,6 +231,9 @@ pub struct Machine {
     pub start: String,
     /// Marked by the backend when the machine is taken away from outside.
     pub lost: Lost,
+    /// The host file of the machine's writable layer over [`MachineSpec::cache`], in the
+    /// guest the disk with serial [`crate::guest::cache::SERIAL`]; it goes with the machine.
+    pub cache_layer: Option<PathBuf>,
     instance: Option<Box<dyn Instance>>,
 }
 
@@ -251,6 +258,7 @@ impl Machine {
             boot_phases: vec![],
             start: String::new(),
             lost: Lost::default(),
+            cache_layer: None,
             instance: Some(instance),
         }
     }

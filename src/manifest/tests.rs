@@ -107,7 +107,13 @@ fn valid() -> Value {
         sha256: Sha256::new(HEX).unwrap(),
         uri: "file:///p/artifacts/hello/hello".into(),
     };
-    let m = Manifest::new(&build, HEX, vec![artifact]).unwrap();
+    let mut m = Manifest::new(&build, HEX, vec![artifact]).unwrap();
+    m.cache = Some(crate::manifest::CacheRecord {
+        key: FileName::new("hello-0123456789ab").unwrap(),
+        generation: 3,
+        read_sha256: Sha256::new(HEX).unwrap(),
+        saved_sha256: Sha256::new(HEX).unwrap(),
+    });
     serde_json::from_slice(&m.to_json()).unwrap()
 }
 
@@ -206,6 +212,9 @@ fn hostile() -> Vec<(&'static str, Value, &'static str)> {
         ("/context_tree", json!({"../x": "dir"}), "context_tree"),
         ("/context_tree", json!({"x": "whatever"}), "context_tree.x"),
         ("/runner_version", json!("1\n2"), "runner_version"),
+        ("/cache/key", json!("../caches"), "cache"),
+        ("/cache/read_sha256", json!("00"), "cache"),
+        ("/cache/generation", json!(-1), "cache"),
     ]
 }
 
@@ -338,4 +347,27 @@ proptest! {
             );
         }
     }
+}
+
+#[test]
+fn a_build_cache_is_a_byproduct_of_the_provenance_never_an_input() {
+    let with = read(&valid()).unwrap();
+    let mut without = with.clone();
+    without.cache = None;
+    let docs = crate::provenance::Documents {
+        sha256sums: b"",
+        manifest: b"",
+    };
+    let s = crate::provenance::statement(&with, &docs, "urn:x");
+    let by = &s.predicate["runDetails"]["byproducts"];
+    assert_eq!(by[0]["name"], "cache/hello-0123456789ab/read");
+    assert_eq!(by[0]["digest"]["sha256"], HEX);
+    assert_eq!(by[0]["annotations"]["generation"], 3);
+    assert_eq!(by[1]["name"], "cache/hello-0123456789ab/saved");
+    let plain = crate::provenance::statement(&without, &docs, "urn:x");
+    assert_eq!(
+        s.predicate["buildDefinition"], plain.predicate["buildDefinition"],
+        "the cache changes nothing the build is defined by"
+    );
+    assert_eq!(with.inputs_digest, without.inputs_digest);
 }

@@ -154,6 +154,7 @@ pub fn statement(m: &Manifest, docs: &Documents<'_>, builder_id: &str) -> Statem
                 "startedOn": rfc3339(m.started_unix),
                 "finishedOn": rfc3339(m.finished_unix),
             },
+            "byproducts": byproducts(m),
         },
     });
     Statement {
@@ -162,6 +163,19 @@ pub fn statement(m: &Manifest, docs: &Documents<'_>, builder_id: &str) -> Statem
         predicate_type: SLSA_PROVENANCE.into(),
         predicate,
     }
+}
+
+/// What the build left besides its artifacts: the build cache it read and the generation it
+/// saved. Byproducts, so a verifier sees them without taking them for inputs.
+fn byproducts(m: &Manifest) -> serde_json::Value {
+    let Some(c) = &m.cache else {
+        return json!([]);
+    };
+    json!([
+        {"name": format!("cache/{}/read", c.key), "digest": {"sha256": c.read_sha256},
+         "annotations": {"generation": c.generation}},
+        {"name": format!("cache/{}/saved", c.key), "digest": {"sha256": c.saved_sha256}},
+    ])
 }
 
 /// Where the statement and the manifest disagree about what the build was made from (the

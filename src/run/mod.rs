@@ -4,6 +4,7 @@
 //! `setup`) is the one place a run is made.
 
 pub mod budget;
+mod cache;
 pub mod dispatch;
 mod failure;
 mod inputs;
@@ -57,6 +58,9 @@ pub struct Run {
     pub signing: Option<Arc<SigningKey>>,
     /// Where context packs are kept (the cache).
     pub packs: PathBuf,
+    /// Build caches (`cache = [...]` of a target); `None`: this run builds without them
+    /// (`--no-cache`, a reproduction).
+    pub caches: Option<crate::cache::Caches>,
     /// What the run's cloud machines may cost at worst, and what they have reserved.
     pub budget: Arc<budget::Budget>,
     /// Context packs this run put in stores, removed when it ends.

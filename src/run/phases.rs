@@ -1,11 +1,13 @@
 //! The pipeline of one target, one function per phase, each returning what the next needs:
-//! inputs → (cache hit?) → prepare → boot → sync → provision → collect → publish. Teardown
+//! inputs → (cache hit?) → prepare → boot → sync → provision → collect → publish (the build
+//! cache's own steps are in `cache.rs`, called between them by the target module). Teardown
 //! belongs to the caller (the target module), which runs it whatever happened here.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use super::cache::{Sealed, Slot};
 use super::inputs::Inputs;
 use super::transfer::Plan;
 use super::{Failure, Run};
@@ -135,12 +137,12 @@ pub async fn prepare(run: &Run, t: &Target, i: &Inputs) -> Result<Prepared> {
 pub async fn boot(
     run: &Run,
     (t, reclaimed): (&Target, u32),
-    i: &Inputs,
-    plan: &Plan,
+    (i, plan, cache): (&Inputs, &Plan, Option<&Slot>),
     log: &LogSink,
 ) -> Result<Lease> {
     let spec = MachineSpec {
         reclaimed,
+        cache: cache.map(|s| s.generation.path.clone()),
         shape: t.shape,
         disks: match plan {
             Plan::Attach(d) => vec![d.clone()],
@@ -251,10 +253,12 @@ pub async fn provision(
     Ok(())
 }
 
-/// The artifacts, unpacked into the store's staging directory.
+/// The artifacts, unpacked into the store's staging directory, and the build cache's next
+/// generation, sealed.
 pub struct Collected {
     pub staging: tempfile::TempDir,
     pub files: Vec<ArtifactFile>,
+    pub cache: Option<Sealed>,
 }
 
 pub async fn collect(
@@ -277,11 +281,16 @@ pub async fn collect(
             log,
         )
         .await?;
-    Ok(Collected { staging, files })
+    Ok(Collected {
+        staging,
+        files,
+        cache: None,
+    })
 }
 
-/// The manifest, then the store's publish of files and manifest. `cancel` stops a publish
-/// cleanly (Ctrl-C, the deadline): the store removes what it put.
+/// The manifest, then the store's publish of files and manifest, then (published) the build
+/// cache's commit. `cancel` stops a publish cleanly (Ctrl-C, the deadline): the store
+/// removes what it put, and the cache's sealed generation is dropped.
 pub async fn publish(
     run: &Run,
     t: &Target,
@@ -312,17 +321,27 @@ pub async fn publish(
             })
         })
         .collect::<Result<Vec<_>>>()?;
-    let manifest = Manifest::new(&i.build(t), &prepared.base_image, records)?;
+    let mut manifest = Manifest::new(&i.build(t), &prepared.base_image, records)?;
+    manifest.cache = collected.cache.as_ref().map(|s| s.record.clone());
     let records = records_of(run, &manifest, &collected.files, log);
     let total = collected.files.iter().map(|f| f.size).sum::<u64>();
     let how = Publishing {
         cancel,
         sent: transfer_reporter(run, &t.name, total),
     };
-    let files = &collected.files;
-    i.store
-        .publish(&t.name, collected.staging, files, &manifest, &records, &how)
-        .await
+    let Collected {
+        staging,
+        files,
+        cache,
+    } = collected;
+    let published = i
+        .store
+        .publish(&t.name, staging, &files, &manifest, &records, &how)
+        .await?;
+    if let Some(sealed) = cache {
+        super::cache::commit(sealed, log).await;
+    }
+    Ok(published)
 }
 
 /// The checksum file, the manifest, and the provenance statement over both and every

@@ -45,6 +45,8 @@ pub struct RunOptions {
     pub context_excludes: Option<Vec<String>>,
     /// The run's spend cap in dollars (`--max-cost`), over the project's `max_cost`.
     pub max_cost: Option<f64>,
+    /// Build without build caches (`--no-cache`; always, for a reproduction).
+    pub no_cache: bool,
 }
 
 /// A target as a run builds it: its configuration and the store it publishes to.
@@ -92,6 +94,7 @@ impl Run {
             },
             signing: keyring::signing_key(project)?,
             packs: host.dirs.cache.clone(),
+            caches: (!opts.no_cache).then(|| crate::cache::Caches::new(&host.dirs.cache)),
             shared: Default::default(),
         };
         Ok((run, rx))

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::budget::Reservation;
+use super::cache::Slot;
 use super::failure::fail;
 use super::inputs::Inputs;
 use super::phases;
@@ -39,13 +40,14 @@ struct Tracker<'a> {
     phase: AtomicU8,
 }
 
-const PHASES: [Phase; 8] = [
+const PHASES: [Phase; 9] = [
     Phase::Queued,
     Phase::Image,
     Phase::Boot,
     Phase::Sync,
     Phase::Provision,
     Phase::Collect,
+    Phase::Cache,
     Phase::Publish,
     Phase::Teardown,
 ];
@@ -213,10 +215,13 @@ async fn phases_of(job: &Job<'_>, left: &mut Leftover) -> Result<Done, Failure> 
     }
     let prepared = phases::prepare(run, t, &inputs).await?;
     let plan = super::transfer::plan(run, t, &inputs, log).await?;
+    // Held (read-locked) until the build ends: its machine's layer is flattened over it.
+    let slot = super::cache::slot(run, t, &inputs, log).await?;
     // The deadline covers the machine's life (boot to publish), not a one-time image bake.
     // Ctrl-C reaches a publish through this token too (it is the run token's child).
     let publish_cancel = run.cancel.child_token();
-    let machine_life = machine_phases(job, &inputs, &prepared, &plan, left, &publish_cancel);
+    let with = (&plan, slot.as_ref());
+    let machine_life = machine_phases(job, &inputs, &prepared, with, left, &publish_cancel);
     tokio::pin!(machine_life);
     tokio::select! {
         r = &mut machine_life => r.map(Done::Built),
@@ -236,7 +241,7 @@ async fn machine_phases(
     job: &Job<'_>,
     inputs: &Inputs,
     prepared: &Prepared,
-    plan: &Plan,
+    with: (&Plan, Option<&Slot>),
     left: &mut Leftover,
     publish_cancel: &CancellationToken,
 ) -> Result<Vec<PathBuf>, Failure> {
@@ -244,7 +249,7 @@ async fn machine_phases(
     let retries = inputs.declared.backend.retries_on_reclaim();
     let mut reclaimed = 0;
     let collected = loop {
-        let e = match on_machine(job, inputs, plan, left, reclaimed).await {
+        let e = match on_machine(job, inputs, with, left, reclaimed).await {
             Err(Failure::Error(e @ Error::MachineReclaimed { .. })) => e,
             r => break r?,
         };
@@ -296,7 +301,7 @@ async fn machine_phases(
 async fn on_machine(
     job: &Job<'_>,
     inputs: &Inputs,
-    plan: &Plan,
+    with: (&Plan, Option<&Slot>),
     left: &mut Leftover,
     reclaimed: u32,
 ) -> Result<Collected, Failure> {
@@ -310,11 +315,12 @@ async fn on_machine(
     tracker.enter(Phase::Boot);
     let cost = inputs.declared.backend.cost();
     left.reservation = run.budget.reserve(cost, t.timeout)?;
-    let booted = phases::boot(run, (t, reclaimed), inputs, plan, log).await?;
+    let (plan, slot) = with;
+    let booted = phases::boot(run, (t, reclaimed), (inputs, plan, slot), log).await?;
     let lease = left.lease.insert(booted);
     let (lost, name) = (lease.machine.lost.clone(), lease.machine.describe());
     tokio::select! {
-        r = guest_phases(job, lease, inputs, plan) => r,
+        r = guest_phases(job, lease, inputs, with) => r,
         why = lost.wait() => Err(Failure::Error(Error::MachineReclaimed {
             machine: name,
             phase: tracker.phase().as_str().to_owned(),
@@ -327,7 +333,7 @@ async fn guest_phases(
     job: &Job<'_>,
     lease: &mut Lease,
     inputs: &Inputs,
-    plan: &Plan,
+    (plan, slot): (&Plan, Option<&Slot>),
 ) -> Result<Collected, Failure> {
     let Job {
         run,
@@ -339,12 +345,22 @@ async fn guest_phases(
     tracker.enter(Phase::Sync);
     let synced = phases::sync(lease, inputs, plan, log).await;
     alive(lease, Phase::Sync, synced.map_err(Failure::from)).await?;
+    if let Some(slot) = slot {
+        let mounted = super::cache::mount(lease, slot, log).await;
+        alive(lease, Phase::Sync, mounted.map_err(Failure::from)).await?;
+    }
     tracker.enter(Phase::Provision);
     let provisioned = phases::provision(run, lease.guest.as_ref(), t, inputs, log).await;
     alive(lease, Phase::Provision, provisioned).await?;
     tracker.enter(Phase::Collect);
     let collected = phases::collect(run, lease, t, inputs, log).await;
-    alive(lease, Phase::Collect, collected.map_err(Failure::from)).await
+    let mut collected = alive(lease, Phase::Collect, collected.map_err(Failure::from)).await?;
+    if let Some(slot) = slot {
+        tracker.enter(Phase::Cache);
+        let sealed = super::cache::seal(run, lease, slot, log).await;
+        collected.cache = Some(alive(lease, Phase::Cache, sealed.map_err(Failure::from)).await?);
+    }
+    Ok(collected)
 }
 
 /// A guest step's failure, told as what it is when the machine itself stopped meanwhile

@@ -67,6 +67,7 @@ impl World {
             timeout,
             upload: None,
             transfer: Default::default(),
+            cache: None,
         }
     }
 
@@ -101,6 +102,7 @@ impl World {
             epoch: Some(crate::run::DEFAULT_EPOCH),
             context_excludes: None,
             max_cost: cap,
+            no_cache: false,
         };
         let (mut run, rx) = Run::new(&host, None, opts).unwrap();
         run.limits.leak_timeout = Duration::from_millis(100);

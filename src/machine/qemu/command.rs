@@ -106,7 +106,7 @@ pub struct Launch<'a> {
 
 /// A snapshot is only valid for the command line that made it: a change to the devices
 /// below must change this.
-pub const LAYOUT: u32 = 3;
+pub const LAYOUT: u32 = 4;
 
 impl Launch<'_> {
     pub fn command(&self) -> Command {
@@ -191,6 +191,20 @@ impl Launch<'_> {
                 self.dir.join("context.qcow2").display()
             ))
             .args(["-device", "virtio-blk-pci,drive=ctx,serial=runner-ctx"]);
+        // The cache slot, also always there: a layer of the machine's own over a build
+        // cache's generation, or over nothing (see `seed::cache_slot`).
+        c.arg("-drive")
+            .arg(format!(
+                "file={},if=none,id=cache,format=qcow2,discard=unmap",
+                self.dir.join(super::seed::CACHE_SLOT).display()
+            ))
+            .args([
+                "-device",
+                &format!(
+                    "virtio-blk-pci,drive=cache,serial={}",
+                    crate::guest::cache::SERIAL
+                ),
+            ]);
         // The seed of a machine restored from a snapshot arrives here.
         c.args(["-device", "virtio-serial-pci,id=vser"])
             .arg("-chardev")

@@ -72,6 +72,7 @@ pub async fn customise(
         // The first boot of a cloud image does more (grows its disk, makes the user).
         boot_timeout: job.builder.boot_timeout * 2,
         disks: vec![],
+        cache: None,
         context_url: None,
         console_limit: crate::config::project::DEFAULT_CONSOLE.0,
         waits: Default::default(),

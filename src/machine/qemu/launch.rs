@@ -64,7 +64,12 @@ struct Prepared {
 }
 
 impl Start<'_> {
-    async fn prepare(&self, label: &str, pack: Option<&Path>) -> Result<Prepared> {
+    async fn prepare(
+        &self,
+        label: &str,
+        pack: Option<&Path>,
+        cache: Option<&Path>,
+    ) -> Result<Prepared> {
         let started = Instant::now();
         let port = free_port()?;
         let dir = MachineDir::create(self.dirs, |id| MachineRecord::new(id, "qemu", label, port))?;
@@ -82,6 +87,7 @@ impl Start<'_> {
         let overlay = dir.path.join("overlay.qcow2");
         seed::overlay(&self.image.qcow2, &self.image.format, size, &overlay).await?;
         seed::context_slot(&dir.path, pack).await?;
+        seed::cache_slot(&dir.path, cache).await?;
         Ok(Prepared {
             dir,
             inst,
@@ -163,12 +169,15 @@ impl Start<'_> {
         // QEMU's user network: the host's loopback is 10.0.2.2 from inside.
         m.loopback_alias = Some("10.0.2.2");
         m.start = how;
+        m.cache_layer = spec.cache.as_ref().map(|_| m.dir.join(seed::CACHE_SLOT));
         m
     }
 
     pub async fn cold(&self, spec: &MachineSpec, keys: &GuestKeys, how: String) -> Result<Machine> {
         let pack = spec.disks.first().map(|d| d.path.as_path());
-        let mut p = self.prepare(&spec.label, pack).await?;
+        let mut p = self
+            .prepare(&spec.label, pack, spec.cache.as_deref())
+            .await?;
         let seed = p.dir.path.join(seed_file(self.image));
         match self.image.cloud() {
             Some(c) => seed::write_nocloud(&seed, keys, &c.ssh_user, &spec.label)?,
@@ -192,7 +201,9 @@ impl Start<'_> {
         snap: &Snapshot,
     ) -> Result<Machine> {
         let pack = spec.disks.first().map(|d| d.path.as_path());
-        let mut p = self.prepare(&spec.label, pack).await?;
+        let mut p = self
+            .prepare(&spec.label, pack, spec.cache.as_deref())
+            .await?;
         seed::write_empty_seed(&p.dir.path.join("seed.tar"))?;
         let launch = Launch {
             warm: true,
@@ -257,7 +268,7 @@ impl Start<'_> {
         timeout: Duration,
     ) -> Result<()> {
         let label = format!("snapshot of {label}");
-        let mut p = self.prepare(&label, None).await?;
+        let mut p = self.prepare(&label, None, None).await?;
         seed::write_empty_seed(&p.dir.path.join("seed.tar"))?;
         // A new file (a new inode, never one truncated under a machine that maps it), 0600
         // like the state: QEMU would make it with its umask.

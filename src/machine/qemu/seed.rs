@@ -27,13 +27,28 @@ pub async fn overlay(base: &Path, format: &str, size: Option<Size>, overlay: &Pa
 /// image's end are zeros.
 pub async fn context_slot(dir: &Path, pack: Option<&Path>) -> Result<()> {
     let disk = dir.join("context.qcow2");
+    slot(&disk, pack.map(|p| (p, "raw")), "64G", "context slot").await
+}
+
+/// The file of a machine's cache slot.
+pub const CACHE_SLOT: &str = "cache.qcow2";
+
+/// The cache slot: always attached (a snapshot's devices are fixed), writable, its virtual
+/// size fixed whatever the cache holds; over the cache generation a build reads, or empty.
+pub async fn cache_slot(dir: &Path, generation: Option<&Path>) -> Result<()> {
+    let disk = dir.join(CACHE_SLOT);
+    slot(&disk, generation.map(|g| (g, "qcow2")), "1T", "cache slot").await
+}
+
+/// A qcow2 of virtual size `size` at `disk`, over `backing` (a file and its format) if any.
+async fn slot(disk: &Path, backing: Option<(&Path, &str)>, size: &str, what: &str) -> Result<()> {
     let mut cmd = Command::new("qemu-img");
     cmd.args(["create", "-q", "-f", "qcow2"]);
-    if let Some(p) = pack {
-        cmd.args(["-F", "raw", "-b"]).arg(p);
+    if let Some((file, format)) = backing {
+        cmd.args(["-F", format, "-b"]).arg(file);
     }
-    cmd.arg(&disk).arg("64G");
-    qemu_img(cmd, "qemu-img create (context slot)", &disk).await
+    cmd.arg(disk).arg(size);
+    qemu_img(cmd, &format!("qemu-img create ({what})"), disk).await
 }
 
 /// Runs a `qemu-img` command; a failure names `what`, its status and stderr, and `disk`.

@@ -1,0 +1,49 @@
+//! `runner cache ls|rm`: the build caches on this host (see [`crate::cache`]).
+
+use super::{Env, Exit, print_json};
+use crate::cache::Caches;
+use crate::error::Result;
+use crate::progress::Format;
+
+pub fn ls(env: &Env) -> Result<Exit> {
+    let entries = Caches::new(&env.dirs.cache).list();
+    if env.format == Format::Json {
+        print_json(serde_json::json!({ "caches": entries }));
+        return Ok(Exit::Success);
+    }
+    if entries.is_empty() {
+        println!("no build caches (a target declares them with cache = [...])");
+    }
+    for e in &entries {
+        let newest = e
+            .generations
+            .last()
+            .map_or("none".into(), |(n, _)| n.to_string());
+        println!(
+            "{:<40} generation {:<6} {:>9.1}M{}",
+            e.key,
+            newest,
+            e.bytes as f64 / f64::from(1 << 20),
+            if e.in_use { "  (in use)" } else { "" }
+        );
+        if let Some(a) = &e.about {
+            println!("  {}: {}", a.name, a.paths.join(" "));
+        }
+    }
+    Ok(Exit::Success)
+}
+
+pub fn rm(env: &Env, what: &[String]) -> Result<Exit> {
+    let caches = Caches::new(&env.dirs.cache);
+    let mut code = Exit::Success;
+    for w in what {
+        match caches.remove(w) {
+            Ok(keys) => keys.iter().for_each(|k| println!("removed {k}")),
+            Err(e) => {
+                eprintln!("runner: {e}");
+                code = Exit::Failed;
+            }
+        }
+    }
+    Ok(code)
+}

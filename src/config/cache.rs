@@ -1,0 +1,155 @@
+//! A target's `cache = [...]` and `cache_key`: guest directories whose contents persist
+//! between builds of one cache key (see the top-level `cache` module). Checked here, at load
+//! time, so a path the guest could not bind-mount, or one that would hide runner's own
+//! directories, fails with the file, line and key before any machine boots.
+
+use toml::Spanned;
+
+use super::{ConfigError, Source};
+
+/// What a target declares to keep between its builds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheDecl {
+    /// Absolute guest paths, in the order written; none inside another.
+    pub paths: Vec<String>,
+    /// `cache_key`: shares the cache with every target that names the same key (on the same
+    /// builder recipe); `None`: the target's own.
+    pub key: Option<String>,
+}
+
+/// The most directories one target may cache.
+pub const MAX_PATHS: usize = 16;
+/// The longest cached path.
+const MAX_PATH_LEN: usize = 256;
+/// Where no cache may go: the kernel's and runner's own trees (`/build` is emptied and
+/// refilled by every delivery, `/run` holds the cache's own mount).
+const RESERVED: [&str; 6] = ["/proc", "/sys", "/dev", "/run", "/build", "/boot"];
+
+/// The target's cache, or `None` when it declares none.
+pub fn declared(
+    src: &Source,
+    target: &str,
+    paths: &[Spanned<String>],
+    key: Option<&Spanned<String>>,
+) -> Result<Option<CacheDecl>, ConfigError> {
+    let bad = |span, key: &str, msg: String| src.error_at(Some(span), Some(key.into()), msg);
+    if paths.is_empty() {
+        return match key {
+            Some(k) => Err(bad(
+                k.span(),
+                "cache_key",
+                format!("target `{target}`: cache_key without cache = [...] shares nothing"),
+            )),
+            None => Ok(None),
+        };
+    }
+    if paths.len() > MAX_PATHS {
+        return Err(bad(
+            paths[MAX_PATHS].span(),
+            "cache",
+            format!("target `{target}`: at most {MAX_PATHS} cached directories"),
+        ));
+    }
+    let mut kept: Vec<String> = Vec::new();
+    for p in paths {
+        let path = p.get_ref();
+        check_path(path).map_err(|why| bad(p.span(), "cache", format!("`{path}` {why}")))?;
+        if let Some(other) = kept.iter().find(|k| nested(k, path) || nested(path, k)) {
+            return Err(bad(
+                p.span(),
+                "cache",
+                format!("`{path}` overlaps `{other}`: cached directories may not nest"),
+            ));
+        }
+        kept.push(path.clone());
+    }
+    if let Some(k) = key
+        && !super::names::is_component_name(k.get_ref())
+    {
+        return Err(bad(
+            k.span(),
+            "cache_key",
+            format!(
+                "`{}` may use only letters, digits, `.`, `_` and `-` (at most 128 characters)",
+                k.get_ref()
+            ),
+        ));
+    }
+    Ok(Some(CacheDecl {
+        paths: kept,
+        key: key.map(|k| k.get_ref().clone()),
+    }))
+}
+
+/// Why `path` cannot be cached, if it cannot: it must be absolute and normal, in characters
+/// a shell line carries unquoted, outside the reserved trees.
+fn check_path(path: &str) -> Result<(), String> {
+    if !path.starts_with('/') {
+        return Err("must be an absolute guest path".into());
+    }
+    if path.len() > MAX_PATH_LEN {
+        return Err(format!("is longer than {MAX_PATH_LEN} characters"));
+    }
+    let odd = path
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || "/._-+@".contains(*c)));
+    if let Some(c) = odd {
+        return Err(format!(
+            "holds `{c}`: use letters, digits and `/._-+@` only"
+        ));
+    }
+    let parts: Vec<&str> = path[1..].split('/').collect();
+    if parts
+        .iter()
+        .any(|c| c.is_empty() || *c == "." || *c == "..")
+    {
+        return Err("must be a normal path (no `//`, `.`, `..` or trailing `/`)".into());
+    }
+    if path == "/" {
+        return Err("is the whole root".into());
+    }
+    if let Some(r) = RESERVED.iter().find(|r| nested(r, path)) {
+        return Err(format!("is inside `{r}`, which the guest or runner owns"));
+    }
+    Ok(())
+}
+
+/// Whether `inner` is `outer` or below it.
+fn nested(outer: &str, inner: &str) -> bool {
+    inner == outer || inner.starts_with(&format!("{outer}/"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_path;
+
+    #[test]
+    fn only_normal_absolute_paths_outside_runner_s_trees_are_cached() {
+        for ok in [
+            "/var/cache/apt/archives",
+            "/root/.cache/ccache",
+            "/opt/x+y@1",
+        ] {
+            assert_eq!(check_path(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "var/cache",
+            "/",
+            "/var//cache",
+            "/var/cache/",
+            "/var/../etc",
+            "/build/out",
+            "/proc",
+            "/run/x",
+            "/a b",
+            "/a'b",
+            "/a\nb",
+        ] {
+            assert!(check_path(bad).is_err(), "{bad:?}");
+        }
+        assert!(
+            check_path("/buildx").is_ok(),
+            "only whole components are reserved"
+        );
+    }
+}
