@@ -346,3 +346,22 @@ fn cache_paths_keys_and_limits_are_checked_at_load_time() {
         assert!(err.contains(fragment), "{lines}: no `{fragment}` in {err}");
     }
 }
+
+/// A builder's `cache` goes through the same checks, naming the builder file.
+#[test]
+fn a_builder_s_cache_is_checked_in_its_own_file() {
+    let project = Project::new()
+        .builder("good", &format!("{GOOD}cache = [\"/build\"]\n"))
+        .file("build.sh", "#!/bin/sh\n")
+        .toml("[target.t]\nbuilder = \"good\"\nscript = \"build.sh\"\n")
+        .done();
+    let world = World::with_project(project.path().to_owned());
+    let out = world.run(&["check"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("good.toml:5:"), "{err}");
+    assert!(
+        err.contains("key `cache`") && err.contains("inside `/build`"),
+        "{err}"
+    );
+}

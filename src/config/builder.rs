@@ -20,6 +20,8 @@ pub struct Builder {
     pub name: String,
     pub path: PathBuf,
     pub backend: BackendConfig,
+    /// `cache = [...]`: what every target of this builder caches unless it says otherwise.
+    pub cache: Option<super::CacheDecl>,
 }
 
 /// What the file says about the machines, per kind of backend. Only `machine/` (the factory
@@ -33,6 +35,8 @@ pub enum BackendConfig {
 #[derive(Deserialize)]
 struct BackendOnly {
     backend: Spanned<String>,
+    #[serde(default)]
+    cache: Vec<Spanned<String>>,
 }
 
 impl Builder {
@@ -53,7 +57,8 @@ impl Builder {
             .and_then(|s| s.to_str())
             .unwrap_or_default()
             .to_owned();
-        let BackendOnly { backend } = src.parse()?;
+        let BackendOnly { backend, cache } = src.parse()?;
+        let cache = super::cache::declared(&src, &name, (&cache, None), None)?;
         let backend = match backend.get_ref().as_str() {
             "qemu" => BackendConfig::Qemu(QemuBuilder::from_raw(&src, src.parse()?)?),
             "ec2" => BackendConfig::Ec2(Ec2Builder::from_raw(&src, src.parse::<RawEc2>()?)?),
@@ -69,6 +74,7 @@ impl Builder {
             name,
             path: path.to_owned(),
             backend,
+            cache,
         })
     }
 

@@ -25,29 +25,34 @@ const MAX_PATH_LEN: usize = 256;
 /// refilled by every delivery, `/run` holds the cache's own mount).
 const RESERVED: [&str; 6] = ["/proc", "/sys", "/dev", "/run", "/build", "/boot"];
 
-/// The target's cache, or `None` when it declares none.
+/// The cache of a target (or a builder: `owner`), or `None` when it declares none: its own
+/// `paths`, else those of `inherited` (its builder's), under its own `key` if it names one.
 pub fn declared(
     src: &Source,
-    target: &str,
-    paths: &[Spanned<String>],
-    key: Option<&Spanned<String>>,
+    owner: &str,
+    (paths, key): (&[Spanned<String>], Option<&Spanned<String>>),
+    inherited: Option<&CacheDecl>,
 ) -> Result<Option<CacheDecl>, ConfigError> {
     let bad = |span, key: &str, msg: String| src.error_at(Some(span), Some(key.into()), msg);
     if paths.is_empty() {
-        return match key {
-            Some(k) => Err(bad(
+        return match (key, inherited) {
+            (Some(k), None) => Err(bad(
                 k.span(),
                 "cache_key",
-                format!("target `{target}`: cache_key without cache = [...] shares nothing"),
+                format!("target `{owner}`: cache_key without cache = [...] shares nothing"),
             )),
-            None => Ok(None),
+            (key, Some(from)) => Ok(Some(CacheDecl {
+                paths: from.paths.clone(),
+                key: key.map(|k| checked_key(src, k)).transpose()?,
+            })),
+            (None, None) => Ok(None),
         };
     }
     if paths.len() > MAX_PATHS {
         return Err(bad(
             paths[MAX_PATHS].span(),
             "cache",
-            format!("target `{target}`: at most {MAX_PATHS} cached directories"),
+            format!("`{owner}`: at most {MAX_PATHS} cached directories"),
         ));
     }
     let mut kept: Vec<String> = Vec::new();
@@ -63,22 +68,25 @@ pub fn declared(
         }
         kept.push(path.clone());
     }
-    if let Some(k) = key
-        && !super::names::is_component_name(k.get_ref())
-    {
-        return Err(bad(
-            k.span(),
-            "cache_key",
-            format!(
-                "`{}` may use only letters, digits, `.`, `_` and `-` (at most 128 characters)",
-                k.get_ref()
-            ),
-        ));
-    }
     Ok(Some(CacheDecl {
         paths: kept,
-        key: key.map(|k| k.get_ref().clone()),
+        key: key.map(|k| checked_key(src, k)).transpose()?,
     }))
+}
+
+/// A `cache_key`: one name, as a target's.
+fn checked_key(src: &Source, k: &Spanned<String>) -> Result<String, ConfigError> {
+    if super::names::is_component_name(k.get_ref()) {
+        return Ok(k.get_ref().clone());
+    }
+    Err(src.error_at(
+        Some(k.span()),
+        Some("cache_key".into()),
+        format!(
+            "`{}` may use only letters, digits, `.`, `_` and `-` (at most 128 characters)",
+            k.get_ref()
+        ),
+    ))
 }
 
 /// Why `path` cannot be cached, if it cannot: it must be absolute and normal, in characters
@@ -151,5 +159,36 @@ mod tests {
             check_path("/buildx").is_ok(),
             "only whole components are reserved"
         );
+    }
+}
+
+#[cfg(test)]
+mod inherited {
+    use crate::config::Project;
+
+    const BUILDER: &str = "backend = \"qemu\"\ndistro = \"debian\"\nsuite = \"bookworm\"\n\
+                           arch = \"amd64\"\ncache = [\"/var/cache/apt/archives\"]\n";
+
+    fn load(targets: &str) -> Project {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("builders")).unwrap();
+        std::fs::write(dir.path().join("builders/b.toml"), BUILDER).unwrap();
+        std::fs::write(dir.path().join("build.sh"), "#!/bin/sh\n").unwrap();
+        std::fs::write(dir.path().join("runner.toml"), targets).unwrap();
+        Project::load(dir.path()).unwrap()
+    }
+
+    #[test]
+    fn a_target_takes_its_builder_s_cache_unless_it_names_its_own() {
+        let head = "builder = \"b\"\nscript = \"build.sh\"\n";
+        let p = load(&format!(
+            "[target.plain]\n{head}\n[target.keyed]\n{head}cache_key = \"apt\"\n\
+             [target.own]\n{head}cache = [\"/root/.cache/ccache\"]\n"
+        ));
+        let cache = |t: &str| p.targets[t].cache.clone().unwrap();
+        assert_eq!(cache("plain").paths, ["/var/cache/apt/archives"]);
+        assert_eq!(cache("plain").key, None);
+        assert_eq!(cache("keyed").key.as_deref(), Some("apt"));
+        assert_eq!(cache("own").paths, ["/root/.cache/ccache"]);
     }
 }

@@ -90,6 +90,10 @@ pub enum Address {
 pub(super) struct RawEc2 {
     #[allow(dead_code)]
     backend: String,
+    /// Read by [`super::Builder::load`] (every backend takes it alike).
+    #[allow(dead_code)]
+    #[serde(default)]
+    cache: Vec<toml::Value>,
     region: Option<String>,
     endpoint: Option<String>,
     ami: Option<Spanned<String>>,

@@ -285,6 +285,8 @@ fn resolve_target(
         ));
     }
     let shape = builder.shape_with(src, t.vcpus.as_ref(), t.memory.as_ref())?;
+    let own = (t.cache.as_slice(), t.cache_key.as_ref());
+    let cache = super::cache::declared(src, n, own, builder.cache.as_ref())?;
     Ok(Target {
         upload: t.upload,
         name: n.clone(),
@@ -296,7 +298,7 @@ fn resolve_target(
         timeout,
         shape,
         transfer: t.context_transfer,
-        cache: super::cache::declared(src, n, &t.cache, t.cache_key.as_ref())?,
+        cache,
     })
 }
 

@@ -70,6 +70,10 @@ pub enum ImageKind {
 pub(super) struct RawQemu {
     #[allow(dead_code)]
     backend: String,
+    /// Read by [`super::Builder::load`] (every backend takes it alike).
+    #[allow(dead_code)]
+    #[serde(default)]
+    cache: Vec<toml::Value>,
     distro: Option<Spanned<String>>,
     suite: Option<Spanned<String>>,
     image: Option<Spanned<RawImage>>,

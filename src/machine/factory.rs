@@ -271,6 +271,8 @@ pub fn builder_for(
         name: name.to_owned(),
         path: PathBuf::from(format!("(manifest builder {name})")),
         backend,
+        // A reproduction builds without caches.
+        cache: None,
     })
 }
 

@@ -55,6 +55,7 @@ impl World {
                 disk: Size(4 << 30),
                 boot_timeout: Duration::from_secs(5),
             }),
+            cache: None,
         };
         Target {
             name: name.into(),
