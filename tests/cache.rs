@@ -28,6 +28,13 @@ const COUNTER: &str = "#!/bin/sh\nset -e\nmkdir -p /var/cache/demo\n\
     n=$(cat /var/cache/demo/n 2>/dev/null || echo 0); n=$((n+1)); echo $n > /var/cache/demo/n\n\
     echo \"seen $n\" > \"$RUNNER_OUT/count.txt\"\n[ ! -e fail ] || exit 7\n";
 
+/// Tries to write past the end of the cache's filesystem (32 MiB for a 16M limit) on the bare
+/// disk, which a hostile guest could do to grow the host's file: QEMU must refuse it.
+const RAW_WRITE: &str = "#!/bin/sh\nset -e\nfor d in /sys/block/vd*; do \
+    [ \"$(cat $d/serial)\" = runner-cache ] && dev=/dev/${d##*/}; done\n\
+    if yes x | head -c 1048576 | dd of=$dev bs=1M seek=40 oflag=direct 2>/dev/null; \
+    then echo raw write accepted; else echo raw write refused; fi\n";
+
 fn counted(project: &Path) -> String {
     std::fs::read_to_string(project.join("artifacts/t/count.txt"))
         .unwrap()
@@ -88,6 +95,18 @@ fn saving_part(name: &str) -> bool {
         })
 }
 
+/// The in-toto statement of `project`'s published `t`.
+fn statement(project: &Path) -> Value {
+    use base64::Engine;
+    let line =
+        std::fs::read_to_string(project.join("artifacts/t/provenance.intoto.jsonl")).unwrap();
+    let env: Value = serde_json::from_str(line.trim()).unwrap();
+    let payload = base64::engine::general_purpose::STANDARD
+        .decode(env["payload"].as_str().unwrap())
+        .unwrap();
+    serde_json::from_slice(&payload).unwrap()
+}
+
 fn remove_cache(world: &World, name: &str) {
     let out = world.run(&["cache", "rm", name]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -128,9 +147,9 @@ fn a_cache_carries_over_between_builds_of_its_key_and_a_failed_build_changes_not
     let sha = |n: u64| std::fs::read_to_string(dir.join(format!("gen-{n}.sha256"))).unwrap();
     assert_eq!(m["cache"]["read_sha256"], sha(2).trim());
     assert_eq!(m["cache"]["saved_sha256"], sha(3).trim());
-    let provenance =
-        std::fs::read_to_string(p.path().join("artifacts/t/provenance.intoto.jsonl")).unwrap();
-    assert!(provenance.len() > 100);
+    let by = &statement(p.path())["predicate"]["runDetails"]["byproducts"];
+    assert_eq!(by[0]["digest"]["sha256"], sha(2).trim(), "{by}");
+    assert_eq!(by[1]["digest"]["sha256"], sha(3).trim(), "{by}");
 
     // Without the cache: a fresh directory, and nothing saved.
     assert!(
@@ -225,6 +244,29 @@ fn an_oversized_cache_is_refused_by_name_before_anything_is_published() {
     world.assert_clean();
 }
 
+/// The cache's disk is only as large as its filesystem: a guest writing past it on the bare
+/// disk gets an I/O error instead of growing the host's file, and the build, which cannot
+/// seal a cache with I/O errors, saves nothing.
+#[test]
+fn a_guest_writing_past_its_cache_filesystem_grows_nothing_on_the_host() {
+    let key = tag();
+    let p = one_target(
+        RAW_WRITE,
+        &format!(
+            "cache = [\"/var/cache/demo\"]\ncache_key = \"{key}\"\n\
+             [limits]\nmax_cache_size = \"16M\"\n"
+        ),
+    );
+    let world = World::with_project(p.path().to_owned());
+    let out = world.run(&["build", "--message-format", "json"]);
+    let log = log_of(&world);
+    assert!(log.contains("raw write refused"), "{log}");
+    assert_eq!(finished(&json_events(&out), "t")["phase"], "cache");
+    assert_eq!(contents(&key_dir(&key)), (vec![0], vec![]));
+    remove_cache(&world, &key);
+    world.assert_clean();
+}
+
 #[test]
 fn ctrl_c_while_a_generation_is_saved_keeps_the_previous_one_and_gc_removes_a_killed_part() {
     let key = tag();
@@ -272,14 +314,15 @@ fn ctrl_c_while_a_generation_is_saved_keeps_the_previous_one_and_gc_removes_a_ki
 fn a_reproduction_of_a_cached_build_runs_without_the_cache_and_is_identical() {
     let key = tag();
     let p = one_target(
-        "#!/bin/sh\nset -e\nmkdir -p /var/cache/demo\ndate +%s%N >> /var/cache/demo/runs\n\
-         echo \"epoch $SOURCE_DATE_EPOCH\" > \"$RUNNER_OUT/epoch.txt\"\n",
+        COUNTER,
         &format!(
-            "artifacts = [\"epoch.txt\"]\ncache = [\"/var/cache/demo\"]\ncache_key = \"{key}\"\n"
+            "artifacts = [\"count.txt\"]\ncache = [\"/var/cache/demo\"]\ncache_key = \"{key}\"\n"
         ),
     );
     let world = World::with_project(p.path().to_owned());
+    // The published build saw an empty cache; a reproduction that read it would count 2.
     assert!(world.run(&["build"]).status.success());
+    assert_eq!(counted(p.path()), "seen 1");
     let saved = p.path().join("first-manifest.json");
     std::fs::copy(p.path().join("artifacts/t/manifest.json"), &saved).unwrap();
     let out = world.run(&[

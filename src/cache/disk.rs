@@ -67,17 +67,18 @@ fn run(cmd: &mut Command, what: &str, file: &Path) -> Result<()> {
     failed(&out, what, file)
 }
 
+/// A tool's failure, named by the cache (the key directory) it worked for.
 fn failed(out: &std::process::Output, what: &str, file: &Path) -> Result<()> {
     if out.status.success() {
         return Ok(());
     }
-    Err(Error::Tool {
-        program: what.into(),
-        status: format!(
-            "{}: {}",
+    let key = file.parent().and_then(Path::file_name).unwrap_or_default();
+    Err(Error::CacheRefused {
+        key: key.to_string_lossy().into_owned(),
+        problem: format!(
+            "{what} failed ({}): {}",
             out.status,
             String::from_utf8_lossy(&out.stderr).trim()
         ),
-        log: file.to_owned(),
     })
 }

@@ -26,6 +26,7 @@ mod disk;
 pub mod list;
 
 use std::fs::File;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::{Flock, FlockArg};
@@ -43,7 +44,8 @@ pub struct Caches {
 }
 
 /// Which builds share a cache: its directory name, `<target or cache_key>-<12 hex>` where the
-/// hex covers the name, the builder recipe and the cached paths.
+/// hex covers the project, the name (and whether it is a target's or a `cache_key`), the
+/// builder recipe and the cached paths.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Key(String);
 
@@ -51,16 +53,28 @@ pub struct Key(String);
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct About {
+    /// The project's directory: another project's target of the same name never shares it.
+    pub project: String,
     pub name: String,
+    /// Named by `cache_key` (shared on purpose), not a target's own.
+    pub shared: bool,
     pub recipe_digest: String,
     pub paths: Vec<String>,
 }
 
 impl Key {
-    /// The key of a target's cache of `paths`: `name` is the target's, or its `cache_key`.
-    pub fn of(name: &str, paths: &[String], recipe_digest: &str) -> (Key, About) {
+    /// The key of a cache of `paths` in `project`: `name` is a target's, or (`shared`) a
+    /// `cache_key`.
+    pub fn of(
+        project: &Path,
+        (name, shared): (&str, bool),
+        paths: &[String],
+        recipe_digest: &str,
+    ) -> (Key, About) {
         let about = About {
+            project: project.display().to_string(),
             name: name.to_owned(),
+            shared,
             recipe_digest: recipe_digest.to_owned(),
             paths: paths.to_vec(),
         };
@@ -132,12 +146,23 @@ impl Caches {
             }
         };
         let path = gen_path(&dir, n);
+        let digest = path.with_extension("sha256");
+        let sha256 = crate::safe_read::read_capped(&digest, 128)
+            .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
+            .ok()
+            .filter(|s| crate::config::names::is_sha256_lower(s))
+            .ok_or_else(|| Error::CacheRefused {
+                key: key.as_str().to_owned(),
+                problem: format!(
+                    "generation {n} has no readable digest (`{}`); remove the cache with \
+                     `runner cache rm {}`",
+                    digest.display(),
+                    key.as_str()
+                ),
+            })?;
         Ok(Generation {
             n,
-            sha256: std::fs::read_to_string(path.with_extension("sha256"))
-                .ctx(|| format!("cannot read the digest of `{}`", path.display()))?
-                .trim()
-                .to_owned(),
+            sha256,
             _reading: lock(&path, FlockArg::LockShared)?,
             path,
         })
@@ -149,7 +174,12 @@ impl Caches {
     /// removes the part.
     pub async fn flatten(&self, key: &Key, layer: &Path, limit: u64) -> Result<Pending> {
         let tag = crate::digest::sha256_hex(layer.as_os_str().as_encoded_bytes());
-        let mut pending = Pending::start(&self.dir(key), &format!("gen-next.{}", &tag[..8]))?;
+        let dir = self.dir(key);
+        // Started under the key's lock, as a sweep of dead parts runs under it: a sweep never
+        // sees this part's lock file before its lock is held.
+        let key_lock = lock(&dir.join("lock"), FlockArg::LockExclusive)?;
+        let mut pending = Pending::start(&dir, &format!("gen-next.{}", &tag[..8]))?;
+        drop(key_lock);
         disk::flatten(layer, &pending.part).await?;
         let bytes = std::fs::metadata(&pending.part)
             .ctx(|| format!("cannot stat `{}`", pending.part.display()))?
@@ -200,7 +230,18 @@ impl Pending {
     fn install(self) -> Result<u64> {
         let n = newest(&self.dir).map_or(0, |n| n + 1);
         let path = gen_path(&self.dir, n);
-        crate::private::write(&path.with_extension("sha256"), &self.sha256)?;
+        // The digest first, whole (written aside, synced, renamed), then the image: a crash
+        // between them leaves a digest without an image, never an image without its digest.
+        let digest = self.part.with_extension("sha256");
+        let f = crate::private::create(&digest)?;
+        (&f).write_all(self.sha256.as_bytes())
+            .and_then(|()| f.sync_all())
+            .ctx(|| format!("cannot write `{}`", digest.display()))?;
+        std::fs::rename(&digest, path.with_extension("sha256"))
+            .ctx(|| format!("cannot rename `{}`", digest.display()))?;
+        File::open(&self.part)
+            .and_then(|f| f.sync_all())
+            .ctx(|| format!("cannot sync `{}`", self.part.display()))?;
         std::fs::rename(&self.part, &path)
             .ctx(|| format!("cannot commit `{}`", self.part.display()))?;
         prune(&self.dir, n);
@@ -212,6 +253,7 @@ impl Drop for Pending {
     fn drop(&mut self) {
         // After a commit the part is gone and this does nothing.
         let _ = std::fs::remove_file(&self.part);
+        let _ = std::fs::remove_file(self.part.with_extension("sha256"));
         let _ = std::fs::remove_file(self.part.with_extension("lock"));
     }
 }
@@ -254,7 +296,7 @@ fn prune(dir: &Path, newest: u64) {
 }
 
 /// A blocking `flock` on `path` (created if missing).
-fn lock(path: &Path, how: FlockArg) -> Result<Flock<File>> {
+pub(crate) fn lock(path: &Path, how: FlockArg) -> Result<Flock<File>> {
     let f = std::fs::OpenOptions::new()
         .read(true)
         .write(true)

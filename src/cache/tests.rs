@@ -20,7 +20,11 @@ impl Key {
         (paths, key): (Vec<String>, Option<String>),
         recipe: &str,
     ) -> (Key, About) {
-        Key::of(key.as_deref().unwrap_or(target), &paths, recipe)
+        let name = match &key {
+            Some(k) => (k.as_str(), true),
+            None => (target, false),
+        };
+        Key::of(Path::new("/p"), name, &paths, recipe)
     }
 }
 

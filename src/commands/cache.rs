@@ -27,7 +27,13 @@ pub fn ls(env: &Env) -> Result<Exit> {
             if e.in_use { "  (in use)" } else { "" }
         );
         if let Some(a) = &e.about {
-            println!("  {}: {}", a.name, a.paths.join(" "));
+            let whose = if a.shared { "cache_key" } else { "target" };
+            println!(
+                "  {whose} {} of {}: {}",
+                a.name,
+                a.project,
+                a.paths.join(" ")
+            );
         }
     }
     Ok(Exit::Success)
@@ -35,9 +41,10 @@ pub fn ls(env: &Env) -> Result<Exit> {
 
 pub fn rm(env: &Env, what: &[String]) -> Result<Exit> {
     let caches = Caches::new(&env.dirs.cache);
+    let project = std::fs::canonicalize(&env.project).unwrap_or_else(|_| env.project.clone());
     let mut code = Exit::Success;
     for w in what {
-        match caches.remove(w) {
+        match caches.remove(w, &project) {
             Ok(keys) => keys.iter().for_each(|k| println!("removed {k}")),
             Err(e) => {
                 eprintln!("runner: {e}");

@@ -26,14 +26,17 @@ const MAX_PATH_LEN: usize = 256;
 const RESERVED: [&str; 6] = ["/proc", "/sys", "/dev", "/run", "/build", "/boot"];
 
 /// The cache of a target (or a builder: `owner`), or `None` when it declares none: its own
-/// `paths`, else those of `inherited` (its builder's), under its own `key` if it names one.
+/// `paths`, else (`None`: it does not say) those of `inherited`, its builder's, under its own
+/// `key` if it names one. `cache = []` turns a builder's cache off for one target.
 pub fn declared(
     src: &Source,
     owner: &str,
-    (paths, key): (&[Spanned<String>], Option<&Spanned<String>>),
+    (paths, key): (Option<&[Spanned<String>]>, Option<&Spanned<String>>),
     inherited: Option<&CacheDecl>,
 ) -> Result<Option<CacheDecl>, ConfigError> {
     let bad = |span, key: &str, msg: String| src.error_at(Some(span), Some(key.into()), msg);
+    let inherited = if paths.is_some() { None } else { inherited };
+    let paths = paths.unwrap_or_default();
     if paths.is_empty() {
         return match (key, inherited) {
             (Some(k), None) => Err(bad(
@@ -183,8 +186,10 @@ mod inherited {
         let head = "builder = \"b\"\nscript = \"build.sh\"\n";
         let p = load(&format!(
             "[target.plain]\n{head}\n[target.keyed]\n{head}cache_key = \"apt\"\n\
-             [target.own]\n{head}cache = [\"/root/.cache/ccache\"]\n"
+             [target.own]\n{head}cache = [\"/root/.cache/ccache\"]\n\
+             [target.none]\n{head}cache = []\n"
         ));
+        assert_eq!(p.targets["none"].cache, None);
         let cache = |t: &str| p.targets[t].cache.clone().unwrap();
         assert_eq!(cache("plain").paths, ["/var/cache/apt/archives"]);
         assert_eq!(cache("plain").key, None);

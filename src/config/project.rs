@@ -124,8 +124,7 @@ struct RawTarget {
     upload: Option<S3Url>,
     #[serde(default)]
     context_transfer: Transfer,
-    #[serde(default)]
-    cache: Vec<Spanned<String>>,
+    cache: Option<Vec<Spanned<String>>>,
     cache_key: Option<Spanned<String>>,
 }
 
@@ -285,7 +284,7 @@ fn resolve_target(
         ));
     }
     let shape = builder.shape_with(src, t.vcpus.as_ref(), t.memory.as_ref())?;
-    let own = (t.cache.as_slice(), t.cache_key.as_ref());
+    let own = (t.cache.as_deref(), t.cache_key.as_ref());
     let cache = super::cache::declared(src, n, own, builder.cache.as_ref())?;
     Ok(Target {
         upload: t.upload,

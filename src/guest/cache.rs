@@ -48,6 +48,12 @@ pub async fn seal(guest: &dyn Guest, log: &LogSink) -> Result<()> {
     run(guest, "freezing the build cache", &cmd, log).await
 }
 
+/// Undoes [`seal`], as well as it can (a failed step's machine may be kept for inspection).
+pub async fn thaw(guest: &dyn Guest, log: &LogSink) {
+    let cmd = format!("fsfreeze -u {MOUNT}");
+    let _ = run(guest, "thawing the build cache", &cmd, log).await;
+}
+
 async fn run(guest: &dyn Guest, what: &str, cmd: &str, log: &LogSink) -> Result<()> {
     let status = guest
         .exec(cmd, None, Box::new(log.clone()), Box::new(log.clone()))

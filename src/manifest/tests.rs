@@ -365,9 +365,9 @@ fn a_build_cache_is_a_byproduct_of_the_provenance_never_an_input() {
     assert_eq!(by[0]["annotations"]["generation"], 3);
     assert_eq!(by[1]["name"], "cache/hello-0123456789ab/saved");
     let plain = crate::provenance::statement(&without, &docs, "urn:x");
+    // (The inputs digest is made from a `Build`, which has no cache at all.)
     assert_eq!(
         s.predicate["buildDefinition"], plain.predicate["buildDefinition"],
         "the cache changes nothing the build is defined by"
     );
-    assert_eq!(with.inputs_digest, without.inputs_digest);
 }

@@ -2,8 +2,6 @@
 //! before the machine exists), mounted before the script, sealed and flattened once the
 //! artifacts are out, committed only once the build is published. See [`crate::cache`].
 
-use std::sync::Arc;
-
 use super::Run;
 use super::inputs::Inputs;
 use crate::cache::{Generation, Key, Pending};
@@ -17,7 +15,7 @@ use crate::manifest::{CacheRecord, FileName, Sha256};
 pub struct Slot {
     pub key: Key,
     pub paths: Vec<String>,
-    pub generation: Arc<Generation>,
+    pub generation: Generation,
 }
 
 /// The flattened next generation, with what the manifest says of it.
@@ -42,8 +40,11 @@ pub async fn slot(run: &Run, t: &Target, i: &Inputs, log: &LogSink) -> Result<Op
         ));
         return Ok(None);
     }
-    let name = decl.key.as_deref().unwrap_or(&t.name);
-    let (key, about) = Key::of(name, &decl.paths, &i.declared.origin.digest());
+    let name = match &decl.key {
+        Some(k) => (k.as_str(), true),
+        None => (t.name.as_str(), false),
+    };
+    let (key, about) = Key::of(&run.project, name, &decl.paths, &i.declared.origin.digest());
     let fs_bytes = run.limits.max_cache.0.saturating_mul(2);
     let (caches, key2) = (caches.clone(), key.clone());
     let generation = joined(
@@ -60,7 +61,7 @@ pub async fn slot(run: &Run, t: &Target, i: &Inputs, log: &LogSink) -> Result<Op
     Ok(Some(Slot {
         key,
         paths: decl.paths.clone(),
-        generation: Arc::new(generation),
+        generation,
     }))
 }
 
@@ -82,15 +83,27 @@ pub async fn seal(run: &Run, lease: &Lease, slot: &Slot, log: &LogSink) -> Resul
         .caches
         .as_ref()
         .expect("a slot comes from the run's caches");
-    let pending = caches
+    let pending = match caches
         .flatten(&slot.key, &layer, run.limits.max_cache.0)
-        .await?;
+        .await
+    {
+        Ok(p) => p,
+        Err(e) => {
+            // A machine kept for inspection (`--keep-failed`) must not hang on its cache.
+            crate::guest::cache::thaw(lease.guest.as_ref(), log).await;
+            return Err(e);
+        }
+    };
     log.note(&format!(
         "cache: next generation flattened ({:.1} MiB, sha256 {})",
         pending.bytes as f64 / f64::from(1 << 20),
         pending.sha256
     ));
-    let invalid = |e| crate::error::Error::other(format!("a cache record: {e}"));
+    let invalid = |source| crate::error::Error::InvalidManifest {
+        what: "this build's cache record".into(),
+        field: "cache".into(),
+        source,
+    };
     let record = CacheRecord {
         key: FileName::new(slot.key.as_str()).map_err(invalid)?,
         generation: slot.generation.n,
@@ -110,6 +123,9 @@ pub async fn commit(sealed: Sealed, log: &LogSink) {
     .await;
     match done {
         Ok(n) => log.note(&format!("cache: {key} generation {n} saved")),
-        Err(e) => log.note(&format!("cache: {key} not saved: {e}")),
+        Err(e) => log.note(&format!(
+            "cache: {key} not saved: {}",
+            crate::error::chain(&e)
+        )),
     }
 }

@@ -61,6 +61,9 @@ pub struct Run {
     /// Build caches (`cache = [...]` of a target); `None`: this run builds without them
     /// (`--no-cache`, a reproduction).
     pub caches: Option<crate::cache::Caches>,
+    /// The project's directory (canonical), which every cache key holds: another project's
+    /// target of the same name never shares a cache with this one's.
+    pub project: PathBuf,
     /// What the run's cloud machines may cost at worst, and what they have reserved.
     pub budget: Arc<budget::Budget>,
     /// Context packs this run put in stores, removed when it ends.

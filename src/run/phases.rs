@@ -338,7 +338,11 @@ pub async fn publish(
         .store
         .publish(&t.name, staging, &files, &manifest, &records, &how)
         .await?;
-    if let Some(sealed) = cache {
+    // A deadline that fired while the publish finished makes the build a failure: it saves
+    // no cache either.
+    if let Some(sealed) = cache
+        && !how.cancel.is_cancelled()
+    {
         super::cache::commit(sealed, log).await;
     }
     Ok(published)

@@ -73,6 +73,9 @@ impl Run {
         let trust = Trust(keyring::trusted_key(project)?);
         let (emitter, rx) = Emitter::channel();
         let limits = project.map(|p| p.limits).unwrap_or_default();
+        let project_dir = project
+            .map(|p| std::fs::canonicalize(&p.root).unwrap_or_else(|_| p.root.clone()))
+            .unwrap_or_else(|| local_dir.clone());
         let budget = Budget::new(opts.max_cost.or(limits.max_cost), limits.max_instance_hours);
         let run = Run {
             machines: host.machines.clone(),
@@ -95,6 +98,7 @@ impl Run {
             signing: keyring::signing_key(project)?,
             packs: host.dirs.cache.clone(),
             caches: (!opts.no_cache).then(|| crate::cache::Caches::new(&host.dirs.cache)),
+            project: project_dir,
             shared: Default::default(),
         };
         Ok((run, rx))

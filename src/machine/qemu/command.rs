@@ -105,8 +105,9 @@ pub struct Launch<'a> {
 }
 
 /// A snapshot is only valid for the command line that made it: a change to the devices
-/// below must change this.
-pub const LAYOUT: u32 = 4;
+/// below must change this, to a number never used before (4 was an earlier command line
+/// whose snapshots may still be cached).
+pub const LAYOUT: u32 = 5;
 
 impl Launch<'_> {
     pub fn command(&self) -> Command {

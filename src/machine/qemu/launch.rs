@@ -68,7 +68,7 @@ impl Start<'_> {
         &self,
         label: &str,
         pack: Option<&Path>,
-        cache: Option<&Path>,
+        cache: seed::CacheSlot<'_>,
     ) -> Result<Prepared> {
         let started = Instant::now();
         let port = free_port()?;
@@ -175,9 +175,7 @@ impl Start<'_> {
 
     pub async fn cold(&self, spec: &MachineSpec, keys: &GuestKeys, how: String) -> Result<Machine> {
         let pack = spec.disks.first().map(|d| d.path.as_path());
-        let mut p = self
-            .prepare(&spec.label, pack, spec.cache.as_deref())
-            .await?;
+        let mut p = self.prepare(&spec.label, pack, cache_slot(spec)).await?;
         let seed = p.dir.path.join(seed_file(self.image));
         match self.image.cloud() {
             Some(c) => seed::write_nocloud(&seed, keys, &c.ssh_user, &spec.label)?,
@@ -201,9 +199,7 @@ impl Start<'_> {
         snap: &Snapshot,
     ) -> Result<Machine> {
         let pack = spec.disks.first().map(|d| d.path.as_path());
-        let mut p = self
-            .prepare(&spec.label, pack, spec.cache.as_deref())
-            .await?;
+        let mut p = self.prepare(&spec.label, pack, cache_slot(spec)).await?;
         seed::write_empty_seed(&p.dir.path.join("seed.tar"))?;
         let launch = Launch {
             warm: true,
@@ -268,7 +264,9 @@ impl Start<'_> {
         timeout: Duration,
     ) -> Result<()> {
         let label = format!("snapshot of {label}");
-        let mut p = self.prepare(&label, None, None).await?;
+        let mut p = self
+            .prepare(&label, None, seed::CacheSlot::Template)
+            .await?;
         seed::write_empty_seed(&p.dir.path.join("seed.tar"))?;
         // A new file (a new inode, never one truncated under a machine that maps it), 0600
         // like the state: QEMU would make it with its umask.
@@ -337,4 +335,12 @@ async fn exits_soon(inst: &mut QemuInstance) -> bool {
 
 fn open_log(path: &Path) -> Result<std::fs::File> {
     std::fs::File::create(path).ctx(|| format!("cannot create `{}`", path.display()))
+}
+
+/// What `spec`'s cache slot holds.
+fn cache_slot(spec: &MachineSpec) -> seed::CacheSlot<'_> {
+    match &spec.cache {
+        Some(generation) => seed::CacheSlot::Over(generation),
+        None => seed::CacheSlot::Empty,
+    }
 }

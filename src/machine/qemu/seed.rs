@@ -27,27 +27,49 @@ pub async fn overlay(base: &Path, format: &str, size: Option<Size>, overlay: &Pa
 /// image's end are zeros.
 pub async fn context_slot(dir: &Path, pack: Option<&Path>) -> Result<()> {
     let disk = dir.join("context.qcow2");
-    slot(&disk, pack.map(|p| (p, "raw")), "64G", "context slot").await
+    slot(&disk, pack.map(|p| (p, "raw")), Some("64G"), "context slot").await
 }
 
 /// The file of a machine's cache slot.
 pub const CACHE_SLOT: &str = "cache.qcow2";
 
-/// The cache slot: always attached (a snapshot's devices are fixed), writable, its virtual
-/// size fixed whatever the cache holds; over the cache generation a build reads, or empty.
-pub async fn cache_slot(dir: &Path, generation: Option<&Path>) -> Result<()> {
-    let disk = dir.join(CACHE_SLOT);
-    slot(&disk, generation.map(|g| (g, "qcow2")), "1T", "cache slot").await
+/// What a machine's cache slot holds.
+pub enum CacheSlot<'a> {
+    /// A template's: empty, as large as any cache may be, so that the size a restored guest
+    /// believes (the template's) holds every cache's filesystem.
+    Template,
+    /// No cache: 1 MiB, so a guest writing to the bare disk cannot grow it on the host.
+    Empty,
+    /// A layer over this generation, as large as its filesystem: QEMU refuses writes past
+    /// the end, whatever size a restored guest believes.
+    Over(&'a Path),
 }
 
-/// A qcow2 of virtual size `size` at `disk`, over `backing` (a file and its format) if any.
-async fn slot(disk: &Path, backing: Option<(&Path, &str)>, size: &str, what: &str) -> Result<()> {
+/// The cache slot: always attached (a snapshot's devices are fixed) and writable.
+pub async fn cache_slot(dir: &Path, slot_is: CacheSlot<'_>) -> Result<()> {
+    let disk = dir.join(CACHE_SLOT);
+    let (backing, size) = match slot_is {
+        CacheSlot::Template => (None, Some("1T")),
+        CacheSlot::Empty => (None, Some("1M")),
+        CacheSlot::Over(g) => (Some((g, "qcow2")), None),
+    };
+    slot(&disk, backing, size, "cache slot").await
+}
+
+/// A qcow2 at `disk` over `backing` (a file and its format) if any, of virtual size `size`
+/// (default: the backing file's).
+async fn slot(
+    disk: &Path,
+    backing: Option<(&Path, &str)>,
+    size: Option<&str>,
+    what: &str,
+) -> Result<()> {
     let mut cmd = Command::new("qemu-img");
     cmd.args(["create", "-q", "-f", "qcow2"]);
     if let Some((file, format)) = backing {
         cmd.args(["-F", format, "-b"]).arg(file);
     }
-    cmd.arg(disk).arg(size);
+    cmd.arg(disk).args(size);
     qemu_img(cmd, &format!("qemu-img create ({what})"), disk).await
 }
 
