@@ -1,20 +1,19 @@
 //! Build caches on a real workload: GNU hello's Debian package built from the Debian source
 //! archive (examples/hello-deb: deb-src, `apt-get build-dep`, `apt-get source`,
 //! `dpkg-buildpackage` under ccache) with apt's archives and lists and ccache's directory
-//! cached. Side by side in one run, each `runner build --force` in a fresh TCG machine: a
-//! first build (its cache just removed), a second with the cache the first left, a third with
-//! `--no-cache`. Prints the wall time of each and uncached/cached, the script's phases in each
-//! (from its `== [Ns]` lines: what a cache can save and what it cannot), ccache's hits, the
-//! cache's size, and whether the three .debs are byte-identical; exits non-zero if they differ.
+//! cached. Side by side in one run, each `runner build --force` in a fresh TCG machine of a
+//! new project: a first build (an empty cache), a second with the cache the first left, a
+//! third with `--no-cache`. Prints the wall time of each and uncached/cached, the script's
+//! phases in each (its `== [Ns]` lines: what a cache saves and what it cannot), ccache's hits,
+//! the cache's size, and whether the three .debs are byte-identical (exits non-zero if not).
 //! Beside each wall time, the host's mean load average: under TCG a build is CPU-bound, so a
 //! busy host (another build, a test suite) stretches it more than any cache saves.
 //!
 //! `cargo bench --bench cache` (as root, with the guest's Debian mirror reachable; bakes
-//! runner's image on first use; under TCG on 2 cores the three builds take ~40 minutes).
-//! Env: `RUNNER_CACHE_DIR` (the image, and the caches, which live beside it).
+//! runner's image on first use; under TCG on 2 cores the three builds take ~25 minutes).
+//! Env: `RUNNER_CACHE_DIR` (the image, and the caches beside it; the bench's is removed).
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, ExitCode, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -29,75 +28,92 @@ struct Build {
     load: f64,
     deb: String,
     hits: String,
+    /// The cache key and generation the machine read (from runner's `cache:` note); `None`
+    /// without a cache.
+    read: Option<(String, u64)>,
     /// (phase, seconds) in the order the script ran them; a dpkg-buildpackage step is indented.
     phases: Vec<(String, f64)>,
 }
 
+/// The bench's temporary copy of examples/hello-deb and its private state dir (the bench
+/// reads its target's log, which no other run may overwrite meanwhile).
+struct Bench {
+    proj: tempfile::TempDir,
+    state: tempfile::TempDir,
+}
+
 fn main() -> ExitCode {
-    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let proj = tempfile::tempdir().unwrap();
-    copy_dir(&repo.join("examples/hello-deb"), proj.path());
-    // A private state dir: the bench reads its target's log, which no other run may overwrite.
-    let state = tempfile::tempdir().unwrap();
-    // RUNNER_CACHE_DIR, when set, reaches runner through the inherited environment.
-    let runner = |args: &[&str]| {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_runner"));
-        c.arg("-C")
-            .arg(proj.path())
-            .env("RUNNER_STATE_DIR", state.path())
-            .args(["--accel", "tcg"])
-            .args(args);
-        c
-    };
+    let (proj, state) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let example = format!("{}/examples/hello-deb/.", env!("CARGO_MANIFEST_DIR"));
+    let to = proj.path().display().to_string();
+    let copied = Command::new("cp").args(["-a", &example, &to]).status();
+    assert!(copied.unwrap().success(), "copying examples/hello-deb");
+    let bench = Bench { proj, state };
     // Outside the figures: the image bake, and the warm-start snapshot of this builder's
     // memory size, which the first machine would otherwise make.
-    for args in [
-        &["image", "build", "bookworm"][..],
-        &["vm", "run", "bookworm", "--", "true"],
-    ] {
-        assert!(runner(args).status().unwrap().success(), "runner {args:?}");
-    }
-    // A cache of an earlier run would make the first build a warm one; none is no failure.
-    let _ = runner(&["cache", "rm", TARGET])
-        .stderr(Stdio::null())
-        .status();
-
-    let log = state.path().join(format!("logs/builds/{TARGET}.log"));
-    let artifacts = proj.path().join("artifacts").join(TARGET);
-    let build = |what: &str, extra: &[&str]| {
-        eprintln!("== {what}");
-        let mut c = runner(&["build", "--force"]);
-        c.args(extra).arg(TARGET).stdout(Stdio::null());
-        let t = Instant::now();
-        let (status, load) = with_load(|| c.status().expect("runner"));
-        assert!(status.success(), "{what} failed");
-        let wall = t.elapsed().as_secs_f64();
-        let text = std::fs::read_to_string(&log).expect("the target's log");
-        Build {
-            wall,
-            load,
-            deb: deb_sha256(&artifacts),
-            hits: hits(&text),
-            phases: phases(&text),
-        }
-    };
-    let first = build("first build (empty cache)", &[]);
-    let cached = build("second build (warm cache)", &[]);
-    let uncached = build("second build, --no-cache", &["--no-cache"]);
+    bench.must(&["image", "build", "bookworm"]);
+    bench.must(&["vm", "run", "bookworm", "--", "true"]);
+    let first = bench.build("first build (empty cache)", &[]);
+    let cached = bench.build("second build (warm cache)", &[]);
+    let uncached = bench.build("second build, --no-cache", &["--no-cache"]);
+    // A cache belongs to its project, and this one is new: the first build starts empty, the
+    // second reads what the first saved, the third none.
+    let reads = [&first, &cached, &uncached].map(|b| b.read.as_ref().map(|r| r.1));
+    assert_eq!(reads, [Some(0), Some(1), None], "generations read");
+    let key = first.read.clone().unwrap().0;
 
     let same = report(&[
         ("first (empty cache)", &first),
         ("second (warm cache)", &cached),
         ("second, --no-cache", &uncached),
     ]);
-    print_cache_size(runner(&["--message-format", "json", "cache", "ls"]));
+    print_cache_size(&bench, &key);
+    // Hundreds of MiB no later run can use (their project directories differ): removed.
+    let _ = bench.runner(&["cache", "rm", &key]).output();
     let verdict = if same { "yes" } else { "NO" };
     println!("  .debs byte-identical across the three: {verdict}");
     // Returned, not `exit`ed: the temporary project and state dirs are removed on the way.
-    if same {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
+    ExitCode::from(u8::from(!same))
+}
+
+impl Bench {
+    /// runner on the bench's project; RUNNER_CACHE_DIR, when set, passes through the
+    /// inherited environment.
+    fn runner(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_runner"));
+        c.arg("-C").arg(self.proj.path());
+        c.env("RUNNER_STATE_DIR", self.state.path());
+        c.args(["--accel", "tcg"]).args(args);
+        c
+    }
+
+    fn must(&self, args: &[&str]) {
+        assert!(
+            self.runner(args).status().unwrap().success(),
+            "runner {args:?}"
+        );
+    }
+
+    /// `runner build --force` of the target, with `extra` flags (which must succeed).
+    fn build(&self, what: &str, extra: &[&str]) -> Build {
+        eprintln!("== {what}");
+        let mut c = self.runner(&["build", "--force"]);
+        c.args(extra).arg(TARGET).stdout(Stdio::null());
+        let t = Instant::now();
+        let (status, load) = with_load(|| c.status().expect("runner"));
+        assert!(status.success(), "{what} failed");
+        let wall = t.elapsed().as_secs_f64();
+        let log = self.state.path().join(format!("logs/builds/{TARGET}.log"));
+        let text = std::fs::read_to_string(log).expect("the target's log");
+        let artifacts = self.proj.path().join("artifacts").join(TARGET);
+        Build {
+            wall,
+            load,
+            deb: deb_sha256(&artifacts),
+            hits: hits(&text),
+            read: cache_read(&text),
+            phases: phases(&text),
+        }
     }
 }
 
@@ -106,12 +122,14 @@ fn report(builds: &[(&str, &Build); 3]) -> bool {
     let [(_, first), (_, cached), (_, uncached)] = builds;
     println!("GNU hello's Debian package (examples/hello-deb), fresh TCG machine each:");
     println!(
-        "  {:<22} {:>9} {:>5}  {:<10} .deb sha256",
-        "build", "wall", "load", "ccache hits"
+        "  {:<22} {:>9} {:>5} {:>6}  {:<11} .deb sha256",
+        "build", "wall", "load", "cache", "ccache hits"
     );
     for (name, b) in builds {
+        let read = b.read.as_ref().map(|r| format!("gen {}", r.1));
+        let read = read.unwrap_or("none".into());
         println!(
-            "  {name:<22} {:>7.1} s {:>5.1}  {:<10} {}",
+            "  {name:<22} {:>7.1} s {:>5.1} {read:>6}  {:<11} {}",
             b.wall, b.load, b.hits, b.deb
         );
     }
@@ -128,44 +146,45 @@ fn report(builds: &[(&str, &Build); 3]) -> bool {
 /// The script's phases, side by side: where each build spent its time.
 fn print_phases(builds: &[(&str, &Build)]) {
     println!(
-        "  {:<48}{:>8}{:>8}{:>8}",
+        "  {:<48}{:>10}{:>10}{:>10}",
         "the script's phases (s)", "first", "cached", "uncached"
     );
-    let by_name: Vec<HashMap<&str, f64>> = builds
-        .iter()
-        .map(|(_, b)| b.phases.iter().map(|(p, s)| (p.as_str(), *s)).collect())
-        .collect();
-    for (phase, _) in &builds[0].1.phases {
-        let cell = |m: &HashMap<&str, f64>| m.get(phase.as_str()).map(|s| format!("{s:8.0}"));
-        let cells: String = by_name
+    // Row by row: every build ran the same script, so the same phases in the same order.
+    for (i, (phase, _)) in builds[0].1.phases.iter().enumerate() {
+        let secs = |b: &Build| b.phases.get(i).map_or(f64::NAN, |p| p.1);
+        let cells: String = builds
             .iter()
-            .map(|m| cell(m).unwrap_or("       -".into()))
+            .map(|(_, b)| format!("{:>10.0}", secs(b)))
             .collect();
         let name: String = phase.chars().take(46).collect();
         println!("    {name:<46}{cells}");
     }
 }
 
-/// The target's cache as `runner cache ls` reports it: its newest generation (what the next
-/// build reads) and every generation kept.
-fn print_cache_size(mut ls: Command) {
-    let out = ls.output().expect("runner cache ls");
-    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("cache ls JSON");
-    let caches = doc["caches"].as_array().cloned().unwrap_or_default();
-    let ours = caches.iter().filter(|c| c["about"]["name"] == TARGET);
-    let mib = |v: &serde_json::Value| v.as_f64().unwrap_or(0.0) / f64::from(1 << 20);
-    for c in ours {
-        let gens = c["generations"].as_array().cloned().unwrap_or_default();
-        let newest = gens.last().cloned().unwrap_or_default();
-        println!(
-            "  cache {}: generation {} {:.1} MiB ({} kept, {:.1} MiB in all)",
-            c["key"].as_str().unwrap_or("?"),
-            newest[0],
-            mib(&newest[1]),
-            gens.len(),
-            mib(&c["bytes"])
-        );
-    }
+/// The cache `key` as `runner cache ls` reports it: its newest generation (what the next build
+/// reads) and every generation kept.
+fn print_cache_size(bench: &Bench, key: &str) {
+    let out = bench
+        .runner(&["--message-format", "json", "cache", "ls"])
+        .output();
+    let doc: serde_json::Value = serde_json::from_slice(&out.unwrap().stdout).expect("JSON");
+    let entry = doc["caches"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["key"] == key);
+    let gens = entry
+        .and_then(|c| c["generations"].as_array())
+        .expect("the cache listed");
+    let mib = |g: &serde_json::Value| g[1].as_f64().unwrap_or(0.0) / f64::from(1 << 20);
+    let newest = gens.last().expect("a generation");
+    let all: f64 = gens.iter().map(mib).sum();
+    let kept = gens.len();
+    println!(
+        "  cache {key}: generation {} {:.1} MiB ({kept} kept, {all:.1} MiB in all)",
+        newest[0],
+        mib(newest)
+    );
 }
 
 /// Runs `f`, sampling the host's 1-minute load average every 5 s meanwhile; its mean.
@@ -176,11 +195,8 @@ fn with_load<T>(f: impl FnOnce() -> T) -> (T, f64) {
             let mut samples = vec![];
             while !done.load(Ordering::Relaxed) {
                 let avg = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-                samples.extend(
-                    avg.split_whitespace()
-                        .next()
-                        .and_then(|l| l.parse::<f64>().ok()),
-                );
+                let one_minute = avg.split(' ').next().and_then(|l| l.parse().ok());
+                samples.extend::<Option<f64>>(one_minute);
                 std::thread::park_timeout(Duration::from_secs(5));
             }
             samples.iter().sum::<f64>() / samples.len().max(1) as f64
@@ -209,25 +225,30 @@ fn hits(log: &str) -> String {
         })
 }
 
+/// The key and generation of runner's `cache: <key> generation <n> (sha256 …)` note.
+fn cache_read(log: &str) -> Option<(String, u64)> {
+    log.lines().find_map(|l| {
+        let (key, rest) = l.split_once("cache: ")?.1.split_once(" generation ")?;
+        Some((key.to_owned(), rest.split(' ').next()?.parse().ok()?))
+    })
+}
+
 /// The script's `== [Ns] phase` lines as (phase, duration until the next), and its
 /// `  +Ns step (file)` lines (when each dpkg-buildpackage step ended) as indented durations.
 fn phases(log: &str) -> Vec<(String, f64)> {
-    let secs = |s: &str| s.strip_suffix('s')?.parse::<f64>().ok();
-    let mut marks: Vec<(bool, String, f64)> = vec![];
-    for line in log.lines() {
+    // (is a phase, name, seconds since the script or dpkg-buildpackage started)
+    let mark = |line: &str| -> Option<(bool, String, f64)> {
         let (phase, rest) = match line.strip_prefix("== [") {
             Some(r) => (true, r.replacen("] ", " ", 1)),
-            None => match line.strip_prefix("  +") {
-                Some(r) => (false, r.split(" (").next().unwrap_or(r).to_owned()),
-                None => continue,
-            },
+            None => (
+                false,
+                line.strip_prefix("  +")?.split(" (").next()?.to_owned(),
+            ),
         };
-        if let Some((at, name)) = rest.split_once(' ')
-            && let Some(at) = secs(at)
-        {
-            marks.push((phase, name.to_owned(), at));
-        }
-    }
+        let (at, name) = rest.split_once(' ')?;
+        Some((phase, name.to_owned(), at.strip_suffix('s')?.parse().ok()?))
+    };
+    let marks: Vec<_> = log.lines().filter_map(mark).collect();
     let mut out = vec![];
     let mut step_began = 0.0;
     for (i, (phase, name, at)) in marks.iter().enumerate() {
@@ -240,17 +261,4 @@ fn phases(log: &str) -> Vec<(String, f64)> {
         }
     }
     out
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let dest = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &dest);
-        } else {
-            std::fs::copy(e.path(), &dest).unwrap();
-        }
-    }
 }
