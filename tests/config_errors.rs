@@ -299,7 +299,7 @@ fn target_overrides_are_checked_by_their_builder() {
     }
 }
 
-/// A target's `cache` paths and `cache_key`, and `[limits] max_cache_size`, are checked at
+/// A target's `cache` paths, `cache_key` and `cache_transfer`, and `[limits] max_cache_size`, are checked at
 /// load time with the file, line and key.
 #[test]
 fn cache_paths_keys_and_limits_are_checked_at_load_time() {
@@ -314,6 +314,16 @@ fn cache_paths_keys_and_limits_are_checked_at_load_time() {
             "may not nest",
         ),
         ("cache_key = \"apt\"", "cache_key", "without cache"),
+        (
+            "cache_transfer = \"fetch\"",
+            "cache_transfer",
+            "without cache",
+        ),
+        (
+            "cache = [\"/c\"]\ncache_transfer = \"disk\"",
+            "cache_transfer",
+            "unknown variant",
+        ),
         (
             "cache = [\"/c\"]\ncache_key = \"../x\"",
             "cache_key",

@@ -205,10 +205,7 @@ fn a_killed_runs_shared_pack_is_journaled_and_gc_removes_it() {
     }
     signal(&child, libc::SIGKILL);
     child.wait().unwrap();
-    let journal: Vec<String> = std::fs::read_dir(world.state.path().join("uploads"))
-        .unwrap()
-        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
-        .collect();
+    let journal = world.upload_records();
     assert!(
         journal.iter().any(|r| r.contains("ci/.runner/packs/")),
         "the pack is not in the upload journal: {journal:?}"

@@ -82,7 +82,7 @@ pub async fn build(env: &Env, args: Args) -> Result<Exit> {
         keep_going: args.keep_going,
     };
     let results = run::dispatch::run(run.clone(), planned, &opts).await;
-    run::unshare_all(&run).await;
+    run::release_stores(&run).await;
     // The renderer ends when the last emitter (the run's) is gone.
     drop(run);
     let summary = renderer.await.map_err(|source| Error::Task {

@@ -27,6 +27,14 @@ pub async fn sweep(env: &Env, force: bool) -> Report {
     sweepers.push(Box::new(crate::context::pack::PackSweeper {
         cache: env.dirs.cache.clone(),
     }));
+    // The S3 stores' staging root, and the local store's (the project's artifact directory).
+    let mut roots = vec![env.dirs.state.join("staging")];
+    roots.extend(
+        crate::config::Project::load(&env.project)
+            .ok()
+            .map(|p| p.artifact_dir),
+    );
+    sweepers.push(Box::new(crate::store::StagingSweeper { roots }));
     sweepers.push(Box::new(crate::cache::list::PartSweeper {
         caches: crate::cache::Caches::new(&env.dirs.cache),
     }));

@@ -58,7 +58,7 @@ impl Builder {
             .unwrap_or_default()
             .to_owned();
         let BackendOnly { backend, cache } = src.parse()?;
-        let cache = super::cache::declared(&src, &name, (Some(&cache), None), None)?;
+        let cache = super::cache::declared(&src, &name, (Some(&cache), None, None), None)?;
         let backend = match backend.get_ref().as_str() {
             "qemu" => BackendConfig::Qemu(QemuBuilder::from_raw(&src, src.parse()?)?),
             "ec2" => BackendConfig::Ec2(Ec2Builder::from_raw(&src, src.parse::<RawEc2>()?)?),

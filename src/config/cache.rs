@@ -3,9 +3,25 @@
 //! time, so a path the guest could not bind-mount, or one that would hide runner's own
 //! directories, fails with the file, line and key before any machine boots.
 
+use serde::Deserialize;
 use toml::Spanned;
 
 use super::{ConfigError, Source};
+
+/// `cache_transfer`: how a target's cache reaches its machine.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CacheTransfer {
+    /// A disk where the machine takes one (local), else an archive in the bucket the target
+    /// publishes to, else no cache (said in the log).
+    #[default]
+    Auto,
+    /// Always a disk; a builder whose machines take none is an error.
+    Attach,
+    /// Always an archive fetched and saved by the machine through presigned URLs (a target
+    /// that does not publish to S3 is an error).
+    Fetch,
+}
 
 /// What a target declares to keep between its builds.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -15,7 +31,11 @@ pub struct CacheDecl {
     /// `cache_key`: shares the cache with every target that names the same key (on the same
     /// builder recipe); `None`: the target's own.
     pub key: Option<String>,
+    pub transfer: CacheTransfer,
 }
+
+/// A target's or builder's own `cache = [...]`, if it writes one.
+pub type Own<'a> = Option<&'a [Spanned<String>]>;
 
 /// The most directories one target may cache.
 pub const MAX_PATHS: usize = 16;
@@ -27,28 +47,41 @@ const RESERVED: [&str; 6] = ["/proc", "/sys", "/dev", "/run", "/build", "/boot"]
 
 /// The cache of a target (or a builder: `owner`), or `None` when it declares none: its own
 /// `paths`, else (`None`: it does not say) those of `inherited`, its builder's, under its own
-/// `key` if it names one. `cache = []` turns a builder's cache off for one target.
+/// `key` if it names one, carried as `transfer` says. `cache = []` turns a builder's cache
+/// off for one target.
 pub fn declared(
     src: &Source,
     owner: &str,
-    (paths, key): (Option<&[Spanned<String>]>, Option<&Spanned<String>>),
+    (paths, key, transfer): (
+        Own<'_>,
+        Option<&Spanned<String>>,
+        Option<&Spanned<CacheTransfer>>,
+    ),
     inherited: Option<&CacheDecl>,
 ) -> Result<Option<CacheDecl>, ConfigError> {
     let bad = |span, key: &str, msg: String| src.error_at(Some(span), Some(key.into()), msg);
     let inherited = if paths.is_some() { None } else { inherited };
     let paths = paths.unwrap_or_default();
+    let transfer_of =
+        |t: Option<&Spanned<CacheTransfer>>| t.map_or_else(Default::default, |t| *t.get_ref());
     if paths.is_empty() {
-        return match (key, inherited) {
-            (Some(k), None) => Err(bad(
-                k.span(),
-                "cache_key",
-                format!("target `{owner}`: cache_key without cache = [...] shares nothing"),
-            )),
-            (key, Some(from)) => Ok(Some(CacheDecl {
+        return match (key.map(|k| (k.span(), "cache_key")), transfer, inherited) {
+            (_, _, Some(from)) => Ok(Some(CacheDecl {
                 paths: from.paths.clone(),
                 key: key.map(|k| checked_key(src, k)).transpose()?,
+                transfer: transfer_of(transfer),
             })),
-            (None, None) => Ok(None),
+            (Some((span, name)), _, None) => Err(bad(
+                span,
+                name,
+                format!("target `{owner}`: {name} without cache = [...] shares nothing"),
+            )),
+            (None, Some(t), None) => Err(bad(
+                t.span(),
+                "cache_transfer",
+                format!("target `{owner}`: cache_transfer without cache = [...] carries nothing"),
+            )),
+            (None, None, None) => Ok(None),
         };
     }
     if paths.len() > MAX_PATHS {
@@ -74,6 +107,7 @@ pub fn declared(
     Ok(Some(CacheDecl {
         paths: kept,
         key: key.map(|k| checked_key(src, k)).transpose()?,
+        transfer: transfer_of(transfer),
     }))
 }
 

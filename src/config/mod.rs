@@ -23,7 +23,7 @@ use serde::de::DeserializeOwned;
 
 pub use arch::Arch;
 pub use builder::{BackendConfig, Builder, ImageKind, Init, QemuBuilder, Shape};
-pub use cache::CacheDecl;
+pub use cache::{CacheDecl, CacheTransfer};
 pub use cloud::{CloudImage, Firmware, ImageSource};
 pub use ec2::{Address, Ami, Ec2Builder};
 pub use limits::Limits;

@@ -126,6 +126,7 @@ struct RawTarget {
     context_transfer: Transfer,
     cache: Option<Vec<Spanned<String>>>,
     cache_key: Option<Spanned<String>>,
+    cache_transfer: Option<Spanned<super::cache::CacheTransfer>>,
 }
 
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
@@ -284,7 +285,11 @@ fn resolve_target(
         ));
     }
     let shape = builder.shape_with(src, t.vcpus.as_ref(), t.memory.as_ref())?;
-    let own = (t.cache.as_deref(), t.cache_key.as_ref());
+    let own = (
+        t.cache.as_deref(),
+        t.cache_key.as_ref(),
+        t.cache_transfer.as_ref(),
+    );
     let cache = super::cache::declared(src, n, own, builder.cache.as_ref())?;
     Ok(Target {
         upload: t.upload,

@@ -18,9 +18,8 @@ pub const SERIAL: &str = "runner-cache";
 pub const MOUNT: &str = "/run/runner-cache";
 
 /// Mounts the cache and binds every path in `paths` (absolute, checked by the config) onto
-/// its directory in it. A path's directory is made, the first time, as a copy of what the
-/// image has there (an empty apt archive still needs its `partial/`). `noinit_itable`: the
-/// filesystem's inode tables stay as they are, not zeroed in the background by the build.
+/// its directory in it. `noinit_itable`: the filesystem's inode tables stay as they are, not
+/// zeroed in the background by the build.
 pub async fn mount(guest: &dyn Guest, paths: &[String], log: &LogSink) -> Result<()> {
     let mut cmd = format!(
         "dev=; for d in /sys/block/vd*; do \
@@ -29,15 +28,24 @@ pub async fn mount(guest: &dyn Guest, paths: &[String], log: &LogSink) -> Result
          mkdir -p {MOUNT} && mount -t ext4 -o discard,noinit_itable \"$dev\" {MOUNT} || exit 1",
         s = quote(SERIAL)
     );
+    cmd.push_str(&binds(MOUNT, paths));
+    run(guest, "mounting the build cache", &cmd, log).await
+}
+
+/// The shell steps binding each path onto its directory below `base/paths`. A path's
+/// directory is made, the first time, as a copy of what the image has there (an empty apt
+/// archive still needs its `partial/`).
+pub(super) fn binds(base: &str, paths: &[String]) -> String {
+    let mut cmd = String::new();
     for p in paths {
-        let (p, c) = (quote(p), quote(&format!("{MOUNT}/paths{p}")));
+        let (p, c) = (quote(p), quote(&format!("{base}/paths{p}")));
         cmd.push_str(&format!(
             "; if [ ! -d {c} ]; then mkdir -p \"$(dirname {c})\" && \
                if [ -d {p} ]; then cp -a {p} {c}; else mkdir -p {c}; fi || exit 1; fi; \
              mkdir -p {p} && mount --bind {c} {p} || exit 1"
         ));
     }
-    run(guest, "mounting the build cache", &cmd, log).await
+    cmd
 }
 
 /// Flushes and freezes the cache's filesystem: from here on its disk does not change, and

@@ -5,6 +5,7 @@
 //! The pipeline talks to a machine only through [`Guest`]; [`ssh::Session`] is the real one.
 
 pub mod cache;
+pub mod cache_archive;
 mod capped;
 mod collect;
 pub mod keys;

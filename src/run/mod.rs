@@ -30,7 +30,6 @@ pub use dispatch::Options;
 pub use failure::Failure;
 pub use inputs::{Declared, declared};
 pub use setup::{Host, Planned, RunOptions, store_of};
-pub use transfer::unshare_all;
 
 /// Everything the targets of one run share: passed to every task as one value. Made by
 /// [`Run::new`] alone.
@@ -68,7 +67,12 @@ pub struct Run {
     pub budget: Arc<budget::Budget>,
     /// Context packs this run put in stores, removed when it ends.
     pub shared: std::sync::Mutex<Vec<(Arc<dyn ArtifactStore>, crate::store::Shared)>>,
+    /// Build-cache archives this run uploaded and has not committed yet, deleted when it
+    /// ends.
+    pub cache_uploads: std::sync::Mutex<CacheUploads>,
 }
+
+type CacheUploads = Vec<(Arc<dyn ArtifactStore>, crate::store::caches::Reserved)>;
 
 /// What a target's context leaves out.
 #[derive(Debug, Clone)]
@@ -127,6 +131,13 @@ pub fn source_date_epoch(root: Option<&Path>) -> u64 {
         .filter(|o| o.status.success())
         .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
         .unwrap_or(DEFAULT_EPOCH)
+}
+
+/// After the run: every context pack it put in a store is removed again, and every
+/// build-cache archive it uploaded but never committed.
+pub async fn release_stores(run: &Run) {
+    cache::abandon_all(run).await;
+    transfer::unshare_all(run).await;
 }
 
 impl Run {

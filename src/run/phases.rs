@@ -142,7 +142,7 @@ pub async fn boot(
 ) -> Result<Lease> {
     let spec = MachineSpec {
         reclaimed,
-        cache: cache.map(|s| s.generation.path.clone()),
+        cache: cache.and_then(Slot::disk),
         shape: t.shape,
         disks: match plan {
             Plan::Attach(d) => vec![d.clone()],
@@ -337,15 +337,17 @@ pub async fn publish(
     let published = i
         .store
         .publish(&t.name, staging, &files, &manifest, &records, &how)
-        .await?;
+        .await;
     // A deadline that fired while the publish finished makes the build a failure: it saves
     // no cache either.
-    if let Some(sealed) = cache
-        && !how.cancel.is_cancelled()
-    {
-        super::cache::commit(sealed, log).await;
+    if let Some(sealed) = cache {
+        if published.is_ok() && !how.cancel.is_cancelled() {
+            super::cache::commit(run, sealed, log).await;
+        } else {
+            super::cache::discard(run, sealed).await;
+        }
     }
-    Ok(published)
+    published
 }
 
 /// The checksum file, the manifest, and the provenance statement over both and every

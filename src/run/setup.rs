@@ -100,6 +100,7 @@ impl Run {
             caches: (!opts.no_cache).then(|| crate::cache::Caches::new(&host.dirs.cache)),
             project: project_dir,
             shared: Default::default(),
+            cache_uploads: Default::default(),
         };
         Ok((run, rx))
     }

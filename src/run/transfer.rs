@@ -110,7 +110,7 @@ pub fn delivery<'a>(plan: &'a Plan, i: &'a Inputs, machine: &Machine) -> Deliver
 
 /// `127.0.0.1:PORT:10.0.2.2:PORT` when the URL names the host's loopback and the machine
 /// reaches it elsewhere; the URL (and its signature) stay as they are.
-fn connect_to(url: &str, alias: Option<&str>) -> Option<String> {
+pub(super) fn connect_to(url: &str, alias: Option<&str>) -> Option<String> {
     let alias = alias?;
     let host_port = url.split("://").nth(1)?.split('/').next()?;
     let (host, port) = host_port.rsplit_once(':').unwrap_or((host_port, "80"));

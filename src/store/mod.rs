@@ -2,11 +2,15 @@
 //! in a directory the store hands out, then asks the store to publish them; a failed target
 //! never publishes, and a store publishes a target's files all at once or not at all.
 
+pub mod caches;
 pub mod local;
 #[cfg(feature = "s3")]
 pub mod s3;
+mod staging;
 mod trust;
 
+pub use caches::BucketCaches;
+pub use staging::{StagingSweeper, staging_in};
 pub use trust::{Rejected, Trust};
 
 /// The store at `url`, configured by `[store]`, checked before anything starts; it hands out
@@ -62,17 +66,6 @@ use crate::error::Result;
 use crate::manifest::{self, ArtifactRecord, Manifest};
 
 pub use crate::manifest::SHA256SUMS;
-
-/// A fresh hidden staging directory under `root` (for the local store: beside the published
-/// directories, on the same filesystem, so publishing is a rename).
-pub fn staging_in(root: &std::path::Path, target: &str) -> Result<tempfile::TempDir> {
-    use crate::error::IoContext;
-    std::fs::create_dir_all(root).ctx(|| format!("cannot create `{}`", root.display()))?;
-    tempfile::Builder::new()
-        .prefix(&format!(".staging-{target}-"))
-        .tempdir_in(root)
-        .ctx(|| format!("cannot create a staging directory in `{}`", root.display()))
-}
 
 /// The documents published beside a build's artifacts, in the order they are written: the
 /// manifest last, since its presence says the build is complete.
@@ -196,6 +189,12 @@ pub trait ArtifactStore: Send + Sync {
     /// Removes what [`ArtifactStore::share`] put.
     async fn unshare(&self, _shared: &Shared) -> Result<()> {
         Ok(())
+    }
+
+    /// Where this store keeps build caches for machines that take no cache disk; `None` for
+    /// a store that cannot hand out URLs (the local one).
+    fn caches(&self) -> Option<&dyn BucketCaches> {
+        None
     }
 
     /// Copies one published artifact of a build to `dest`; returns the sha256 of what it wrote.

@@ -124,6 +124,15 @@ impl Garage {
             .any(|(k, _)| k.contains(".runner/packs/"))
     }
 
+    /// The first stored key (in order) that ends with `suffix`.
+    pub fn key_ending(&self, suffix: &str) -> String {
+        self.objects()
+            .into_iter()
+            .map(|(k, _)| k)
+            .find(|k| k.ends_with(suffix))
+            .unwrap_or_else(|| panic!("no object ends with {suffix}"))
+    }
+
     pub fn objects(&self) -> Vec<(String, i64)> {
         let c = self.client(SECRET);
         let mut out = self.block_on(async {

@@ -91,6 +91,16 @@ impl World {
 
     /// Fails unless nothing of any machine remains: no machine directory (overlay, seed with
     /// keys, QMP socket), and no process whose command line names this state dir.
+    /// The upload journal's records (unfinished S3 uploads), as text.
+    pub fn upload_records(&self) -> Vec<String> {
+        std::fs::read_dir(self.state.path().join("uploads"))
+            .map(|d| {
+                d.map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     pub fn assert_clean(&self) {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {

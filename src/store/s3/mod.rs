@@ -8,6 +8,7 @@
 //! upload is aborted and every object under the build's prefix deleted, so neither a partial
 //! build nor a dangling upload remains.
 
+mod caches;
 pub mod journal;
 mod packs;
 mod read;
@@ -52,6 +53,8 @@ pub struct S3Store {
     run: String,
     /// The journal entry covering that directory while any pack of it is shared.
     packs: std::sync::Mutex<packs::Packs>,
+    /// The journal entries of build-cache archives this process reserved.
+    caches: caches::Entries,
 }
 
 impl S3Store {
@@ -84,6 +87,7 @@ impl S3Store {
             trust: Trust::default(),
             run: hex::encode(rand::random::<[u8; 8]>()),
             packs: Default::default(),
+            caches: Default::default(),
         }
     }
 
@@ -301,6 +305,10 @@ impl ArtifactStore for S3Store {
 
     async fn unshare(&self, shared: &Shared) -> Result<()> {
         self.unshare_pack(shared).await
+    }
+
+    fn caches(&self) -> Option<&dyn super::BucketCaches> {
+        Some(self)
     }
 
     async fn latest(&self, target: &str) -> Result<Option<Manifest>> {
