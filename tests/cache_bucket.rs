@@ -279,6 +279,10 @@ fn a_cache_travels_through_the_bucket_and_a_failed_build_or_a_bad_archive_change
     let last = log();
     assert!(last.contains("could not be used; starting empty"), "{last}");
     assert!(last.contains("seen 1"), "{last}");
+    // Numbered after what the pointer named (3), so pruning never spares an older one.
+    let (pointer, _) = cache_objects(&server);
+    let pointer: serde_json::Value = serde_json::from_slice(&pointer.unwrap()).unwrap();
+    assert_eq!(pointer["generation"], 4, "{pointer}");
     assert_eq!(
         world.upload_records(),
         Vec::<String>::new(),

@@ -104,13 +104,13 @@ pub async fn fetch(lease: &Lease, slot: &Slot, log: &LogSink) -> Result<()> {
     Ok(())
 }
 
-/// The guest packs its cache; within `max_cache_size` it is uploaded as generation `n + 1`
+/// The guest packs its cache; within `max_cache_size` it is uploaded as generation `next`
 /// and checked in the store. Anything uploaded is deleted again on failure.
 pub async fn save(
     run: &Run,
     lease: &Lease,
     slot: &Slot,
-    (store, n): (&Arc<dyn ArtifactStore>, u64),
+    (store, next): (&Arc<dyn ArtifactStore>, u64),
     log: &LogSink,
 ) -> Result<Saved> {
     let guest = lease.guest.as_ref();
@@ -129,7 +129,7 @@ pub async fn save(
             ),
         });
     }
-    let reserved = caches(store).reserve(slot.key.as_str(), n + 1)?;
+    let reserved = caches(store).reserve(slot.key.as_str(), next)?;
     run.cache_uploads
         .lock()
         .unwrap()

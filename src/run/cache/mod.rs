@@ -165,8 +165,11 @@ pub async fn seal(run: &Run, lease: &Lease, slot: &Slot, log: &LogSink) -> Resul
             let sha256 = pending.sha256.clone();
             (Saved::Disk(pending), sha256)
         }
-        From::Bucket { store, .. } => {
-            let saved = bucket::save(run, lease, slot, (store, n), log).await?;
+        From::Bucket { store, newest, .. } => {
+            // Numbered after the newest the bucket named, even if this machine could not use
+            // it: generations only count up, so pruning never spares a stale one.
+            let next = newest.as_ref().map_or(0, |g| g.n) + 1;
+            let saved = bucket::save(run, lease, slot, (store, next), log).await?;
             let Saved::Bucket { sha256, .. } = &saved else {
                 unreachable!("a bucket cache saves to its bucket")
             };
