@@ -322,13 +322,7 @@ fn a_killed_runs_uncommitted_cache_archive_is_journaled_and_gc_removes_it() {
         "committed before the build was published"
     );
     assert_eq!(gens.len(), 1);
-    let journal = world.upload_records();
-    assert!(
-        journal.iter().any(|r| r.contains("ci/.runner/caches/")),
-        "the archive is not in the upload journal: {journal:?}"
-    );
-    let forced = run_shown(creds(world.cmd()), &["gc", "--force"]);
-    assert_eq!(forced.status.code(), Some(0));
+    world.gc_after_a_kill("ci/.runner/caches/", creds(world.cmd()));
     server.assert_empty();
     world.assert_clean();
 }

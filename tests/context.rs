@@ -205,13 +205,7 @@ fn a_killed_runs_shared_pack_is_journaled_and_gc_removes_it() {
     }
     signal(&child, libc::SIGKILL);
     child.wait().unwrap();
-    let journal = world.upload_records();
-    assert!(
-        journal.iter().any(|r| r.contains("ci/.runner/packs/")),
-        "the pack is not in the upload journal: {journal:?}"
-    );
-    let forced = run_shown(creds(world.cmd()), &["gc", "--force"]);
-    assert_eq!(forced.status.code(), Some(0));
+    world.gc_after_a_kill("ci/.runner/packs/", creds(world.cmd()));
     assert!(!server.holds_a_context_pack(), "gc left the pack");
     server.assert_empty();
     world.assert_clean();

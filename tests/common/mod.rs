@@ -101,6 +101,18 @@ impl World {
             .unwrap_or_default()
     }
 
+    /// What a SIGKILLed runner left under `under` (an S3 key prefix) is in the upload journal,
+    /// and `runner gc --force` (`cmd`: runner with the store's credentials) succeeds.
+    pub fn gc_after_a_kill(&self, under: &str, cmd: Command) {
+        let journal = self.upload_records();
+        assert!(
+            journal.iter().any(|r| r.contains(under)),
+            "{under} is not in the upload journal: {journal:?}"
+        );
+        let forced = run_shown(cmd, &["gc", "--force"]);
+        assert_eq!(forced.status.code(), Some(0));
+    }
+
     pub fn assert_clean(&self) {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
